@@ -1,0 +1,33 @@
+# Two entry points for a fresh machine: `make demo` (set up, then run the quick-start suite on
+# real data) and `make test` (set up, then run the layer contracts and the test suite).
+VENV ?= .venv
+PYTHON ?= python3
+# Model hubs are unreachable here and must never be contacted by tests or the demo.
+export HF_HUB_OFFLINE := 1
+
+# torch 2.14.1 with torchvision 0.29.1 is the tested pair (torch 2.13.0 pulls a torchvision
+# that fails to import). On this workplace pip takes both from the local disk.
+TORCH_PINS ?= torch==2.14.1 torchvision==0.29.1
+
+.PHONY: demo test setup lint clean-venv
+
+$(VENV)/.installed: pyproject.toml
+	$(PYTHON) -m venv $(VENV)
+	$(VENV)/bin/pip install --quiet --upgrade pip
+	$(VENV)/bin/pip install --quiet $(TORCH_PINS)
+	$(VENV)/bin/pip install --quiet -e '.[test]'
+	touch $@
+
+setup: $(VENV)/.installed
+
+demo: $(VENV)/.installed
+	$(VENV)/bin/ptsa demo $(DEMO_ARGS)
+
+lint: $(VENV)/.installed
+	$(VENV)/bin/lint-imports
+
+test: lint
+	$(VENV)/bin/python -m pytest $(PYTEST_ARGS)
+
+clean-venv:
+	rm -rf $(VENV)

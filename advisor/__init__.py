@@ -1,0 +1,1 @@
+"""Advisor: recommendations from stored evidence, the `ptsa` CLI, and the TUI in `advisor.tui`."""

@@ -1,0 +1,278 @@
+"""The `ptsa` command line: bench, recommend, demo, and the TUI when run without a command.
+
+Exit codes: 0 success, 2 invalid input (bad model, weights, data, sparsity, budget, database),
+3 when no candidate meets the budget.
+
+torch and timm are imported inside the commands that need them, so `ptsa recommend` and the
+TUI start without paying for them.
+"""
+
+from __future__ import annotations
+
+import functools
+import json
+import logging
+import math
+import sys
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+import click
+
+from advisor import formatting
+from bench_engine.errors import BenchError  # light: no torch import
+from advisor.recommend import LATENCY_STATS, OBJECTIVES, Budget, BudgetError, load_candidates, recommend
+from db import DatabaseError, Store, default_db_path
+
+log = logging.getLogger("ptsa")
+
+EXIT_INVALID = 2
+EXIT_NO_CANDIDATE = 3
+
+
+def _fail(message: str, code: int = EXIT_INVALID) -> None:
+    click.echo(f"error: {message}", err=True)
+    sys.exit(code)
+
+
+def handle_errors(func: Callable[..., Any]) -> Callable[..., Any]:
+    """Turn invalid-input errors from every layer into one line on stderr and exit code 2."""
+
+    @functools.wraps(func)
+    def wrapper(*args: Any, **kwargs: Any) -> Any:
+        try:
+            return func(*args, **kwargs)
+        except (DatabaseError, BudgetError, BenchError) as exc:
+            _fail(str(exc))
+
+    return wrapper
+
+
+def _setup_logging(verbose: int) -> None:
+    level = logging.WARNING if verbose == 0 else logging.INFO if verbose == 1 else logging.DEBUG
+    logging.basicConfig(stream=sys.stderr, level=level, format="%(levelname)s %(name)s: %(message)s")
+
+
+@click.group(invoke_without_command=True, context_settings={"help_option_names": ["-h", "--help"]})
+@click.option("--db", "db_path", type=click.Path(dir_okay=False, path_type=Path), default=None,
+              help="DuckDB file to read and write. Default: $PTSA_DB, else results.duckdb in the user data folder.")
+@click.option("-v", "--verbose", count=True, help="Log more to stderr (-v info, -vv debug).")
+@click.pass_context
+def main(ctx: click.Context, db_path: Path | None, verbose: int) -> None:
+    """PTS Advisor: which model, which post-training sparsity method, which sparsity, for your budget.
+
+    Run without a command to open the TUI.
+    """
+    _setup_logging(verbose)
+    ctx.obj = {"db": db_path or default_db_path()}
+    if ctx.invoked_subcommand is None:
+        _open_tui(ctx.obj["db"])
+
+
+@handle_errors
+def _open_tui(db_path: Path, budget: Budget | None = None) -> None:
+    from advisor.tui.app import run_app
+
+    run_app(db_path, budget)
+
+
+# -- bench -------------------------------------------------------------------------------------
+
+
+def _parse_patterns(values: tuple[str, ...]) -> list[tuple[int, int] | None]:
+    from bench_engine.pruning import parse_pattern
+
+    return [parse_pattern(v) for v in values] or [None]
+
+
+@main.command()
+@click.argument("model")
+@click.option("--weights", type=click.Path(path_type=Path), default=None,
+              help="Local .safetensors or PyTorch state dict file; not needed for named models.")
+@click.option("--data", "data_spec", required=True,
+              help="Image directory (class folders, or loose images), or a built-in: mnist, photos.")
+@click.option("--unlabelled", is_flag=True, help="Ignore class folders and score fidelity to the dense model only.")
+@click.option("--criterion", "criteria", multiple=True, default=("magnitude", "wanda", "sparsegpt"), show_default=True,
+              help="Mask criterion; repeat for several.")
+@click.option("--sparsity", "sparsities", multiple=True, type=float, default=(0.5,), show_default=True,
+              help="Fraction of weights set to zero in the targeted layers (0 to 1); repeat for several.")
+@click.option("--allocation", default="uniform", show_default=True, help="uniform or global_magnitude.")
+@click.option("--pattern", "patterns", multiple=True,
+              help="unstructured (default) or N:M such as 2:4; repeat for several.")
+@click.option("--calibration-size", default=128, show_default=True, help="Calibration inputs drawn from the training side.")
+@click.option("--seed", default=0, show_default=True, help="Seed of the calibration sampler and data split.")
+@click.option("--threads", type=int, default=None, help="torch threads for pruning and latency; recorded. Default: torch's default.")
+@click.option("--latency-batch-size", default=1, show_default=True, help="Batch size of the latency measurement.")
+@click.option("--prune-first-layer", is_flag=True, help="Also prune the first layer (left dense by default).")
+@click.option("--prune-classifier", is_flag=True, help="Also prune the classifier (left dense by default).")
+@click.option("--skip-depthwise", is_flag=True, help="Leave depthwise convolutions dense.")
+@click.option("--num-classes", type=int, default=None, help="Override the class count read from the weights.")
+@click.option("--in-chans", type=int, default=None, help="Override the input channel count read from the weights.")
+@click.option("--input-size", type=int, default=None, help="Square input size in pixels. Default: the model's.")
+@click.option("--no-progress", is_flag=True, help="Hide progress bars.")
+@click.pass_obj
+@handle_errors
+def bench(obj: dict[str, Any], model: str, weights: Path | None, data_spec: str, unlabelled: bool,
+          criteria: tuple[str, ...], sparsities: tuple[float, ...], allocation: str, patterns: tuple[str, ...],
+          calibration_size: int, seed: int, threads: int | None, latency_batch_size: int,
+          prune_first_layer: bool, prune_classifier: bool, skip_depthwise: bool, num_classes: int | None,
+          in_chans: int | None, input_size: int | None, no_progress: bool) -> None:
+    """Prune MODEL with each criterion × sparsity, measure it, and store the results.
+
+    MODEL is a named model (efficientnet_lite0, mnist/resnet10t, ...) or a timm architecture
+    name with --weights.
+    """
+    from bench_engine.data import load_dataset
+    from bench_engine.models import load_model
+    from bench_engine.pruning import LayerPolicy
+    from bench_engine.runner import BenchJob, BenchPlan, run_jobs
+
+    plan = BenchPlan(
+        criteria=criteria,
+        sparsities=sparsities,
+        allocation=allocation,
+        patterns=_parse_patterns(patterns),
+        policy=LayerPolicy(prune_first_layer, prune_classifier, not skip_depthwise),
+        calibration_size=calibration_size,
+        seed=seed,
+        latency_batch_size=latency_batch_size,
+    )
+    plan.configs()  # validate before loading anything heavy
+    bundle = load_model(model, weights, num_classes=num_classes, in_chans=in_chans, input_size=input_size)
+    data = load_dataset(data_spec, bundle.preprocess, seed, labelled=False if unlabelled else None)
+    from bench_engine.runner import check_compatible
+
+    check_compatible(bundle, data)
+    data.check_calibration_size(calibration_size)
+    job = BenchJob(label=bundle.model_key, load=lambda: (bundle, data), plan=plan)
+    with Store.open(obj["db"]) as store:
+        run_id = run_jobs(store, [job], "ptsa bench " + " ".join(sys.argv[2:]), threads, not no_progress)
+        rows = store.query("SELECT count(*) AS n FROM results WHERE run_id = ?", [run_id])
+    click.echo(f"run {run_id}: stored {rows[0]['n']} results for {bundle.model_key} in {obj['db']}")
+
+
+# -- recommend ---------------------------------------------------------------------------------
+
+
+def budget_options(func: Callable[..., Any]) -> Callable[..., Any]:
+    options = [
+        click.option("--max-latency-ms", type=float, default=None, help="Latency limit in milliseconds at --batch-size."),
+        click.option("--latency-stat", type=click.Choice(LATENCY_STATS), default="p90", show_default=True,
+                     help="Which latency percentile the limit applies to."),
+        click.option("--batch-size", type=int, default=1, show_default=True, help="Batch size the latency limit refers to."),
+        click.option("--min-accuracy", type=float, default=None,
+                     help="Minimum top-1 in percent (top-1 agreement with the dense model on unlabelled data)."),
+        click.option("--max-drop", type=float, default=None, help="Maximum drop from the dense model, in percentage points."),
+        click.option("--dataset", default=None, help="Only consider results on this dataset (for example mnist)."),
+        click.option("--objective", type=click.Choice(OBJECTIVES), default="accuracy", show_default=True,
+                     help="What to maximise among candidates that fit: accuracy, lowest latency, or sparsity."),
+        click.option("--sparse-only", is_flag=True, help="Leave the dense models out of the ranking."),
+    ]
+    for option in reversed(options):
+        func = option(func)
+    return func
+
+
+def _budget(max_latency_ms, latency_stat, batch_size, min_accuracy, max_drop, dataset, objective, sparse_only) -> Budget:
+    return Budget(
+        max_latency_ms=max_latency_ms,
+        latency_stat=latency_stat,
+        batch_size=batch_size,
+        min_accuracy=min_accuracy,
+        max_drop=max_drop,
+        dataset=dataset,
+        objective=objective,
+        include_dense=not sparse_only,
+    )
+
+
+@main.command(name="recommend")
+@budget_options
+@click.option("--limit", default=10, show_default=True, help="Rows to show.")
+@click.option("--json", "as_json", is_flag=True, help="Print machine-readable JSON on stdout.")
+@click.pass_obj
+@handle_errors
+def recommend_command(obj: dict[str, Any], max_latency_ms, latency_stat, batch_size, min_accuracy, max_drop,
+                      dataset, objective, sparse_only, limit: int, as_json: bool) -> None:
+    """Rank stored candidates (model × method × sparsity) that meet a budget."""
+    budget = _budget(max_latency_ms, latency_stat, batch_size, min_accuracy, max_drop, dataset, objective, sparse_only)
+    with Store.open(obj["db"], read_only=True) as store:
+        rows = load_candidates(store, budget.dataset)
+    if not rows:
+        where = f" for dataset {budget.dataset!r}" if budget.dataset else ""
+        _fail(f"database {obj['db']} has no results{where}; run `ptsa demo` or `ptsa bench` first.")
+    result = recommend(rows, budget)
+    if as_json:
+        click.echo(json.dumps(result.to_dict(limit), indent=2, default=_json_default))
+    else:
+        click.echo(formatting.recommendation_text(result, limit))
+    if not result.found:
+        sys.exit(EXIT_NO_CANDIDATE)
+
+
+def _json_default(value: Any) -> Any:
+    if isinstance(value, float) and math.isinf(value):
+        return None
+    return str(value)
+
+
+# -- demo --------------------------------------------------------------------------------------
+
+
+@main.command()
+@click.option("--no-tui", is_flag=True, help="Print the ranked table instead of opening the TUI.")
+@click.option("--threads", type=int, default=None, help="torch threads for training, pruning and latency.")
+@click.option("--skip-lite0", is_flag=True, help="Leave out the EfficientNet-Lite0 (ImageNet weights) part.")
+@click.option("--no-progress", is_flag=True, help="Hide progress bars.")
+@click.pass_obj
+@handle_errors
+def demo(obj: dict[str, Any], no_tui: bool, threads: int | None, skip_lite0: bool, no_progress: bool) -> None:
+    """Run the quick-start suite on real data, then show the recommendations.
+
+    Trains six small timm baselines on the bundled MNIST subset (cached after the first run),
+    prunes each with magnitude, Wanda and SparseGPT at 30/50/70 % and 2:4, and prunes the real
+    EfficientNet-Lite0 ImageNet weights scored by fidelity on bundled photos.
+    """
+    from bench_engine.suite import run_quickstart
+
+    with Store.open(obj["db"]) as store:
+        run_id = run_quickstart(store, threads, show_progress=not no_progress, include_lite0=not skip_lite0)
+        count = store.query("SELECT count(*) AS n FROM results WHERE run_id = ?", [run_id])[0]["n"]
+    click.echo(f"run {run_id}: stored {count} measured results in {obj['db']}", err=True)
+    budget = Budget(dataset="mnist", max_drop=2.0, objective="sparsity")
+    if no_tui or not sys.stdout.isatty():
+        with Store.open(obj["db"], read_only=True) as store:
+            rows = load_candidates(store, budget.dataset)
+        click.echo(formatting.recommendation_text(recommend(rows, budget), 10))
+    else:
+        _open_tui(obj["db"], budget)
+
+
+# -- models ------------------------------------------------------------------------------------
+
+
+@main.command()
+@click.pass_obj
+@handle_errors
+def models(obj: dict[str, Any]) -> None:
+    """List the named models and the models the database has results for."""
+    from bench_engine.models import named_models
+
+    click.echo("Named models (no --weights needed):")
+    for name in named_models():
+        click.echo(f"  {name}")
+    db_path = obj["db"]
+    if Path(db_path).exists():
+        with Store.open(db_path, read_only=True) as store:
+            rows = store.query(
+                "SELECT model_key, family, count(*) AS results FROM results LEFT JOIN models USING (model_key) "
+                "GROUP BY ALL ORDER BY model_key"
+            )
+        click.echo(f"Models with results in {db_path}:")
+        for row in rows:
+            click.echo(f"  {row['model_key']:<32} {row['family'] or '':<20} {row['results']} results")
+
+
+if __name__ == "__main__":  # pragma: no cover
+    main()

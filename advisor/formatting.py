@@ -1,0 +1,101 @@
+"""Plain-text rendering of recommendations for the terminal (the TUI has its own widgets)."""
+
+from __future__ import annotations
+
+import math
+
+from advisor.recommend import Candidate, Recommendation
+
+CONSTRAINT_LABELS = {
+    "max_latency_ms": "max latency",
+    "min_accuracy": "min accuracy",
+    "max_drop": "max drop",
+}
+
+METRIC_LABELS = {"top1": "top-1", "top1_agreement": "agreement"}
+
+
+def _num(value: float | None, digits: int = 1, suffix: str = "") -> str:
+    if value is None or (isinstance(value, float) and math.isnan(value)):
+        return "-"
+    return f"{value:.{digits}f}{suffix}"
+
+
+def method_label(row: dict) -> str:
+    """Return 'dense', or criterion with pattern, for example 'wanda 2:4' or 'sparsegpt'."""
+    if row["criterion"] == "dense":
+        return "dense"
+    pattern = "" if row["pattern"] == "unstructured" else f" {row['pattern']}"
+    allocation = "" if row["allocation"] in ("uniform", "none") else f" ({row['allocation']})"
+    return f"{row['criterion']}{pattern}{allocation}"
+
+
+def candidate_cells(candidate: Candidate, budget_stat: str) -> list[str]:
+    row = candidate.row
+    return [
+        row["model_key"],
+        method_label(row),
+        _num((row.get("achieved_sparsity") or 0) * 100, 1, "%"),
+        f"{_num(candidate.accuracy, 1)} {METRIC_LABELS[candidate.metric]}",
+        _num(candidate.drop, 1),
+        _num(candidate.latency_ms, 2),
+        row["provenance"],
+    ]
+
+
+HEADERS = ["model", "method", "sparsity", "accuracy", "drop", "latency ms", "evidence"]
+
+
+def _table(rows: list[list[str]], headers: list[str]) -> str:
+    widths = [max(len(h), *(len(r[i]) for r in rows)) if rows else len(h) for i, h in enumerate(headers)]
+    lines = ["  ".join(h.ljust(w) for h, w in zip(headers, widths))]
+    lines.append("  ".join("-" * w for w in widths))
+    for row in rows:
+        lines.append("  ".join(c.ljust(w) for c, w in zip(row, widths)))
+    return "\n".join(lines)
+
+
+def describe_violation(constraint: str, amount: float, candidate: Candidate) -> str:
+    label = CONSTRAINT_LABELS.get(constraint, constraint)
+    if math.isinf(amount):
+        return f"{label}: not measured"
+    unit = " ms" if constraint == "max_latency_ms" else " points"
+    return f"{label} missed by {amount:.2f}{unit}"
+
+
+def recommendation_text(result: Recommendation, limit: int = 10) -> str:
+    budget = result.budget
+    stat = budget.latency_stat
+    parts = []
+    if result.found:
+        rows = [[str(i + 1), *candidate_cells(c, stat)] for i, c in enumerate(result.ranked[:limit])]
+        parts.append(
+            f"{len(result.ranked)} of {result.total} candidates meet the budget "
+            f"(objective: {budget.objective}; latency {stat} at batch {budget.batch_size}):"
+        )
+        parts.append(_table(rows, ["#", *HEADERS]))
+        best = result.ranked[0]
+        binding = best.binding()
+        if binding:
+            parts.append(
+                f"Top candidate: {CONSTRAINT_LABELS[binding]} binds, with "
+                f"{best.margins[binding]:.2f} {'ms' if binding == 'max_latency_ms' else 'points'} to spare."
+            )
+        if any(c.row["criterion"] != "dense" and c.row.get("runtime") == "torch-eager" for c in result.ranked[:limit]):
+            parts.append(
+                "Latency was measured with dense kernels (torch-eager): the zeros save storage "
+                "once compressed, not time."
+            )
+    else:
+        binding = result.binding_constraint()
+        parts.append(
+            f"No candidate meets the budget: {CONSTRAINT_LABELS.get(binding, binding)} rules out "
+            f"{result.failing_counts.get(binding, 0)} of {result.total} candidates."
+        )
+        parts.append("Nearest candidates:")
+        rows = []
+        for c in result.nearest:
+            misses = "; ".join(describe_violation(k, v, c) for k, v in c.violations.items())
+            rows.append([*candidate_cells(c, stat), misses])
+        parts.append(_table(rows, [*HEADERS, "why it fails"]))
+    return "\n".join(parts)

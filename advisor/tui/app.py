@@ -1,0 +1,240 @@
+"""The PTS Advisor TUI: budget inputs, the ranked candidates, and the evidence of one row.
+
+It reads the database once at start (read-only, connection closed right after) and on `r`,
+so a bench writing to the same file is never blocked for long. torch and timm are never
+imported here; the first screen paints without them.
+"""
+
+from __future__ import annotations
+
+import math
+from pathlib import Path
+
+from textual import on
+from textual.app import App, ComposeResult
+from textual.binding import Binding
+from textual.containers import Horizontal, Vertical
+from textual.message import Message
+from textual.widgets import DataTable, Footer, Header, Input, Label, Select, Static
+
+from advisor.formatting import CONSTRAINT_LABELS, HEADERS, candidate_cells, describe_violation, method_label
+from advisor.recommend import OBJECTIVES, Budget, BudgetError, Candidate, Recommendation, load_candidates, recommend
+from db import DatabaseError, Store
+
+ALL_DATASETS = "all"
+
+
+def _parse_optional_float(text: str) -> float | None:
+    text = text.strip()
+    if not text:
+        return None
+    value = float(text)  # ValueError is reported by the caller
+    if math.isnan(value):
+        raise ValueError("NaN is not a number of the budget")
+    return value
+
+
+class BudgetForm(Vertical):
+    """Budget inputs. Posts `BudgetForm.Changed` with a valid budget, `Invalid` with the reason."""
+
+    class Changed(Message):
+        """The inputs form a valid budget."""
+
+        def __init__(self, budget: Budget) -> None:
+            super().__init__()
+            self.budget = budget
+
+    class Invalid(Message):
+        """An input cannot be read as a budget; `reason` says which and why."""
+
+        def __init__(self, reason: str) -> None:
+            super().__init__()
+            self.reason = reason
+
+    def __init__(self, budget: Budget, datasets: list[str], **kwargs) -> None:
+        super().__init__(**kwargs)
+        self._initial = budget
+        self._datasets = datasets
+
+    def compose(self) -> ComposeResult:
+        b = self._initial
+        yield Label("Max latency p90 (ms)")
+        yield Input(value=_fmt(b.max_latency_ms), placeholder="none", id="max-latency", type="number")
+        yield Label("Min accuracy (%)")
+        yield Input(value=_fmt(b.min_accuracy), placeholder="none", id="min-accuracy", type="number")
+        yield Label("Max drop (points)")
+        yield Input(value=_fmt(b.max_drop), placeholder="none", id="max-drop", type="number")
+        yield Label("Objective")
+        yield Select([(o, o) for o in OBJECTIVES], value=b.objective, allow_blank=False, id="objective")
+        yield Label("Dataset")
+        options = [(ALL_DATASETS, ALL_DATASETS)] + [(d, d) for d in self._datasets]
+        value = b.dataset if b.dataset in self._datasets else ALL_DATASETS
+        yield Select(options, value=value, allow_blank=False, id="dataset")
+
+    def read_budget(self) -> Budget:
+        """Build a budget from the inputs; raises ValueError or BudgetError naming the bad field."""
+        fields = {}
+        for field_id, name in (("max-latency", "max_latency_ms"), ("min-accuracy", "min_accuracy"), ("max-drop", "max_drop")):
+            text = self.query_one(f"#{field_id}", Input).value
+            try:
+                fields[name] = _parse_optional_float(text)
+            except ValueError:
+                raise ValueError(f"{CONSTRAINT_LABELS[name]}: {text!r} is not a number") from None
+        dataset = self.query_one("#dataset", Select).value
+        return Budget(
+            **fields,
+            latency_stat="p90",
+            objective=str(self.query_one("#objective", Select).value),
+            dataset=None if dataset == ALL_DATASETS else str(dataset),
+        )
+
+    @on(Input.Changed)
+    @on(Select.Changed)
+    def _inputs_changed(self) -> None:
+        try:
+            self.post_message(self.Changed(self.read_budget()))
+        except (ValueError, BudgetError) as exc:
+            self.post_message(self.Invalid(str(exc)))
+
+
+def _fmt(value: float | None) -> str:
+    return "" if value is None else f"{value:g}"
+
+
+class PTSAdvisorApp(App):
+    """Plan a deployment: budgets on the left, ranked candidates and their evidence on the right."""
+
+    TITLE = "PTS Advisor"
+    CSS = """
+    BudgetForm { width: 26; padding: 0 1; border-right: solid $primary; }
+    BudgetForm Input { margin-bottom: 0; }
+    #main { width: 1fr; }
+    #ranking { height: 1fr; }
+    #status { height: auto; padding: 0 1; color: $text-muted; }
+    #evidence { height: 9; padding: 0 1; border-top: solid $primary; }
+    """
+    BINDINGS = [
+        Binding("q", "quit", "Quit"),
+        Binding("r", "reload", "Reload"),
+        Binding("ctrl+t", "focus_table", "Table"),
+    ]
+
+    def __init__(self, db_path: Path, budget: Budget | None = None) -> None:
+        super().__init__()
+        self.db_path = Path(db_path)
+        self.budget = budget or Budget()
+        self.rows: list[dict] = []
+        self.load_error: str | None = None
+        self.result: Recommendation | None = None
+        self._load()
+
+    def _load(self) -> None:
+        try:
+            with Store.open(self.db_path, read_only=True) as store:
+                self.rows = load_candidates(store)
+            self.load_error = None
+        except DatabaseError as exc:
+            self.rows = []
+            self.load_error = str(exc)
+
+    @property
+    def datasets(self) -> list[str]:
+        return sorted({r["dataset"] for r in self.rows})
+
+    def compose(self) -> ComposeResult:
+        yield Header()
+        with Horizontal():
+            yield BudgetForm(self.budget, self.datasets, id="budget")
+            with Vertical(id="main"):
+                yield Static(id="status")
+                yield DataTable(id="ranking", cursor_type="row", zebra_stripes=True)
+                yield Static(id="evidence")
+        yield Footer()
+
+    def on_mount(self) -> None:
+        self.sub_title = self.db_path.name
+        table = self.query_one("#ranking", DataTable)
+        table.add_columns("#", *HEADERS)
+        self.refresh_ranking()
+
+    @on(BudgetForm.Changed)
+    def _budget_changed(self, message: BudgetForm.Changed) -> None:
+        self.budget = message.budget
+        self.refresh_ranking()
+
+    @on(BudgetForm.Invalid)
+    def _budget_invalid(self, message: BudgetForm.Invalid) -> None:
+        self.query_one("#status", Static).update(f"[b]Invalid budget[/b]: {message.reason}")
+
+    def refresh_ranking(self) -> None:
+        """Recompute the recommendation for the current budget and redraw the table."""
+        status = self.query_one("#status", Static)
+        table = self.query_one("#ranking", DataTable)
+        table.clear()
+        if self.load_error:
+            status.update(f"[b]Cannot read the database[/b]: {self.load_error}")
+            self.query_one("#evidence", Static).update("")
+            return
+        if not self.rows:
+            status.update(f"No results in {self.db_path.name}. Run `ptsa demo` or `ptsa bench`, then press r.")
+            return
+        self.result = recommend(self.rows, self.budget)
+        shown = self.result.ranked if self.result.found else self.result.nearest
+        for index, candidate in enumerate(shown):
+            rank = str(index + 1) if self.result.found else "✗"
+            table.add_row(rank, *candidate_cells(candidate, self.budget.latency_stat), key=str(index))
+        if self.result.found:
+            status.update(f"{len(self.result.ranked)} of {self.result.total} candidates meet the budget "
+                          f"(objective: {self.budget.objective}).")
+        else:
+            binding = self.result.binding_constraint()
+            status.update(
+                f"[b]No candidate meets the budget[/b]: {CONSTRAINT_LABELS.get(binding, binding)} rules out "
+                f"{self.result.failing_counts.get(binding, 0)} of {self.result.total}. Nearest shown."
+            )
+        self._show_evidence(shown[0] if shown else None)
+
+    def selected_candidates(self) -> list[Candidate]:
+        if self.result is None:
+            return []
+        return self.result.ranked if self.result.found else self.result.nearest
+
+    @on(DataTable.RowHighlighted)
+    def _row_highlighted(self, event: DataTable.RowHighlighted) -> None:
+        candidates = self.selected_candidates()
+        if event.row_key is not None and event.row_key.value is not None:
+            index = int(event.row_key.value)
+            if 0 <= index < len(candidates):
+                self._show_evidence(candidates[index])
+
+    def _show_evidence(self, candidate: Candidate | None) -> None:
+        panel = self.query_one("#evidence", Static)
+        if candidate is None:
+            panel.update("")
+            return
+        row = candidate.row
+        lines = [
+            f"[b]{row['model_key']}[/b] · {method_label(row)} · requested {row['requested_sparsity']:.0%}, "
+            f"achieved {row['achieved_sparsity'] or 0:.1%} of Conv/Linear weights",
+            f"{row['provenance']} on {row['dataset']} ({row.get('eval_size')} eval inputs, "
+            f"{row.get('calibration_size')} calibration), run {row.get('run_id')}",
+            f"latency p50 {row.get('latency_p50_ms') or 0:.2f} ms, p90 {row.get('latency_p90_ms') or 0:.2f} ms "
+            f"at batch {row.get('latency_batch_size')}, {row.get('runtime')}, {row.get('num_threads')} threads",
+            f"CPU: {row.get('cpu_model') or 'unknown'}",
+        ]
+        if row.get("kl_divergence") is not None:
+            lines.append(f"agreement with dense {row.get('top1_agreement') or 0:.1f} %, KL {row['kl_divergence']:.4f}")
+        for constraint, amount in candidate.violations.items():
+            lines.append(describe_violation(constraint, amount, candidate))
+        panel.update("\n".join(lines))
+
+    def action_reload(self) -> None:
+        self._load()
+        self.refresh_ranking()
+
+    def action_focus_table(self) -> None:
+        self.query_one("#ranking", DataTable).focus()
+
+
+def run_app(db_path: Path, budget: Budget | None = None) -> None:
+    PTSAdvisorApp(db_path, budget).run()

@@ -1,0 +1,118 @@
+"""Validated pruning configuration: criterion, allocation, sparsity and pattern."""
+
+from __future__ import annotations
+
+import re
+from dataclasses import asdict, dataclass, field
+from typing import Any
+
+from bench_engine.errors import InvalidConfigError
+from bench_engine.pruning.layers import LayerPolicy
+
+CRITERIA = ("magnitude", "wanda", "sparsegpt")
+ALLOCATIONS = ("uniform", "global_magnitude")
+
+_PATTERN_RE = re.compile(r"^(\d+):(\d+)$")
+
+
+def parse_pattern(text: str) -> tuple[int, int] | None:
+    """Parse 'unstructured' to None and 'N:M' (for example '2:4') to (N, M).
+
+    N is the number of weights kept in each group of M consecutive input weights.
+    """
+    value = text.strip().lower()
+    if value == "unstructured":
+        return None
+    match = _PATTERN_RE.match(value)
+    if not match:
+        raise InvalidConfigError(
+            f"invalid pattern {text!r}: use 'unstructured' or N:M such as '2:4' "
+            "(keep N of every M input weights)."
+        )
+    n, m = int(match.group(1)), int(match.group(2))
+    if not 0 < n < m:
+        raise InvalidConfigError(f"invalid pattern {text!r}: N:M needs 0 < N < M, for example '2:4'.")
+    return n, m
+
+
+def format_pattern(n_m: tuple[int, int] | None) -> str:
+    return "unstructured" if n_m is None else f"{n_m[0]}:{n_m[1]}"
+
+
+def check_sparsity(value: float) -> float:
+    """Validate a requested sparsity, a fraction of weights set to zero."""
+    try:
+        sparsity = float(value)
+    except (TypeError, ValueError):
+        raise InvalidConfigError(
+            f"invalid sparsity {value!r}: give a fraction between 0 and 1, for example 0.5."
+        ) from None
+    if sparsity != sparsity or not 0.0 < sparsity < 1.0:
+        hint = f" Did you mean {sparsity / 100:g}?" if 1.0 < sparsity < 100.0 else ""
+        raise InvalidConfigError(
+            f"sparsity {value!r} is out of range: it is the fraction of weights set to zero and "
+            f"must be greater than 0 and less than 1, for example 0.5.{hint}"
+        )
+    return sparsity
+
+
+@dataclass(frozen=True)
+class PruneConfig:
+    """One pruning technique combination, resolved and validated.
+
+    `sparsity` is the requested fraction of zeros over the layers the policy targets. For an
+    N:M pattern it must equal 1 - N/M, because the pattern fixes each layer's sparsity.
+    """
+
+    criterion: str
+    sparsity: float
+    allocation: str = "uniform"
+    pattern: tuple[int, int] | None = None
+    policy: LayerPolicy = field(default_factory=LayerPolicy)
+    # SparseGPT: columns updated together, and Hessian damping as a fraction of its mean diagonal.
+    sparsegpt_blocksize: int = 128
+    sparsegpt_damping: float = 0.01
+
+    def __post_init__(self) -> None:
+        if self.criterion not in CRITERIA:
+            raise InvalidConfigError(
+                f"unknown criterion {self.criterion!r}; choose one of {', '.join(CRITERIA)}."
+            )
+        if self.allocation not in ALLOCATIONS:
+            raise InvalidConfigError(
+                f"unknown allocation {self.allocation!r}; choose one of {', '.join(ALLOCATIONS)}."
+            )
+        object.__setattr__(self, "sparsity", check_sparsity(self.sparsity))
+        if self.pattern is not None:
+            n, m = self.pattern
+            pattern_sparsity = 1.0 - n / m
+            if abs(self.sparsity - pattern_sparsity) > 1e-9:
+                raise InvalidConfigError(
+                    f"sparsity {self.sparsity:g} does not match pattern {n}:{m}, which fixes "
+                    f"each pruned layer at {pattern_sparsity:g}; request {pattern_sparsity:g}."
+                )
+            if self.allocation != "uniform":
+                raise InvalidConfigError(
+                    f"allocation {self.allocation!r} cannot be combined with pattern {n}:{m}; "
+                    "an N:M pattern fixes every layer's sparsity, so use allocation 'uniform'."
+                )
+        if self.sparsegpt_blocksize < 1:
+            raise InvalidConfigError(f"sparsegpt_blocksize must be at least 1, got {self.sparsegpt_blocksize}.")
+        if not 0.0 < self.sparsegpt_damping < 1.0:
+            raise InvalidConfigError(
+                f"sparsegpt_damping must be in (0, 1), got {self.sparsegpt_damping}; 0.01 is usual."
+            )
+
+    @property
+    def pattern_name(self) -> str:
+        return format_pattern(self.pattern)
+
+    def to_dict(self) -> dict[str, Any]:
+        """Return the full resolved configuration, as stored with every result."""
+        data = asdict(self)
+        data["pattern"] = self.pattern_name
+        data["policy"] = self.policy.to_dict()
+        if self.criterion != "sparsegpt":
+            data.pop("sparsegpt_blocksize")
+            data.pop("sparsegpt_damping")
+        return data

@@ -1,0 +1,287 @@
+"""Bench a model: prune it with every configuration of a plan, measure, and store the results."""
+
+from __future__ import annotations
+
+import copy
+import json
+import logging
+import uuid
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass, field
+from typing import Any
+
+import torch
+from tqdm import tqdm
+
+from bench_engine import __version__
+from bench_engine.data import DataSplits
+from bench_engine.environment import environment_key, environment_profile
+from bench_engine.errors import DataError, InvalidConfigError
+from bench_engine.latency import measure_latency
+from bench_engine.metrics import predict, score
+from bench_engine.models import ModelBundle, architecture_features
+from bench_engine.pruning import LayerPolicy, PruneConfig, collect_stats, find_prunable_layers, prune_model
+from bench_engine.pruning.config import CRITERIA, format_pattern
+from bench_engine.pruning.prune import measure_sparsity
+from db import Store
+
+log = logging.getLogger(__name__)
+
+
+@dataclass
+class BenchPlan:
+    """What to run on each model: the technique grid, calibration and latency settings."""
+
+    criteria: Sequence[str] = CRITERIA
+    sparsities: Sequence[float] = (0.3, 0.5, 0.7)
+    allocation: str = "uniform"
+    patterns: Sequence[tuple[int, int] | None] = (None,)
+    policy: LayerPolicy = field(default_factory=LayerPolicy)
+    calibration_size: int = 128
+    seed: int = 0
+    latency_batch_size: int = 1
+    latency_warmup: int = 5
+    latency_repeats: int = 30
+    latency_max_seconds: float = 5.0
+
+    def configs(self) -> list[PruneConfig]:
+        """Expand the grid into validated configurations; raises InvalidConfigError early."""
+        if not self.criteria:
+            raise InvalidConfigError("no criteria given; choose from " + ", ".join(CRITERIA) + ".")
+        if self.calibration_size < 1:
+            raise InvalidConfigError(f"calibration size must be at least 1, got {self.calibration_size}.")
+        if self.latency_batch_size < 1:
+            raise InvalidConfigError(f"latency batch size must be at least 1, got {self.latency_batch_size}.")
+        configs = []
+        for pattern in self.patterns:
+            if pattern is None:
+                if not self.sparsities:
+                    raise InvalidConfigError("no sparsities given; pass for example --sparsity 0.5.")
+                grid = list(self.sparsities)
+            else:
+                grid = [1.0 - pattern[0] / pattern[1]]
+            for criterion in self.criteria:
+                for sparsity in grid:
+                    configs.append(
+                        PruneConfig(
+                            criterion=criterion,
+                            sparsity=sparsity,
+                            allocation=self.allocation if pattern is None else "uniform",
+                            pattern=pattern,
+                            policy=self.policy,
+                        )
+                    )
+        return configs
+
+    def to_dict(self) -> dict[str, Any]:
+        return {
+            "criteria": list(self.criteria),
+            "sparsities": list(self.sparsities),
+            "allocation": self.allocation,
+            "patterns": [format_pattern(p) for p in self.patterns],
+            "policy": self.policy.to_dict(),
+            "calibration_size": self.calibration_size,
+            "seed": self.seed,
+            "latency_batch_size": self.latency_batch_size,
+        }
+
+
+def check_compatible(bundle: ModelBundle, data: DataSplits) -> None:
+    """Reject labelled data whose classes cannot be compared with the model's outputs."""
+    if data.labelled and data.num_classes != bundle.num_classes:
+        raise DataError(
+            f"model {bundle.model_key} has {bundle.num_classes} outputs but dataset {data.name!r} has "
+            f"{data.num_classes} classes, so top-1 would compare unrelated class indices. Use a "
+            "dataset with the model's classes, or pass --unlabelled to score fidelity to the dense "
+            "model instead."
+        )
+
+
+def bench_model(
+    bundle: ModelBundle,
+    data: DataSplits,
+    plan: BenchPlan,
+    run_id: str,
+    env_key: str,
+    progress: tqdm | None = None,
+) -> dict[str, list[Any]]:
+    """Prune and measure one model with every configuration of the plan.
+
+    Returns the result rows column-wise (dense row first), ready for `Store.insert_results`.
+    """
+    check_compatible(bundle, data)
+    configs = plan.configs()
+    dense = bundle.model.eval()
+    input_shape = (bundle.preprocess.in_chans, bundle.preprocess.input_size, bundle.preprocess.input_size)
+
+    dense_logits, labels = predict(dense, data.evaluation_batches())
+    dense_scores = score(dense_logits, labels, dense_logits, data.labelled)
+    calibration = data.calibration(plan.calibration_size, plan.seed)
+    layers, excluded = find_prunable_layers(dense, plan.policy, calibration[:1])
+    if not layers:
+        raise InvalidConfigError(
+            f"model {bundle.model_key} has no layers to prune under policy {plan.policy.to_dict()}; "
+            "allow more layers (for example --prune-first-layer or --prune-classifier)."
+        )
+    need_hessian = any(c.criterion == "sparsegpt" for c in configs)
+    stats = collect_stats(dense, layers, calibration, need_hessian=need_hessian) if any(
+        c.criterion != "magnitude" for c in configs
+    ) else {}
+
+    rows: list[dict[str, Any]] = []
+    base = {
+        "run_id": run_id,
+        "model_key": bundle.model_key,
+        "dataset": data.name,
+        "labelled": data.labelled,
+        "provenance": "measured",
+        "source": f"ptsa {__version__}",
+        "env_key": env_key,
+        "layer_policy_json": json.dumps(plan.policy.to_dict(), sort_keys=True),
+        "calibration_size": plan.calibration_size,
+        "calibration_seed": plan.seed,
+        "eval_size": len(data.evaluation),
+        "dense_top1": dense_scores["top1"],
+        "dense_top5": dense_scores["top5"],
+    }
+
+    def latency_columns(model: torch.nn.Module) -> dict[str, Any]:
+        result = measure_latency(
+            model,
+            input_shape,
+            batch_size=plan.latency_batch_size,
+            warmup=plan.latency_warmup,
+            repeats=plan.latency_repeats,
+            max_seconds=plan.latency_max_seconds,
+        )
+        return {
+            "runtime": result.runtime,
+            "latency_batch_size": result.batch_size,
+            "latency_p50_ms": result.p50_ms,
+            "latency_p90_ms": result.p90_ms,
+            "latency_warmup": result.warmup,
+            "latency_repeats": result.repeats,
+            "num_threads": result.num_threads,
+        }
+
+    target_names = [layer.name for layer in layers]
+    dense_sparsity = measure_sparsity(dense, target_names)
+    rows.append(
+        {
+            **base,
+            **dense_scores,
+            **latency_columns(dense),
+            "result_id": uuid.uuid4().hex,
+            "criterion": "dense",
+            "allocation": "none",
+            "pattern": "dense",
+            "recipe_json": json.dumps({"criterion": "dense"}),
+            "requested_sparsity": 0.0,
+            "achieved_sparsity": dense_sparsity.overall,
+            "achieved_sparsity_targeted": dense_sparsity.targeted,
+            "layer_sparsity_json": json.dumps(dense_sparsity.per_layer),
+            "skipped_layers_json": json.dumps(excluded),
+            "prune_seconds": 0.0,
+        }
+    )
+
+    for config in configs:
+        if progress is not None:
+            progress.set_postfix_str(f"{bundle.model_key} · {config.criterion} · {config.pattern_name} · {config.sparsity:.0%}")
+        sparse = copy.deepcopy(dense)
+        modules = dict(sparse.named_modules())
+        sparse_layers = [copy.copy(layer) for layer in layers]
+        for layer in sparse_layers:
+            layer.module = modules[layer.name]
+        report = prune_model(sparse_layers, config, stats)
+        counted = measure_sparsity(sparse, target_names)
+        logits, _ = predict(sparse, data.evaluation_batches())
+        rows.append(
+            {
+                **base,
+                **score(logits, labels, dense_logits, data.labelled),
+                **latency_columns(sparse),
+                "result_id": uuid.uuid4().hex,
+                "criterion": config.criterion,
+                "allocation": config.allocation,
+                "pattern": config.pattern_name,
+                "recipe_json": json.dumps(config.to_dict(), sort_keys=True),
+                "requested_sparsity": config.sparsity,
+                "achieved_sparsity": counted.overall,
+                "achieved_sparsity_targeted": counted.targeted,
+                "layer_sparsity_json": json.dumps(counted.per_layer),
+                "skipped_layers_json": json.dumps({**excluded, **report.skipped}),
+                "prune_seconds": report.seconds,
+            }
+        )
+        if progress is not None:
+            progress.update(1)
+        del sparse
+
+    names = list(rows[0])
+    return {name: [row[name] for row in rows] for name in names}
+
+
+def model_row(bundle: ModelBundle) -> dict[str, Any]:
+    return {
+        "model_key": bundle.model_key,
+        "architecture": bundle.architecture,
+        "family": bundle.family,
+        "weights_source": bundle.weights_source,
+        "weights_sha256": bundle.weights_sha256,
+        "num_classes": bundle.num_classes,
+        "in_chans": bundle.preprocess.in_chans,
+        "input_size": bundle.preprocess.input_size,
+        **architecture_features(bundle.model),
+    }
+
+
+@dataclass
+class BenchJob:
+    """One model on one dataset, loaded lazily so a suite can report progress while loading."""
+
+    label: str
+    load: Callable[[], tuple[ModelBundle, DataSplits]]
+    plan: BenchPlan
+
+
+def run_jobs(store: Store, jobs: Sequence[BenchJob], command: str, num_threads: int | None = None, show_progress: bool = True) -> str:
+    """Run bench jobs as one run: each model's rows are inserted in one transaction.
+
+    The run is recorded as 'finished', or 'failed' with the error (rows of models that completed
+    before the failure stay, each complete).
+    """
+    for job in jobs:
+        job.plan.configs()  # validate every plan before any work starts
+    if num_threads is not None:
+        if num_threads < 1:
+            raise InvalidConfigError(f"thread count must be at least 1, got {num_threads}.")
+        torch.set_num_threads(num_threads)
+    profile = environment_profile()
+    env_key = environment_key(profile)
+    run_id = uuid.uuid4().hex[:12]
+    store.upsert_environment(env_key, profile)
+    store.start_run(
+        run_id,
+        command,
+        {"jobs": [{"label": j.label, "plan": j.plan.to_dict()} for j in jobs]},
+        env_key,
+        __version__,
+    )
+    total = sum(len(job.plan.configs()) for job in jobs)
+    bar = tqdm(total=total, desc="bench", unit="config", disable=not show_progress, dynamic_ncols=True)
+    try:
+        for job in jobs:
+            bar.set_postfix_str(f"{job.label} · loading")
+            bundle, data = job.load()
+            columns = bench_model(bundle, data, job.plan, run_id, env_key, progress=bar)
+            store.upsert_model(model_row(bundle))
+            store.insert_results(columns)
+            log.info("stored %d results for %s", len(columns["result_id"]), bundle.model_key)
+    except BaseException as exc:
+        store.finish_run(run_id, "failed", f"{type(exc).__name__}: {exc}")
+        raise
+    finally:
+        bar.close()
+    store.finish_run(run_id, "finished")
+    return run_id

@@ -1,0 +1,62 @@
+"""The quick-start suite: six MNIST baselines and real EfficientNet-Lite0 weights, benched."""
+
+from __future__ import annotations
+
+import functools
+import logging
+
+from tqdm import tqdm
+
+from bench_engine.baselines import MNIST_BASELINES, MNIST_PREPROCESS, ensure_baseline, load_baseline
+from bench_engine.data import DataSplits, load_mnist, load_photos
+from bench_engine.models import load_efficientnet_lite0
+from bench_engine.runner import BenchJob, BenchPlan, run_jobs
+from db import Store
+
+log = logging.getLogger(__name__)
+
+QUICK_SPARSITIES = (0.3, 0.5, 0.7)
+
+
+@functools.lru_cache(maxsize=1)
+def _mnist() -> DataSplits:
+    return load_mnist(MNIST_PREPROCESS)
+
+
+def quickstart_jobs(include_lite0: bool = True, models: list[str] | None = None) -> list[BenchJob]:
+    """Build the suite: every criterion at 30/50/70 % and 2:4 on each model."""
+    plan = BenchPlan(sparsities=QUICK_SPARSITIES, patterns=(None, (2, 4)), calibration_size=128)
+    names = models or list(MNIST_BASELINES)
+    jobs = [
+        BenchJob(label=name, load=functools.partial(lambda n: (load_baseline(n, _mnist()), _mnist()), name), plan=plan)
+        for name in names
+    ]
+    if include_lite0:
+        lite_plan = BenchPlan(sparsities=QUICK_SPARSITIES, patterns=(None, (2, 4)), calibration_size=64)
+
+        def load_lite0():
+            bundle = load_efficientnet_lite0()
+            return bundle, load_photos(bundle.preprocess)
+
+        jobs.append(BenchJob(label="efficientnet_lite0", load=load_lite0, plan=lite_plan))
+    return jobs
+
+
+def train_missing_baselines(models: list[str] | None = None, show_progress: bool = True) -> None:
+    """Train (and cache) the MNIST baselines that are not cached yet, with a progress bar each."""
+    for name in models or list(MNIST_BASELINES):
+        spec = MNIST_BASELINES[name]
+        bar = tqdm(desc=f"train {name}", unit="step", disable=not show_progress, dynamic_ncols=True, leave=False)
+
+        def report(step: int, total: int, bar: tqdm = bar) -> None:
+            bar.total = total
+            bar.update(step - bar.n)
+
+        ensure_baseline(spec, _mnist(), report)
+        bar.close()
+
+
+def run_quickstart(store: Store, num_threads: int | None = None, show_progress: bool = True, models: list[str] | None = None, include_lite0: bool = True) -> str:
+    """Train missing baselines, then bench the suite as one run; returns the run id."""
+    train_missing_baselines(models, show_progress)
+    return run_jobs(store, quickstart_jobs(include_lite0, models), "ptsa demo", num_threads, show_progress)

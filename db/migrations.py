@@ -1,0 +1,98 @@
+"""Ordered schema migrations. Never edit a released migration: append a new one instead."""
+
+# Version 1: the first schema. Every result row carries its provenance
+# ('measured', 'published' or 'predicted'), the environment it came from, and for measured
+# rows the full technique configuration, so that a number can always be traced to its origin.
+MIGRATION_1 = [
+    """
+    CREATE TABLE environments (
+        env_key VARCHAR PRIMARY KEY,      -- stable hash of the hardware and library profile
+        cpu_model VARCHAR,
+        cpu_count INTEGER,
+        device VARCHAR NOT NULL,          -- 'cpu' or the CUDA device name
+        os VARCHAR,
+        python_version VARCHAR,
+        torch_version VARCHAR,
+        timm_version VARCHAR,
+        num_threads INTEGER,
+        profile_json VARCHAR NOT NULL,    -- the full profile the key was computed from
+        first_seen TIMESTAMP NOT NULL
+    )
+    """,
+    """
+    CREATE TABLE models (
+        model_key VARCHAR PRIMARY KEY,    -- e.g. 'mnist/resnet10t' or 'efficientnet_lite0'
+        architecture VARCHAR NOT NULL,    -- timm architecture name
+        family VARCHAR NOT NULL,
+        weights_source VARCHAR NOT NULL,  -- where the weights came from (file, package, trained here)
+        weights_sha256 VARCHAR,
+        num_classes INTEGER,
+        in_chans INTEGER,
+        input_size INTEGER,               -- square input side in pixels
+        param_count BIGINT,
+        conv_linear_param_count BIGINT,   -- weights of all Conv2d and Linear layers
+        num_conv_linear_layers INTEGER,
+        depthwise_param_share DOUBLE,     -- share of Conv2d/Linear weights in depthwise convolutions
+        linear_param_share DOUBLE,
+        has_attention BOOLEAN,
+        updated_at TIMESTAMP NOT NULL
+    )
+    """,
+    """
+    CREATE TABLE runs (
+        run_id VARCHAR PRIMARY KEY,
+        command VARCHAR NOT NULL,
+        status VARCHAR NOT NULL CHECK (status IN ('running', 'finished', 'failed')),
+        env_key VARCHAR,
+        product_version VARCHAR NOT NULL,
+        config_json VARCHAR NOT NULL,
+        error VARCHAR,
+        started_at TIMESTAMP NOT NULL,
+        finished_at TIMESTAMP
+    )
+    """,
+    """
+    CREATE TABLE results (
+        result_id VARCHAR PRIMARY KEY,
+        run_id VARCHAR,
+        model_key VARCHAR NOT NULL,
+        dataset VARCHAR NOT NULL,
+        labelled BOOLEAN NOT NULL,
+        provenance VARCHAR NOT NULL CHECK (provenance IN ('measured', 'published', 'predicted')),
+        source VARCHAR,                   -- citation for published rows, model version for predicted
+        env_key VARCHAR,
+        criterion VARCHAR NOT NULL,       -- 'dense', 'magnitude', 'wanda', 'sparsegpt'
+        allocation VARCHAR NOT NULL,      -- 'none', 'uniform', 'global_magnitude'
+        pattern VARCHAR NOT NULL,         -- 'dense', 'unstructured' or 'N:M'
+        recipe_json VARCHAR NOT NULL,     -- the full resolved technique configuration
+        layer_policy_json VARCHAR NOT NULL,
+        requested_sparsity DOUBLE NOT NULL CHECK (requested_sparsity >= 0 AND requested_sparsity < 1),
+        achieved_sparsity DOUBLE,         -- zeros / weights over every Conv2d and Linear layer
+        achieved_sparsity_targeted DOUBLE,-- zeros / weights over the layers the policy pruned
+        layer_sparsity_json VARCHAR,      -- per-layer achieved sparsity of the evaluated model
+        skipped_layers_json VARCHAR,      -- layers the pattern could not be applied to, with why
+        calibration_size INTEGER,
+        calibration_seed INTEGER,
+        eval_size INTEGER,
+        top1 DOUBLE,                      -- percent; NULL for unlabelled data
+        top5 DOUBLE,
+        dense_top1 DOUBLE,                -- the dense model on the same evaluation set
+        dense_top5 DOUBLE,
+        top1_agreement DOUBLE,            -- percent of inputs whose top-1 class matches the dense model
+        kl_divergence DOUBLE,             -- mean KL(dense || sparse) in nats
+        runtime VARCHAR,                  -- e.g. 'torch-eager'
+        latency_batch_size INTEGER,
+        latency_p50_ms DOUBLE,
+        latency_p90_ms DOUBLE,
+        latency_warmup INTEGER,
+        latency_repeats INTEGER,
+        num_threads INTEGER,
+        prune_seconds DOUBLE,
+        created_at TIMESTAMP NOT NULL
+    )
+    """,
+    "CREATE INDEX results_model_idx ON results (model_key, dataset)",
+]
+
+# Each entry moves the schema from version (index) to version (index + 1).
+MIGRATIONS: list[list[str]] = [MIGRATION_1]

@@ -1,0 +1,289 @@
+"""The DuckDB store: one file, ordered migrations, columnar inserts."""
+
+from __future__ import annotations
+
+import datetime as dt
+import json
+import logging
+import os
+from collections.abc import Iterator, Mapping, Sequence
+from contextlib import contextmanager
+from pathlib import Path
+from typing import Any
+
+import duckdb
+import numpy as np
+import platformdirs
+
+from db.errors import (
+    DatabaseError,
+    DatabaseLockedError,
+    DatabaseNotFoundError,
+    InvalidRowsError,
+    SchemaTooNewError,
+)
+from db.migrations import MIGRATIONS
+
+log = logging.getLogger(__name__)
+
+SCHEMA_VERSION = len(MIGRATIONS)
+PROVENANCES = ("measured", "published", "predicted")
+APP_NAME = "pts-advisor"
+
+
+def default_db_path() -> Path:
+    """Return the database path: $PTSA_DB if set, else results.duckdb in the data folder.
+
+    The data folder is $PTSA_DATA_DIR if set, else the platform's user data folder.
+    """
+    override = os.environ.get("PTSA_DB")
+    if override:
+        return Path(override)
+    folder = os.environ.get("PTSA_DATA_DIR") or platformdirs.user_data_dir(APP_NAME)
+    return Path(folder) / "results.duckdb"
+
+
+def _now() -> dt.datetime:
+    return dt.datetime.now(dt.timezone.utc).replace(tzinfo=None)
+
+
+class Store:
+    """A connection to one PTS Advisor database file.
+
+    Open it with `Store.open(path)`; it creates the file and applies pending migrations when
+    opened for writing. DuckDB allows one writing process per file, so keep write sessions short.
+    """
+
+    def __init__(self, path: Path, connection: duckdb.DuckDBPyConnection, read_only: bool):
+        self.path = path
+        self.read_only = read_only
+        self._con = connection
+
+    # -- opening and closing --------------------------------------------------------------
+
+    @classmethod
+    def open(cls, path: str | os.PathLike[str] | None = None, read_only: bool = False) -> Store:
+        db_path = Path(path) if path is not None else default_db_path()
+        if read_only and not db_path.exists():
+            raise DatabaseNotFoundError(
+                f"database not found: {db_path}. Run `ptsa demo` or `ptsa bench` to create it, "
+                "or pass --db with the path of an existing database."
+            )
+        if db_path.exists() and db_path.is_dir():
+            raise DatabaseError(f"database path is a directory: {db_path}. Pass --db with a file path.")
+        if not read_only:
+            db_path.parent.mkdir(parents=True, exist_ok=True)
+        created = not db_path.exists()
+        try:
+            con = duckdb.connect(str(db_path), read_only=read_only)
+        except duckdb.IOException as exc:
+            message = str(exc)
+            if "lock" in message.lower():
+                raise DatabaseLockedError(
+                    f"database is locked by another process: {db_path}. Wait for that process "
+                    f"(a running bench or TUI) to finish, or pass --db with another file. ({message})"
+                ) from exc
+            raise DatabaseError(
+                f"cannot open database {db_path}: {message}. The file may be damaged or not a "
+                "DuckDB database; move it away or pass --db with another path."
+            ) from exc
+        except duckdb.Error as exc:
+            raise DatabaseError(
+                f"cannot open database {db_path}: {exc}. Move the file away or pass --db with "
+                "another path."
+            ) from exc
+
+        store = cls(db_path, con, read_only)
+        try:
+            store._check_and_migrate()
+        except Exception:
+            con.close()
+            if created and db_path.exists():
+                # Leave nothing half-written behind when the very first migration failed.
+                db_path.unlink()
+            raise
+        return store
+
+    def close(self) -> None:
+        self._con.close()
+
+    def __enter__(self) -> Store:
+        return self
+
+    def __exit__(self, *exc_info: object) -> None:
+        self.close()
+
+    # -- schema ----------------------------------------------------------------------------
+
+    def schema_version(self) -> int:
+        exists = self._con.execute(
+            "SELECT count(*) FROM information_schema.tables WHERE table_name = 'schema_version'"
+        ).fetchone()[0]
+        if not exists:
+            return 0
+        row = self._con.execute("SELECT max(version) FROM schema_version").fetchone()
+        return int(row[0] or 0)
+
+    def _check_and_migrate(self) -> None:
+        current = self.schema_version()
+        if current > SCHEMA_VERSION:
+            raise SchemaTooNewError(
+                f"database {self.path} has schema version {current}, but this PTS Advisor "
+                f"reads up to version {SCHEMA_VERSION}. Upgrade pts-advisor, or pass --db with "
+                "another file."
+            )
+        if current == SCHEMA_VERSION:
+            return
+        if self.read_only:
+            raise DatabaseError(
+                f"database {self.path} has schema version {current} and needs migration to "
+                f"{SCHEMA_VERSION}; open it once for writing (for example `ptsa bench`) first."
+            )
+        if current == 0:
+            self._con.execute(
+                "CREATE TABLE IF NOT EXISTS schema_version "
+                "(version INTEGER PRIMARY KEY, applied_at TIMESTAMP NOT NULL)"
+            )
+        for version in range(current + 1, SCHEMA_VERSION + 1):
+            log.info("migrating %s to schema version %d", self.path, version)
+            with self.transaction():
+                for statement in MIGRATIONS[version - 1]:
+                    self._con.execute(statement)
+                self._con.execute("INSERT INTO schema_version VALUES (?, ?)", [version, _now()])
+
+    @contextmanager
+    def transaction(self) -> Iterator[None]:
+        """Run the block in one transaction: all of its writes land, or none do."""
+        self._con.execute("BEGIN TRANSACTION")
+        try:
+            yield
+        except BaseException:
+            self._con.execute("ROLLBACK")
+            raise
+        else:
+            self._con.execute("COMMIT")
+
+    def columns(self, table: str) -> list[str]:
+        rows = self._con.execute(
+            "SELECT column_name FROM information_schema.columns WHERE table_name = ? "
+            "ORDER BY ordinal_position",
+            [table],
+        ).fetchall()
+        return [r[0] for r in rows]
+
+    # -- writing ---------------------------------------------------------------------------
+
+    def upsert_environment(self, env_key: str, profile: Mapping[str, Any]) -> None:
+        self._require_writable()
+        self._con.execute(
+            """
+            INSERT INTO environments VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)
+            ON CONFLICT (env_key) DO NOTHING
+            """,
+            [
+                env_key,
+                profile.get("cpu_model"),
+                profile.get("cpu_count"),
+                profile.get("device", "cpu"),
+                profile.get("os"),
+                profile.get("python_version"),
+                profile.get("torch_version"),
+                profile.get("timm_version"),
+                profile.get("num_threads"),
+                json.dumps(dict(profile), sort_keys=True),
+                _now(),
+            ],
+        )
+
+    def upsert_model(self, row: Mapping[str, Any]) -> None:
+        self._require_writable()
+        columns = self.columns("models")
+        values = dict(row, updated_at=_now())
+        unknown = set(values) - set(columns)
+        if unknown:
+            raise InvalidRowsError(f"unknown models columns: {sorted(unknown)}")
+        names = list(values)
+        placeholders = ", ".join("?" for _ in names)
+        updates = ", ".join(f"{n} = excluded.{n}" for n in names if n != "model_key")
+        self._con.execute(
+            f"INSERT INTO models ({', '.join(names)}) VALUES ({placeholders}) "
+            f"ON CONFLICT (model_key) DO UPDATE SET {updates}",
+            [values[n] for n in names],
+        )
+
+    def start_run(
+        self,
+        run_id: str,
+        command: str,
+        config: Mapping[str, Any],
+        env_key: str | None,
+        product_version: str,
+    ) -> None:
+        self._require_writable()
+        self._con.execute(
+            "INSERT INTO runs (run_id, command, status, env_key, product_version, config_json, "
+            "started_at) VALUES (?, ?, 'running', ?, ?, ?, ?)",
+            [run_id, command, env_key, product_version, json.dumps(dict(config), sort_keys=True), _now()],
+        )
+
+    def finish_run(self, run_id: str, status: str, error: str | None = None) -> None:
+        self._require_writable()
+        self._con.execute(
+            "UPDATE runs SET status = ?, error = ?, finished_at = ? WHERE run_id = ?",
+            [status, error, _now(), run_id],
+        )
+
+    def insert_results(self, columns: Mapping[str, Sequence[Any]]) -> int:
+        """Insert result rows given column-wise, in one statement and one transaction.
+
+        `columns` maps column names to equal-length sequences. `created_at` is filled in when
+        absent. Returns the number of rows inserted; on any error nothing is inserted.
+        """
+        self._require_writable()
+        known = self.columns("results")
+        unknown = sorted(set(columns) - set(known))
+        if unknown:
+            raise InvalidRowsError(f"unknown results columns: {unknown}; known columns: {known}")
+        lengths = {name: len(values) for name, values in columns.items()}
+        if len(set(lengths.values())) > 1:
+            raise InvalidRowsError(f"results columns have unequal lengths: {lengths}")
+        n_rows = next(iter(lengths.values()), 0)
+        if n_rows == 0:
+            return 0
+        bad = sorted({p for p in columns.get("provenance", []) if p not in PROVENANCES})
+        if bad:
+            raise InvalidRowsError(f"invalid provenance {bad}; use one of {list(PROVENANCES)}")
+
+        batch = {name: np.array(list(values), dtype=object) for name, values in columns.items()}
+        if "created_at" not in batch:
+            batch["created_at"] = np.array([_now()] * n_rows, dtype=object)
+        names = list(batch)
+        view = "_results_batch"
+        self._con.register(view, batch)
+        try:
+            with self.transaction():
+                self._con.execute(
+                    f"INSERT INTO results ({', '.join(names)}) SELECT {', '.join(names)} FROM {view}"
+                )
+        except duckdb.ConstraintException as exc:
+            raise InvalidRowsError(f"results rejected by the schema: {exc}") from exc
+        finally:
+            self._con.unregister(view)
+        return n_rows
+
+    def _require_writable(self) -> None:
+        if self.read_only:
+            raise DatabaseError(f"database {self.path} was opened read-only; open it for writing.")
+
+    # -- reading ---------------------------------------------------------------------------
+
+    def query(self, sql: str, params: Sequence[Any] | None = None) -> list[dict[str, Any]]:
+        """Run a read query and return the rows as dictionaries."""
+        cursor = self._con.execute(sql, list(params or []))
+        names = [d[0] for d in cursor.description]
+        return [dict(zip(names, row)) for row in cursor.fetchall()]
+
+    def count(self, table: str) -> int:
+        if table not in {"results", "runs", "models", "environments"}:
+            raise ValueError(f"unknown table {table!r}")
+        return int(self._con.execute(f"SELECT count(*) FROM {table}").fetchone()[0])
