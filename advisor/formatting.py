@@ -15,7 +15,7 @@ CONSTRAINT_LABELS = {
 METRIC_LABELS = {"top1": "top-1", "top1_agreement": "agreement"}
 
 
-def _num(value: float | None, digits: int = 1, suffix: str = "") -> str:
+def number(value: float | None, digits: int = 1, suffix: str = "") -> str:
     if value is None or (isinstance(value, float) and math.isnan(value)):
         return "-"
     return f"{value:.{digits}f}{suffix}"
@@ -35,10 +35,10 @@ def candidate_cells(candidate: Candidate, budget_stat: str) -> list[str]:
     return [
         row["model_key"],
         method_label(row),
-        _num((row.get("achieved_sparsity") or 0) * 100, 1, "%"),
-        f"{_num(candidate.accuracy, 1)} {METRIC_LABELS[candidate.metric]}",
-        _num(candidate.drop, 1),
-        _num(candidate.latency_ms, 2),
+        number((row.get("achieved_sparsity") or 0) * 100, 1, "%"),
+        f"{number(candidate.accuracy, 1)} {METRIC_LABELS[candidate.metric]}",
+        number(candidate.drop, 1),
+        number(candidate.latency_ms, 2),
         row["provenance"],
     ]
 

@@ -230,11 +230,13 @@ def _sort_key(candidate: Candidate, objective: str) -> tuple:
     accuracy = candidate.accuracy if candidate.accuracy is not None else -math.inf
     latency = candidate.latency_ms if candidate.latency_ms is not None else math.inf
     sparsity = candidate.row.get("achieved_sparsity") or 0.0
+    # Full ties fall back to identifiers, so the order never depends on how rows were read.
+    identity = (candidate.row["model_key"], candidate.row["criterion"], candidate.row["pattern"], candidate.row["result_id"])
     if objective == "latency":
-        return (latency, -accuracy, -sparsity)
+        return (latency, -accuracy, -sparsity, *identity)
     if objective == "sparsity":
-        return (-sparsity, -accuracy, latency)
-    return (-accuracy, latency, -sparsity)
+        return (-sparsity, -accuracy, latency, *identity)
+    return (-accuracy, latency, -sparsity, *identity)
 
 
 def recommend(rows: list[dict[str, Any]], budget: Budget, nearest: int = 3) -> Recommendation:

@@ -17,7 +17,7 @@ from textual.containers import Horizontal, Vertical
 from textual.message import Message
 from textual.widgets import DataTable, Footer, Header, Input, Label, Select, Static
 
-from advisor.formatting import CONSTRAINT_LABELS, HEADERS, candidate_cells, describe_violation, method_label
+from advisor.formatting import CONSTRAINT_LABELS, METRIC_LABELS, describe_violation, method_label, number
 from advisor.recommend import OBJECTIVES, Budget, BudgetError, Candidate, Recommendation, load_candidates, recommend
 from db import DatabaseError, Store
 
@@ -58,18 +58,18 @@ class BudgetForm(Vertical):
 
     def compose(self) -> ComposeResult:
         b = self._initial
-        yield Label("Max latency p90 (ms)")
-        yield Input(value=_fmt(b.max_latency_ms), placeholder="none", id="max-latency", type="number")
+        yield Label("Max p90 latency ms")
+        yield Input(value=_fmt(b.max_latency_ms), placeholder="none", id="max-latency", type="number", compact=True)
         yield Label("Min accuracy (%)")
-        yield Input(value=_fmt(b.min_accuracy), placeholder="none", id="min-accuracy", type="number")
+        yield Input(value=_fmt(b.min_accuracy), placeholder="none", id="min-accuracy", type="number", compact=True)
         yield Label("Max drop (points)")
-        yield Input(value=_fmt(b.max_drop), placeholder="none", id="max-drop", type="number")
+        yield Input(value=_fmt(b.max_drop), placeholder="none", id="max-drop", type="number", compact=True)
         yield Label("Objective")
-        yield Select([(o, o) for o in OBJECTIVES], value=b.objective, allow_blank=False, id="objective")
+        yield Select([(o, o) for o in OBJECTIVES], value=b.objective, allow_blank=False, id="objective", compact=True)
         yield Label("Dataset")
         options = [(ALL_DATASETS, ALL_DATASETS)] + [(d, d) for d in self._datasets]
         value = b.dataset if b.dataset in self._datasets else ALL_DATASETS
-        yield Select(options, value=value, allow_blank=False, id="dataset")
+        yield Select(options, value=value, allow_blank=False, id="dataset", compact=True)
 
     def read_budget(self) -> Budget:
         """Build a budget from the inputs; raises ValueError or BudgetError naming the bad field."""
@@ -101,13 +101,34 @@ def _fmt(value: float | None) -> str:
     return "" if value is None else f"{value:g}"
 
 
+# Narrower than the CLI table so that the ranking fits an 80-column terminal.
+TUI_HEADERS = ["model", "method", "sparsity", "acc %", "drop", "p90 ms", "evidence"]
+
+
+def tui_cells(candidate: Candidate) -> list[str]:
+    row = candidate.row
+    accuracy = number(candidate.accuracy)
+    if candidate.metric == "top1_agreement":
+        accuracy += " agr"
+    return [
+        row["model_key"],
+        method_label(row),
+        number((row.get("achieved_sparsity") or 0) * 100, 0, "%"),
+        accuracy,
+        number(candidate.drop),
+        number(candidate.latency_ms, 1),
+        row["provenance"],
+    ]
+
+
 class PTSAdvisorApp(App):
     """Plan a deployment: budgets on the left, ranked candidates and their evidence on the right."""
 
     TITLE = "PTS Advisor"
     CSS = """
-    BudgetForm { width: 26; padding: 0 1; border-right: solid $primary; }
-    BudgetForm Input { margin-bottom: 0; }
+    BudgetForm { width: 22; padding: 0 1; border-right: solid $primary; }
+    BudgetForm Label { margin-top: 1; color: $text-muted; }
+    BudgetForm Input, BudgetForm Select { width: 100%; }
     #main { width: 1fr; }
     #ranking { height: 1fr; }
     #status { height: auto; padding: 0 1; color: $text-muted; }
@@ -154,8 +175,9 @@ class PTSAdvisorApp(App):
     def on_mount(self) -> None:
         self.sub_title = self.db_path.name
         table = self.query_one("#ranking", DataTable)
-        table.add_columns("#", *HEADERS)
+        table.add_columns("#", *TUI_HEADERS)
         self.refresh_ranking()
+        table.focus()  # keys such as q and r work at once; Tab reaches the budget inputs
 
     @on(BudgetForm.Changed)
     def _budget_changed(self, message: BudgetForm.Changed) -> None:
@@ -182,7 +204,7 @@ class PTSAdvisorApp(App):
         shown = self.result.ranked if self.result.found else self.result.nearest
         for index, candidate in enumerate(shown):
             rank = str(index + 1) if self.result.found else "✗"
-            table.add_row(rank, *candidate_cells(candidate, self.budget.latency_stat), key=str(index))
+            table.add_row(rank, *tui_cells(candidate), key=str(index))
         if self.result.found:
             status.update(f"{len(self.result.ranked)} of {self.result.total} candidates meet the budget "
                           f"(objective: {self.budget.objective}).")
@@ -216,6 +238,8 @@ class PTSAdvisorApp(App):
         lines = [
             f"[b]{row['model_key']}[/b] · {method_label(row)} · requested {row['requested_sparsity']:.0%}, "
             f"achieved {row['achieved_sparsity'] or 0:.1%} of Conv/Linear weights",
+            f"{METRIC_LABELS[candidate.metric]} {number(candidate.accuracy)} % "
+            f"(dense {number(candidate.dense_accuracy)} %)",
             f"{row['provenance']} on {row['dataset']} ({row.get('eval_size')} eval inputs, "
             f"{row.get('calibration_size')} calibration), run {row.get('run_id')}",
             f"latency p50 {row.get('latency_p50_ms') or 0:.2f} ms, p90 {row.get('latency_p90_ms') or 0:.2f} ms "

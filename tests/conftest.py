@@ -1,0 +1,100 @@
+"""Shared fixtures. Tests use real parts: DuckDB files in temporary folders, small timm models."""
+
+from __future__ import annotations
+
+import os
+
+# Model hubs must never be contacted; the Makefile also exports this before Python starts.
+os.environ.setdefault("HF_HUB_OFFLINE", "1")
+
+import json
+import uuid
+from pathlib import Path
+
+import pytest
+
+from db import Store
+
+
+@pytest.fixture(autouse=True)
+def isolated_data_dir(tmp_path_factory, monkeypatch):
+    """Keep every test away from the user's data folder and database."""
+    folder = tmp_path_factory.mktemp("ptsa-data")
+    monkeypatch.setenv("PTSA_DATA_DIR", str(folder))
+    monkeypatch.delenv("PTSA_DB", raising=False)
+    return folder
+
+
+def make_result(**overrides):
+    """Return one complete measured result row, as the runner would store it."""
+    row = {
+        "result_id": uuid.uuid4().hex,
+        "run_id": "fixture",
+        "model_key": "mnist/resnet10t",
+        "dataset": "mnist",
+        "labelled": True,
+        "provenance": "measured",
+        "source": "ptsa test",
+        "env_key": "env0",
+        "criterion": "magnitude",
+        "allocation": "uniform",
+        "pattern": "unstructured",
+        "recipe_json": json.dumps({"criterion": "magnitude"}),
+        "layer_policy_json": "{}",
+        "requested_sparsity": 0.5,
+        "achieved_sparsity": 0.49,
+        "achieved_sparsity_targeted": 0.5,
+        "layer_sparsity_json": "{}",
+        "skipped_layers_json": "{}",
+        "calibration_size": 128,
+        "calibration_seed": 0,
+        "eval_size": 1000,
+        "top1": 95.0,
+        "top5": 99.0,
+        "dense_top1": 97.0,
+        "dense_top5": 99.5,
+        "top1_agreement": 96.0,
+        "kl_divergence": 0.05,
+        "runtime": "torch-eager",
+        "latency_batch_size": 1,
+        "latency_p50_ms": 4.0,
+        "latency_p90_ms": 4.5,
+        "latency_warmup": 5,
+        "latency_repeats": 30,
+        "num_threads": 2,
+        "prune_seconds": 0.1,
+    }
+    row.update(overrides)
+    return row
+
+
+def insert_rows(store: Store, rows: list[dict]) -> None:
+    names = list(rows[0])
+    store.insert_results({n: [r[n] for r in rows] for n in names})
+
+
+@pytest.fixture
+def fixture_db(tmp_path) -> Path:
+    """A database with a small, hand-made set of candidates on two datasets."""
+    path = tmp_path / "fixture.duckdb"
+    rows = [
+        make_result(model_key="mnist/resnet10t", criterion="dense", allocation="none", pattern="dense",
+                    requested_sparsity=0.0, achieved_sparsity=0.0, top1=97.0, latency_p90_ms=4.5),
+        make_result(model_key="mnist/resnet10t", criterion="magnitude", requested_sparsity=0.5,
+                    achieved_sparsity=0.49, top1=96.0, latency_p90_ms=4.6),
+        make_result(model_key="mnist/resnet10t", criterion="sparsegpt", requested_sparsity=0.7,
+                    achieved_sparsity=0.69, top1=95.5, latency_p90_ms=4.4),
+        make_result(model_key="mnist/convnext_atto", criterion="dense", allocation="none", pattern="dense",
+                    requested_sparsity=0.0, achieved_sparsity=0.0, top1=93.0, dense_top1=93.0, latency_p90_ms=9.0),
+        make_result(model_key="mnist/convnext_atto", criterion="wanda", requested_sparsity=0.5,
+                    achieved_sparsity=0.5, top1=92.0, dense_top1=93.0, latency_p90_ms=9.1),
+        make_result(model_key="mnist/vit_tiny", criterion="wanda", pattern="2:4", requested_sparsity=0.5,
+                    achieved_sparsity=0.45, top1=80.0, dense_top1=87.0, latency_p90_ms=None, latency_p50_ms=None),
+        make_result(model_key="efficientnet_lite0", dataset="photos", labelled=False, criterion="sparsegpt",
+                    requested_sparsity=0.5, top1=None, top5=None, dense_top1=None, dense_top5=None,
+                    top1_agreement=88.0, latency_p90_ms=15.0, latency_p50_ms=14.0),
+    ]
+    with Store.open(path) as store:
+        insert_rows(store, rows)
+        store.upsert_environment("env0", {"cpu_model": "Test CPU", "cpu_count": 2, "device": "cpu"})
+    return path

@@ -1,0 +1,113 @@
+"""Benching end to end: a real timm model, real images, a real DuckDB file."""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+from click.testing import CliRunner
+
+from advisor.cli import main
+from bench_engine.baselines import MNIST_PREPROCESS, BaselineSpec, ensure_baseline
+from bench_engine.data import load_mnist
+from bench_engine.runner import BenchJob, BenchPlan, run_jobs
+from db import Store
+from test_inputs import save_tiny_resnet, write_images
+
+
+@pytest.fixture
+def tiny_setup(tmp_path):
+    weights = tmp_path / "w.safetensors"
+    save_tiny_resnet(weights, num_classes=3)
+    for index, name in enumerate(("a", "b", "c")):
+        write_images(tmp_path / "data" / name, 10, seed=index)
+    return weights, tmp_path / "data", tmp_path / "r.duckdb"
+
+
+def test_bench_cli_stores_complete_rows(tiny_setup):
+    weights, data, db_path = tiny_setup
+    result = CliRunner().invoke(main, [
+        "--db", str(db_path), "bench", "resnet10t", "--weights", str(weights), "--data", str(data),
+        "--input-size", "32", "--sparsity", "0.3", "--sparsity", "0.6", "--pattern", "unstructured",
+        "--pattern", "2:4", "--calibration-size", "8", "--threads", "1", "--no-progress",
+    ])
+    assert result.exit_code == 0, result.output
+    assert "stored 10 results" in result.stdout
+    with Store.open(db_path, read_only=True) as store:
+        rows = store.query("SELECT * FROM results ORDER BY criterion, pattern, requested_sparsity")
+        run = store.query("SELECT * FROM runs")[0]
+        model = store.query("SELECT * FROM models")[0]
+        env = store.query("SELECT * FROM environments")[0]
+    assert run["status"] == "finished"
+    assert model["architecture"] == "resnet10t" and model["family"] == "resnet"
+    assert model["num_conv_linear_layers"] > 5
+    assert env["torch_version"] and env["env_key"] == rows[0]["env_key"]
+    assert len(rows) == 1 + 3 * 3  # dense, then 3 criteria × (0.3, 0.6, 2:4)
+    for row in rows:
+        assert row["provenance"] == "measured"
+        assert row["labelled"] and row["top1"] is not None and row["top5"] is not None
+        assert row["latency_p50_ms"] > 0 and row["latency_p90_ms"] >= row["latency_p50_ms"]
+        assert row["num_threads"] == 1 and row["latency_batch_size"] == 1
+        assert row["calibration_size"] == 8 and row["eval_size"] == 6
+        per_layer = json.loads(row["layer_sparsity_json"])
+        assert len(per_layer) == model["num_conv_linear_layers"]
+        if row["criterion"] == "dense":
+            assert row["top1_agreement"] == 100.0 and row["kl_divergence"] == pytest.approx(0, abs=1e-6)
+        elif row["pattern"] == "unstructured":
+            assert row["achieved_sparsity_targeted"] == pytest.approx(row["requested_sparsity"], abs=1e-4)
+            assert row["achieved_sparsity"] < row["achieved_sparsity_targeted"]  # stem and head stay dense
+            recipe = json.loads(row["recipe_json"])
+            assert recipe["criterion"] == row["criterion"] and recipe["policy"]["prune_first_layer"] is False
+        else:
+            assert row["pattern"] == "2:4" and row["requested_sparsity"] == 0.5
+    skipped = json.loads(rows[0]["skipped_layers_json"])
+    assert "first layer" in skipped["conv1.0"]
+
+
+def test_bench_unlabelled_scores_fidelity(tiny_setup):
+    weights, data, db_path = tiny_setup
+    result = CliRunner().invoke(main, [
+        "--db", str(db_path), "bench", "resnet10t", "--weights", str(weights), "--data", str(data), "--unlabelled",
+        "--input-size", "32", "--criterion", "wanda", "--calibration-size", "4", "--no-progress",
+    ])
+    assert result.exit_code == 0, result.output
+    with Store.open(db_path, read_only=True) as store:
+        rows = store.query("SELECT labelled, top1, top1_agreement, kl_divergence FROM results")
+    assert len(rows) == 2
+    assert all(not r["labelled"] and r["top1"] is None and r["top1_agreement"] is not None for r in rows)
+
+
+def test_failed_model_leaves_earlier_rows_complete(tiny_setup):
+    weights, data, db_path = tiny_setup
+    from bench_engine.data import load_dataset
+    from bench_engine.models import load_model
+
+    def good():
+        bundle = load_model("resnet10t", weights, input_size=32)
+        return bundle, load_dataset(str(data), bundle.preprocess)
+
+    def broken():
+        raise RuntimeError("disk vanished")
+
+    plan = BenchPlan(criteria=["magnitude"], sparsities=[0.5], calibration_size=4)
+    with Store.open(db_path) as store:
+        with pytest.raises(RuntimeError, match="disk vanished"):
+            run_jobs(store, [BenchJob("good", good, plan), BenchJob("broken", broken, plan)], "test", show_progress=False)
+        run = store.query("SELECT status, error FROM runs")[0]
+        rows = store.query("SELECT model_key, top1, latency_p50_ms FROM results")
+    assert run["status"] == "failed" and "disk vanished" in run["error"]
+    assert len(rows) == 2
+    assert all(r["top1"] is not None and r["latency_p50_ms"] is not None for r in rows)
+
+
+def test_baseline_is_trained_once_and_cached(isolated_data_dir):
+    spec = BaselineSpec("resnet10t", 2e-3, 1)
+    data = load_mnist(MNIST_PREPROCESS)
+    path = ensure_baseline(spec, data)
+    assert path.exists() and path.parent == isolated_data_dir / "baselines"
+    assert not list(path.parent.glob("*.tmp*"))
+    meta = json.loads(path.with_suffix(".json").read_text())
+    assert meta["spec"]["architecture"] == "resnet10t" and meta["train_seconds"] > 0
+    mtime = path.stat().st_mtime_ns
+    assert ensure_baseline(spec, data) == path
+    assert path.stat().st_mtime_ns == mtime

@@ -1,0 +1,149 @@
+"""The `ptsa` command line: output, JSON schema, exit codes and error messages."""
+
+from __future__ import annotations
+
+import json
+import pickle
+
+import pytest
+from click.testing import CliRunner
+
+from advisor.cli import main
+
+
+@pytest.fixture
+def runner():
+    return CliRunner()
+
+
+def test_recommend_json(runner, fixture_db):
+    result = runner.invoke(main, ["--db", str(fixture_db), "recommend", "--dataset", "mnist",
+                                  "--max-latency-ms", "5", "--json"])
+    assert result.exit_code == 0, result.output
+    payload = json.loads(result.stdout)
+    assert payload["status"] == "ok"
+    assert payload["candidates_meeting_budget"] == 3
+    first = payload["candidates"][0]
+    assert first["rank"] == 1
+    assert first["model_key"] == "mnist/resnet10t" and first["criterion"] == "dense"
+    assert set(first["evidence"]) >= {"provenance", "env_key", "run_id", "result_id", "runtime", "num_threads"}
+    assert first["evidence"]["provenance"] == "measured"
+    assert first["binding_constraint"] == "max_latency_ms"
+
+
+def test_recommend_table(runner, fixture_db):
+    result = runner.invoke(main, ["--db", str(fixture_db), "recommend", "--dataset", "mnist", "--max-drop", "1.5",
+                                  "--objective", "sparsity"])
+    assert result.exit_code == 0, result.output
+    lines = result.stdout.splitlines()
+    assert lines[0].startswith("5 of 6 candidates meet the budget")
+    assert "sparsegpt" in lines[3] and "mnist/resnet10t" in lines[3]
+    assert "dense kernels" in result.stdout
+
+
+def test_recommend_nothing_fits_exits_3(runner, fixture_db):
+    result = runner.invoke(main, ["--db", str(fixture_db), "recommend", "--max-latency-ms", "1", "--json"])
+    assert result.exit_code == 3
+    payload = json.loads(result.stdout)
+    assert payload["status"] == "no_candidate"
+    assert payload["binding_constraint"] == "max_latency_ms"
+    assert payload["nearest"]
+    text = runner.invoke(main, ["--db", str(fixture_db), "recommend", "--max-latency-ms", "1"])
+    assert text.exit_code == 3
+    assert "No candidate meets the budget: max latency rules out" in text.stdout
+
+
+@pytest.mark.parametrize(
+    "args, message",
+    [
+        (["--min-accuracy", "120"], "between 0 and 100"),
+        (["--max-latency-ms", "-3"], "positive number of milliseconds"),
+        (["--batch-size", "0"], "at least 1"),
+    ],
+)
+def test_recommend_invalid_budget_exits_2(runner, fixture_db, args, message):
+    result = runner.invoke(main, ["--db", str(fixture_db), "recommend", *args])
+    assert result.exit_code == 2
+    assert message in result.stderr
+    assert result.stdout == ""
+
+
+def test_recommend_missing_database(runner, tmp_path):
+    path = tmp_path / "none.duckdb"
+    result = runner.invoke(main, ["--db", str(path), "recommend"])
+    assert result.exit_code == 2
+    assert "database not found" in result.stderr and "ptsa demo" in result.stderr
+    assert not path.exists()
+
+
+def test_recommend_empty_database(runner, tmp_path):
+    from db import Store
+
+    path = tmp_path / "empty.duckdb"
+    Store.open(path).close()
+    result = runner.invoke(main, ["--db", str(path), "recommend"])
+    assert result.exit_code == 2
+    assert "has no results" in result.stderr
+
+
+@pytest.mark.parametrize(
+    "args, message",
+    [
+        (["not_a_model", "--data", "mnist"], "unknown model 'not_a_model'"),
+        (["mnist/resnet10t", "--data", "mnist", "--sparsity", "1.5"], "sparsity 1.5 is out of range"),
+        (["mnist/resnet10t", "--data", "mnist", "--sparsity", "50"], "Did you mean 0.5"),
+        (["mnist/resnet10t", "--data", "mnist", "--criterion", "obs"], "unknown criterion 'obs'"),
+        (["mnist/resnet10t", "--data", "mnist", "--pattern", "2-4"], "invalid pattern '2-4'"),
+        (["resnet18", "--data", "mnist"], "needs weights"),
+    ],
+)
+def test_bench_bad_input_exits_2_and_writes_nothing(runner, tmp_path, args, message):
+    db_path = tmp_path / "r.duckdb"
+    result = runner.invoke(main, ["--db", str(db_path), "bench", *args])
+    assert result.exit_code == 2, result.output
+    assert message in result.stderr
+    assert not db_path.exists()
+
+
+def test_bench_refuses_unsafe_checkpoint(runner, tmp_path):
+    weights = tmp_path / "evil.pth"
+    weights.write_bytes(pickle.dumps({"w": object()}))
+    db_path = tmp_path / "r.duckdb"
+    result = runner.invoke(main, ["--db", str(db_path), "bench", "resnet18", "--weights", str(weights), "--data", "mnist"])
+    assert result.exit_code == 2
+    assert "refused to load" in result.stderr
+    assert not db_path.exists()
+
+
+def test_bench_empty_dataset(runner, tmp_path):
+    weights = tmp_path / "w.safetensors"
+    from test_inputs import save_tiny_resnet
+
+    save_tiny_resnet(weights)
+    empty = tmp_path / "images"
+    empty.mkdir()
+    db_path = tmp_path / "r.duckdb"
+    result = runner.invoke(main, ["--db", str(db_path), "bench", "resnet10t", "--weights", str(weights), "--data", str(empty)])
+    assert result.exit_code == 2
+    assert "has 0 images" in result.stderr
+    assert not db_path.exists()
+
+
+def test_bench_class_count_mismatch(runner, tmp_path):
+    from test_inputs import save_tiny_resnet, write_images
+
+    weights = tmp_path / "w.safetensors"
+    save_tiny_resnet(weights, num_classes=5)
+    for name in ("a", "b"):
+        write_images(tmp_path / "data" / name, 4)
+    result = runner.invoke(main, ["--db", str(tmp_path / "r.duckdb"), "bench", "resnet10t", "--weights", str(weights),
+                                  "--data", str(tmp_path / "data")])
+    assert result.exit_code == 2
+    assert "5 outputs but dataset" in result.stderr and "--unlabelled" in result.stderr
+
+
+def test_models_lists_named_models(runner, fixture_db):
+    result = runner.invoke(main, ["--db", str(fixture_db), "models"])
+    assert result.exit_code == 0
+    assert "efficientnet_lite0" in result.stdout and "mnist/vit_tiny_patch16_224" in result.stdout
+    assert "mnist/convnext_atto" in result.stdout

@@ -1,0 +1,253 @@
+"""Pruning techniques on small real timm models: exact sparsity, valid N:M, SparseGPT's error."""
+
+from __future__ import annotations
+
+import copy
+
+import pytest
+import timm
+import torch
+from torch import nn
+
+from bench_engine.errors import InvalidConfigError
+from bench_engine.pruning import LayerPolicy, PruneConfig, collect_stats, find_prunable_layers, parse_pattern, prune_model
+from bench_engine.pruning.allocation import global_magnitude, uniform
+from bench_engine.pruning.criteria import magnitude, select_lowest, split_count, sparsegpt
+from bench_engine.pruning.layers import input_matrix, matrix_to_weight, weight_matrix
+from bench_engine.pruning.prune import measure_sparsity
+
+torch.manual_seed(0)
+
+
+def small_model(name: str = "efficientnet_lite0", **kwargs) -> nn.Module:
+    torch.manual_seed(0)
+    return timm.create_model(name, pretrained=False, num_classes=10, **kwargs).eval()
+
+
+@pytest.fixture(scope="module")
+def lite0_calibration():
+    model = small_model()
+    x = torch.randn(16, 3, 64, 64)
+    layers, _ = find_prunable_layers(model, LayerPolicy(), x[:1])
+    stats = collect_stats(model, layers, x, need_hessian=True)
+    return model, x, stats
+
+
+def pruned_copy(model, x, stats, config):
+    clone = copy.deepcopy(model)
+    layers, _ = find_prunable_layers(clone, config.policy, x[:1])
+    report = prune_model(layers, config, stats)
+    return clone, layers, report
+
+
+# -- layout ------------------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize(
+    "layer",
+    [
+        nn.Conv2d(8, 16, 3, stride=2, padding=1),
+        nn.Conv2d(8, 16, 3, padding=2, dilation=2, bias=False),
+        nn.Conv2d(8, 8, 3, padding=1, groups=8),  # depthwise
+        nn.Conv2d(8, 16, 3, padding=1, groups=4),  # grouped
+        nn.Conv2d(8, 16, 5, padding="same"),
+        nn.Conv2d(8, 16, 3, padding=1, padding_mode="reflect"),
+        timm.layers.Conv2dSame(8, 16, 3, stride=2),  # TensorFlow-style dynamic padding
+        nn.Linear(12, 6),
+    ],
+    ids=["strided", "dilated", "depthwise", "grouped", "same", "reflect", "timm-same", "linear"],
+)
+def test_matrix_views_reproduce_layer_output(layer):
+    x = torch.randn(2, 7, 12) if isinstance(layer, nn.Linear) else torch.randn(2, 8, 9, 9)
+    with torch.no_grad():
+        expected = layer(x)
+        if layer.bias is not None:
+            shape = (1, 1, -1) if isinstance(layer, nn.Linear) else (1, -1, 1, 1)
+            expected = expected - layer.bias.view(shape)
+    product = torch.bmm(weight_matrix(layer), input_matrix(layer, x))  # (G, R, N)
+    if isinstance(layer, nn.Linear):
+        got = product[0].t().reshape(expected.shape)
+    else:
+        batch, channels, height, width = expected.shape
+        got = product.reshape(channels, batch, height, width).permute(1, 0, 2, 3)
+    torch.testing.assert_close(got, expected, rtol=1e-4, atol=1e-4)
+    torch.testing.assert_close(matrix_to_weight(layer, weight_matrix(layer)), layer.weight.detach())
+
+
+# -- exact counts ------------------------------------------------------------------------------
+
+
+def test_split_count_adds_up_exactly():
+    counts = split_count(1001, [3, 5, 7, 11, 13])
+    assert int(counts.sum()) == 1001
+    assert all(c >= 0 for c in counts.tolist())
+
+
+def test_ties_never_prune_more_than_requested():
+    # All weights equal: a threshold rule would prune everything (or nothing).
+    weights = torch.ones(1, 3, 4)
+    new, mask = magnitude(weights, prune_count=6, pattern=None)
+    assert int(mask.sum()) == 6
+    assert int((new == 0).sum()) == 6
+
+
+def test_select_lowest_exact_per_row():
+    scores = torch.tensor([[1.0, 1.0, 1.0, 1.0], [4.0, 3.0, 2.0, 1.0]])
+    mask = select_lowest(scores, torch.tensor([2, 1]))
+    assert mask.sum(dim=1).tolist() == [2, 1]
+    assert mask[1].tolist() == [False, False, False, True]
+
+
+@pytest.mark.parametrize("criterion", ["magnitude", "wanda", "sparsegpt"])
+@pytest.mark.parametrize("sparsity", [0.3, 0.7])
+def test_uniform_sparsity_exact_per_layer(lite0_calibration, criterion, sparsity):
+    model, x, stats = lite0_calibration
+    config = PruneConfig(criterion=criterion, sparsity=sparsity)
+    clone, layers, report = pruned_copy(model, x, stats, config)
+    counted = measure_sparsity(clone, [layer.name for layer in layers])
+    for layer in layers:
+        zeros = int((layer.module.weight == 0).sum())
+        assert zeros == round(sparsity * layer.numel), layer.name
+        assert report.prune_counts[layer.name] == round(sparsity * layer.numel)
+    total = sum(layer.numel for layer in layers)
+    expected = sum(round(sparsity * layer.numel) for layer in layers) / total
+    assert counted.targeted == pytest.approx(expected, abs=1e-12)
+    assert abs(counted.targeted - sparsity) < 1e-3
+
+
+@pytest.mark.parametrize("criterion", ["magnitude", "wanda", "sparsegpt"])
+def test_global_magnitude_hits_global_target(lite0_calibration, criterion):
+    model, x, stats = lite0_calibration
+    config = PruneConfig(criterion=criterion, sparsity=0.6, allocation="global_magnitude")
+    clone, layers, report = pruned_copy(model, x, stats, config)
+    total = sum(layer.numel for layer in layers)
+    zeros = sum(int((layer.module.weight == 0).sum()) for layer in layers)
+    assert zeros == round(0.6 * total)
+    ratios = [report.prune_counts[l.name] / l.numel for l in layers]
+    assert max(ratios) - min(ratios) > 0.1  # allocation really differs between layers
+
+
+def test_global_magnitude_allocation_matches_threshold():
+    model = small_model("resnet10t")
+    layers, _ = find_prunable_layers(model, LayerPolicy(), torch.randn(1, 3, 32, 32))
+    counts = global_magnitude(layers, 0.5)
+    threshold = torch.cat([l.module.weight.detach().abs().flatten() for l in layers]).kthvalue(
+        round(0.5 * sum(l.numel for l in layers))
+    ).values
+    for layer in layers:
+        below = int((layer.module.weight.detach().abs() <= threshold).sum())
+        assert abs(counts[layer.name] - below) <= 1
+    assert sum(counts.values()) == round(0.5 * sum(l.numel for l in layers))
+    assert uniform(layers, 0.5)[layers[0].name] == round(0.5 * layers[0].numel)
+
+
+# -- N:M ---------------------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("criterion", ["magnitude", "wanda", "sparsegpt"])
+def test_two_four_pattern_is_valid(lite0_calibration, criterion):
+    model, x, stats = lite0_calibration
+    config = PruneConfig(criterion=criterion, sparsity=0.5, pattern=(2, 4))
+    clone, layers, report = pruned_copy(model, x, stats, config)
+    checked = 0
+    for layer in layers:
+        matrix = weight_matrix(layer.module)
+        if layer.name in report.skipped:
+            assert "not divisible by M=4" in report.skipped[layer.name]
+            assert int((matrix == 0).sum()) == 0  # left dense, and said so
+            continue
+        groups = matrix.reshape(-1, 4)
+        assert bool(((groups == 0).sum(dim=1) == 2).all()), layer.name
+        checked += 1
+    assert checked > 10
+    assert any(layer.kind == "depthwise" for layer in layers if layer.name in report.skipped)
+
+
+def test_two_four_groups_run_along_input_channels():
+    conv = nn.Conv2d(8, 4, 3, padding=1)
+    layers, _ = find_prunable_layers(nn.Sequential(nn.Conv2d(3, 8, 1), conv), LayerPolicy(), torch.randn(1, 3, 5, 5))
+    prune_model(layers, PruneConfig(criterion="magnitude", sparsity=0.5, pattern=(2, 4)))
+    weight = conv.weight.detach()  # (out, in, kh, kw)
+    groups = weight.permute(0, 2, 3, 1).reshape(4, 3, 3, 2, 4)  # 4 input channels per group
+    assert bool(((groups == 0).sum(dim=-1) == 2).all())
+
+
+def test_pattern_parsing():
+    assert parse_pattern("2:4") == (2, 4)
+    assert parse_pattern("unstructured") is None
+    for bad in ("4:2", "2-4", "0:4", "dense"):
+        with pytest.raises(InvalidConfigError, match="pattern"):
+            parse_pattern(bad)
+
+
+# -- SparseGPT ---------------------------------------------------------------------------------
+
+
+def layer_output_error(original: nn.Module, pruned_weight: torch.Tensor, x: torch.Tensor) -> float:
+    columns = input_matrix(original, x)
+    dense = torch.bmm(weight_matrix(original), columns)
+    clone = copy.deepcopy(original)
+    with torch.no_grad():
+        clone.weight.copy_(pruned_weight)
+    sparse = torch.bmm(weight_matrix(clone), columns)
+    return float((dense - sparse).square().sum())
+
+
+@pytest.mark.parametrize("pattern", [None, (2, 4)])
+def test_sparsegpt_beats_magnitude_on_layer_error(pattern):
+    """On real EfficientNet-Lite0 weights and real photos, per layer, at equal sparsity."""
+    from bench_engine.data import load_photos
+    from bench_engine.models import load_efficientnet_lite0
+
+    bundle = load_efficientnet_lite0()
+    data = load_photos(bundle.preprocess)
+    calibration = data.calibration(16, seed=0)
+    layers, _ = find_prunable_layers(bundle.model, LayerPolicy(prune_depthwise=False), calibration[:1])
+    chosen = [l for l in layers if l.name in ("blocks.2.0.conv_pw", "blocks.4.1.conv_pwl", "blocks.6.0.conv_pw")]
+    assert len(chosen) == 3
+    captured = {}
+    hooks = [l.module.register_forward_pre_hook(lambda m, a, n=l.name: captured.setdefault(n, a[0].detach().clone())) for l in chosen]
+    with torch.no_grad():
+        bundle.model(calibration)
+    for h in hooks:
+        h.remove()
+    stats = collect_stats(bundle.model, chosen, calibration, need_hessian=True)
+    for layer in chosen:
+        matrix = weight_matrix(layer.module)
+        count = round(0.5 * layer.numel)
+        mag, _ = magnitude(matrix, count, pattern)
+        gpt, gpt_mask = sparsegpt(matrix, stats[layer.name], count, pattern)
+        assert int(gpt_mask.sum()) == count
+        x = captured[layer.name]
+        mag_error = layer_output_error(layer.module, matrix_to_weight(layer.module, mag), x)
+        gpt_error = layer_output_error(layer.module, matrix_to_weight(layer.module, gpt), x)
+        assert gpt_error < mag_error, (layer.name, gpt_error, mag_error)
+
+
+# -- policy ------------------------------------------------------------------------------------
+
+
+def test_policy_excludes_first_classifier_and_depthwise():
+    model = small_model()
+    x = torch.randn(1, 3, 64, 64)
+    layers, excluded = find_prunable_layers(model, LayerPolicy(prune_depthwise=False), x)
+    names = {l.name for l in layers}
+    assert "conv_stem" not in names and "conv_stem" in excluded
+    assert "classifier" not in names and "classifier" in excluded
+    assert not any(l.kind == "depthwise" for l in layers)
+    everything, none_excluded = find_prunable_layers(model, LayerPolicy(True, True, True), x)
+    assert {"conv_stem", "classifier"} <= {l.name for l in everything}
+    assert none_excluded == {}
+
+
+def test_vit_prunes_token_linear_layers():
+    model = small_model("vit_tiny_patch16_224", img_size=32, patch_size=8, depth=2)
+    x = torch.randn(8, 3, 32, 32)
+    layers, excluded = find_prunable_layers(model, LayerPolicy(), x[:1])
+    assert {"patch_embed.proj", "head"} <= set(excluded)
+    assert all(l.kind == "linear" for l in layers)
+    stats = collect_stats(model, layers, x, need_hessian=True)
+    assert stats["blocks.0.attn.qkv"].columns == 8 * 17  # 16 patches + class token per image
+    clone, cloned_layers, _ = pruned_copy(model, x, stats, PruneConfig(criterion="sparsegpt", sparsity=0.5))
+    counted = measure_sparsity(clone, [l.name for l in cloned_layers])
+    assert counted.targeted == pytest.approx(0.5, abs=1e-9)

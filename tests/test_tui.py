@@ -1,0 +1,78 @@
+"""The TUI driven through Textual's pilot, then compared with SVG snapshots."""
+
+from __future__ import annotations
+
+import subprocess
+import sys
+
+from textual.widgets import DataTable, Input, Static
+
+from advisor.recommend import Budget
+from advisor.tui.app import PTSAdvisorApp
+
+
+def status_text(app: PTSAdvisorApp) -> str:
+    return str(app.query_one("#status", Static).render())
+
+
+async def test_budget_edits_rerank_the_table(fixture_db):
+    app = PTSAdvisorApp(fixture_db, Budget(dataset="mnist", max_latency_ms=5.0))
+    async with app.run_test(size=(80, 24)) as pilot:
+        table = app.query_one("#ranking", DataTable)
+        assert table.row_count == 3
+        assert "3 of 6 candidates meet the budget" in status_text(app)
+        assert "mnist/resnet10t" in str(app.query_one("#evidence", Static).render())
+
+        latency = app.query_one("#max-latency", Input)
+        latency.value = "1"
+        await pilot.pause()
+        assert "No candidate meets the budget" in status_text(app)
+        assert "max latency rules out 6 of 6" in status_text(app)
+        assert table.row_count == 3  # the nearest candidates
+        assert "max latency missed by" in str(app.query_one("#evidence", Static).render())
+
+        latency.value = "-4"
+        await pilot.pause()
+        assert "Invalid budget" in status_text(app)
+        assert "positive number of milliseconds" in status_text(app)
+
+        latency.value = ""
+        await pilot.pause()
+        assert table.row_count == 6
+
+
+async def test_row_highlight_shows_its_evidence(fixture_db):
+    app = PTSAdvisorApp(fixture_db, Budget(dataset="mnist", max_latency_ms=5.0))
+    async with app.run_test(size=(80, 24)) as pilot:
+        await pilot.press("ctrl+t", "down", "down")
+        evidence = str(app.query_one("#evidence", Static).render())
+        assert "sparsegpt" in evidence
+        assert "requested 70%" in evidence
+        assert "Test CPU" in evidence
+
+
+async def test_missing_database_is_reported_in_the_app(tmp_path):
+    app = PTSAdvisorApp(tmp_path / "none.duckdb")
+    async with app.run_test(size=(80, 24)):
+        assert "Cannot read the database" in status_text(app)
+        assert "ptsa demo" in status_text(app)
+    assert not (tmp_path / "none.duckdb").exists()
+
+
+def test_first_screen_snapshot(snap_compare, fixture_db):
+    app = PTSAdvisorApp(fixture_db, Budget(dataset="mnist", max_latency_ms=5.0))
+    assert snap_compare(app, terminal_size=(80, 24))
+
+
+def test_no_candidate_snapshot(snap_compare, fixture_db):
+    app = PTSAdvisorApp(fixture_db, Budget(dataset="mnist", max_latency_ms=1.0, min_accuracy=90))
+    assert snap_compare(app, terminal_size=(80, 24))
+
+
+def test_tui_and_cli_start_without_torch():
+    code = (
+        "import sys, advisor.cli, advisor.tui.app; "
+        "print(','.join(m for m in ('torch', 'timm', 'bench_engine.runner') if m in sys.modules))"
+    )
+    output = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
+    assert output.stdout.strip() == ""
