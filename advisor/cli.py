@@ -50,7 +50,12 @@ def handle_errors(func: Callable[..., Any]) -> Callable[..., Any]:
 
 
 def _setup_logging(verbose: int) -> None:
-    level = logging.WARNING if verbose == 0 else logging.INFO if verbose == 1 else logging.DEBUG
+    if verbose == 0:
+        level = logging.WARNING
+    elif verbose == 1:
+        level = logging.INFO
+    else:
+        level = logging.DEBUG
     logging.basicConfig(stream=sys.stderr, level=level, format="%(levelname)s %(name)s: %(message)s")
 
 
@@ -146,8 +151,8 @@ def bench(obj: dict[str, Any], model: str, weights: Path | None, data_spec: str,
     check_compatible(bundle, data)
     data.check_calibration_size(calibration_size)
     job = BenchJob(label=bundle.model_key, load=lambda: (bundle, data), plan=plan)
-    with Store.open(obj["db"]) as store:
-        run_id = run_jobs(store, [job], "ptsa bench " + " ".join(sys.argv[2:]), threads, not no_progress)
+    run_id = run_jobs(obj["db"], [job], "ptsa bench " + " ".join(sys.argv[2:]), threads, not no_progress)
+    with Store.open(obj["db"], read_only=True) as store:
         rows = store.query("SELECT count(*) AS n FROM results WHERE run_id = ?", [run_id])
     click.echo(f"run {run_id}: stored {rows[0]['n']} results for {bundle.model_key} in {obj['db']}")
 
@@ -236,8 +241,8 @@ def demo(obj: dict[str, Any], no_tui: bool, threads: int | None, skip_lite0: boo
     """
     from bench_engine.suite import run_quickstart
 
-    with Store.open(obj["db"]) as store:
-        run_id = run_quickstart(store, threads, show_progress=not no_progress, include_lite0=not skip_lite0)
+    run_id = run_quickstart(obj["db"], threads, show_progress=not no_progress, include_lite0=not skip_lite0)
+    with Store.open(obj["db"], read_only=True) as store:
         count = store.query("SELECT count(*) AS n FROM results WHERE run_id = ?", [run_id])[0]["n"]
     click.echo(f"run {run_id}: stored {count} measured results in {obj['db']}", err=True)
     budget = Budget(dataset="mnist", max_drop=2.0, objective="sparsity")

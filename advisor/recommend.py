@@ -1,7 +1,7 @@
 """Rank model × method × sparsity candidates from stored evidence under a budget.
 
-This module is the headless core shared by the CLI and the TUI: it reads rows from the store,
-checks each against the budget, ranks the ones that fit, and, when none fits, names the
+This module is the headless core shared by the CLI and the TUI. It reads rows from the store,
+checks each against the budget and ranks the ones that fit. When none fits, it names the
 constraint that failed and the nearest candidates.
 """
 

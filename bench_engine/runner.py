@@ -8,6 +8,7 @@ import logging
 import uuid
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import Any
 
 import torch
@@ -40,8 +41,8 @@ class BenchPlan:
     calibration_size: int = 128
     seed: int = 0
     latency_batch_size: int = 1
-    latency_warmup: int = 5
-    latency_repeats: int = 30
+    latency_warmup: int = 10
+    latency_repeats: int = 50
     latency_max_seconds: float = 5.0
 
     def configs(self) -> list[PruneConfig]:
@@ -245,11 +246,19 @@ class BenchJob:
     plan: BenchPlan
 
 
-def run_jobs(store: Store, jobs: Sequence[BenchJob], command: str, num_threads: int | None = None, show_progress: bool = True) -> str:
+def run_jobs(
+    db_path: str | Path,
+    jobs: Sequence[BenchJob],
+    command: str,
+    num_threads: int | None = None,
+    show_progress: bool = True,
+) -> str:
     """Run bench jobs as one run: each model's rows are inserted in one transaction.
 
-    The run is recorded as 'finished', or 'failed' with the error (rows of models that completed
-    before the failure stay, each complete).
+    The database is opened only to record the run and to insert each model's rows, because
+    DuckDB lets no other process read the file while one holds it open for writing.
+    The run is recorded as 'finished', or 'failed' with the error. Rows of models that completed
+    before a failure stay, each complete.
     """
     for job in jobs:
         job.plan.configs()  # validate every plan before any work starts
@@ -260,14 +269,15 @@ def run_jobs(store: Store, jobs: Sequence[BenchJob], command: str, num_threads: 
     profile = environment_profile()
     env_key = environment_key(profile)
     run_id = uuid.uuid4().hex[:12]
-    store.upsert_environment(env_key, profile)
-    store.start_run(
-        run_id,
-        command,
-        {"jobs": [{"label": j.label, "plan": j.plan.to_dict()} for j in jobs]},
-        env_key,
-        __version__,
-    )
+    with Store.open(db_path) as store:
+        store.upsert_environment(env_key, profile)
+        store.start_run(
+            run_id,
+            command,
+            {"jobs": [{"label": j.label, "plan": j.plan.to_dict()} for j in jobs]},
+            env_key,
+            __version__,
+        )
     total = sum(len(job.plan.configs()) for job in jobs)
     bar = tqdm(total=total, desc="bench", unit="config", disable=not show_progress, dynamic_ncols=True)
     try:
@@ -275,13 +285,16 @@ def run_jobs(store: Store, jobs: Sequence[BenchJob], command: str, num_threads: 
             bar.set_postfix_str(f"{job.label} · loading")
             bundle, data = job.load()
             columns = bench_model(bundle, data, job.plan, run_id, env_key, progress=bar)
-            store.upsert_model(model_row(bundle))
-            store.insert_results(columns)
+            with Store.open(db_path) as store:
+                store.upsert_model(model_row(bundle))
+                store.insert_results(columns)
             log.info("stored %d results for %s", len(columns["result_id"]), bundle.model_key)
     except BaseException as exc:
-        store.finish_run(run_id, "failed", f"{type(exc).__name__}: {exc}")
+        with Store.open(db_path) as store:
+            store.finish_run(run_id, "failed", f"{type(exc).__name__}: {exc}")
         raise
     finally:
         bar.close()
-    store.finish_run(run_id, "finished")
+    with Store.open(db_path) as store:
+        store.finish_run(run_id, "finished")
     return run_id

@@ -4,18 +4,19 @@ from __future__ import annotations
 
 import functools
 import logging
+from pathlib import Path
 
 from tqdm import tqdm
 
+from assets import read_json
 from bench_engine.baselines import MNIST_BASELINES, MNIST_PREPROCESS, ensure_baseline, load_baseline
 from bench_engine.data import DataSplits, load_mnist, load_photos
 from bench_engine.models import load_efficientnet_lite0
+from bench_engine.pruning import parse_pattern
 from bench_engine.runner import BenchJob, BenchPlan, run_jobs
-from db import Store
 
 log = logging.getLogger(__name__)
 
-QUICK_SPARSITIES = (0.3, 0.5, 0.7)
 
 
 @functools.lru_cache(maxsize=1)
@@ -23,16 +24,28 @@ def _mnist() -> DataSplits:
     return load_mnist(MNIST_PREPROCESS)
 
 
+def _plan(settings: dict, calibration_size: int) -> BenchPlan:
+    return BenchPlan(
+        criteria=settings["criteria"],
+        sparsities=settings["sparsities"],
+        allocation=settings["allocation"],
+        patterns=[parse_pattern(p) for p in settings["patterns"]],
+        calibration_size=calibration_size,
+        seed=settings["seed"],
+    )
+
+
 def quickstart_jobs(include_lite0: bool = True, models: list[str] | None = None) -> list[BenchJob]:
-    """Build the suite: every criterion at 30/50/70 % and 2:4 on each model."""
-    plan = BenchPlan(sparsities=QUICK_SPARSITIES, patterns=(None, (2, 4)), calibration_size=128)
+    """Build the suite described in assets/quickstart.json."""
+    settings = read_json("quickstart.json")
+    plan = _plan(settings, settings["mnist"]["calibration_size"])
     names = models or list(MNIST_BASELINES)
     jobs = [
         BenchJob(label=name, load=functools.partial(lambda n: (load_baseline(n, _mnist()), _mnist()), name), plan=plan)
         for name in names
     ]
     if include_lite0:
-        lite_plan = BenchPlan(sparsities=QUICK_SPARSITIES, patterns=(None, (2, 4)), calibration_size=64)
+        lite_plan = _plan(settings, settings["efficientnet_lite0"]["calibration_size"])
 
         def load_lite0():
             bundle = load_efficientnet_lite0()
@@ -56,7 +69,7 @@ def train_missing_baselines(models: list[str] | None = None, show_progress: bool
         bar.close()
 
 
-def run_quickstart(store: Store, num_threads: int | None = None, show_progress: bool = True, models: list[str] | None = None, include_lite0: bool = True) -> str:
+def run_quickstart(db_path: str | Path, num_threads: int | None = None, show_progress: bool = True, models: list[str] | None = None, include_lite0: bool = True) -> str:
     """Train missing baselines, then bench the suite as one run; returns the run id."""
     train_missing_baselines(models, show_progress)
-    return run_jobs(store, quickstart_jobs(include_lite0, models), "ptsa demo", num_threads, show_progress)
+    return run_jobs(db_path, quickstart_jobs(include_lite0, models), "ptsa demo", num_threads, show_progress)

@@ -90,9 +90,9 @@ def test_failed_model_leaves_earlier_rows_complete(tiny_setup):
         raise RuntimeError("disk vanished")
 
     plan = BenchPlan(criteria=["magnitude"], sparsities=[0.5], calibration_size=4)
-    with Store.open(db_path) as store:
-        with pytest.raises(RuntimeError, match="disk vanished"):
-            run_jobs(store, [BenchJob("good", good, plan), BenchJob("broken", broken, plan)], "test", show_progress=False)
+    with pytest.raises(RuntimeError, match="disk vanished"):
+        run_jobs(db_path, [BenchJob("good", good, plan), BenchJob("broken", broken, plan)], "test", show_progress=False)
+    with Store.open(db_path, read_only=True) as store:
         run = store.query("SELECT status, error FROM runs")[0]
         rows = store.query("SELECT model_key, top1, latency_p50_ms FROM results")
     assert run["status"] == "failed" and "disk vanished" in run["error"]

@@ -1,8 +1,9 @@
 """The PTS Advisor TUI: budget inputs, the ranked candidates, and the evidence of one row.
 
-It reads the database once at start (read-only, connection closed right after) and on `r`,
-so a bench writing to the same file is never blocked for long. torch and timm are never
-imported here; the first screen paints without them.
+It reads the database at start and on `r` with a read-only connection that it closes at once.
+A bench opens the file only to record its run and insert each model's rows, so the TUI can read
+between those moments; a read that meets the writer's lock is shown as an error, and `r` retries.
+torch and timm are never imported here, so the first screen paints without them.
 """
 
 from __future__ import annotations
@@ -30,7 +31,7 @@ def _parse_optional_float(text: str) -> float | None:
         return None
     value = float(text)  # ValueError is reported by the caller
     if math.isnan(value):
-        raise ValueError("NaN is not a number of the budget")
+        raise ValueError("NaN is not a valid budget value")
     return value
 
 
@@ -45,7 +46,7 @@ class BudgetForm(Vertical):
             self.budget = budget
 
     class Invalid(Message):
-        """An input cannot be read as a budget; `reason` says which and why."""
+        """An input cannot be read as a budget; `reason` names the input and the problem."""
 
         def __init__(self, reason: str) -> None:
             super().__init__()

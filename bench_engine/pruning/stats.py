@@ -90,9 +90,13 @@ def collect_stats(
                         columns=0,
                     )
                     partial[layer.name] = entry
-                entry.sq_norms += columns.double().square().sum(dim=2)
                 if entry.hessian is not None:
-                    entry.hessian += torch.bmm(columns, columns.transpose(1, 2))
+                    batch_hessian = torch.bmm(columns, columns.transpose(1, 2))
+                    entry.hessian += batch_hessian
+                    # The squared norms are the Hessian's diagonal, so no second pass is needed.
+                    entry.sq_norms += batch_hessian.diagonal(dim1=1, dim2=2).double()
+                else:
+                    entry.sq_norms += columns.square().sum(dim=2).double()
                 entry.columns += columns.shape[2]
 
             return hook

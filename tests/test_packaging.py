@@ -1,0 +1,46 @@
+"""The wheel carries every package and the run-time assets, so a non-editable install works."""
+
+from __future__ import annotations
+
+import shutil
+import subprocess
+import sys
+import zipfile
+from pathlib import Path
+
+import assets
+
+ROOT = Path(__file__).resolve().parents[1]
+
+
+def test_wheel_contains_packages_and_assets(tmp_path):
+    source = tmp_path / "source"  # build from a copy, so the checkout gets no build/ folder
+    source.mkdir()
+    for name in ("pyproject.toml", "README.md"):
+        shutil.copy(ROOT / name, source / name)
+    for package in ("advisor", "bench_engine", "db", "assets"):
+        shutil.copytree(ROOT / package, source / package, ignore=shutil.ignore_patterns("__pycache__"))
+    subprocess.run(
+        [sys.executable, "-m", "pip", "wheel", str(source), "--no-deps", "--no-build-isolation", "-q", "-w", str(tmp_path)],
+        check=True,
+        capture_output=True,
+    )
+    wheel = next(tmp_path.glob("pts_advisor-*.whl"))
+    names = set(zipfile.ZipFile(wheel).namelist())
+    assert "assets/quickstart.json" in names
+    for module in ("advisor/cli.py", "advisor/tui/app.py", "bench_engine/runner.py", "db/store.py"):
+        assert module in names
+    entry_points = next(n for n in names if n.endswith("entry_points.txt"))
+    assert "ptsa = advisor.cli:main" in zipfile.ZipFile(wheel).read(entry_points).decode()
+
+
+def test_quickstart_asset_is_valid():
+    settings = assets.read_json("quickstart.json")
+    assert settings["criteria"] == ["magnitude", "wanda", "sparsegpt"]
+    assert len(settings["sparsities"]) >= 3
+    from bench_engine.suite import quickstart_jobs
+
+    jobs = quickstart_jobs()
+    assert len(jobs) == 7  # six MNIST baselines and EfficientNet-Lite0
+    assert len({job.label for job in jobs}) == 7
+    assert all(len(job.plan.configs()) == 12 for job in jobs)
