@@ -120,7 +120,10 @@ def sparsegpt(
         raise ValueError("SparseGPT needs Hessian statistics; collect them with need_hessian=True")
     groups, rows, k = weights.shape
     w = weights.clone()
-    hinv = _damped_inverse_cholesky(stats.hessian, damping)  # (G, K, K) upper
+    hinv = stats.inverse_factors.get(damping)
+    if hinv is None:
+        hinv = _damped_inverse_cholesky(stats.hessian, damping)  # (G, K, K) upper
+        stats.inverse_factors[damping] = hinv
     mask = torch.zeros_like(w, dtype=torch.bool)
 
     if pattern is not None:
