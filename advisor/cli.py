@@ -13,6 +13,7 @@ import functools
 import json
 import logging
 import math
+import shlex
 import sys
 from collections.abc import Callable
 from pathlib import Path
@@ -59,7 +60,21 @@ def _setup_logging(verbose: int) -> None:
     logging.basicConfig(stream=sys.stderr, level=level, format="%(levelname)s %(name)s: %(message)s")
 
 
-@click.group(invoke_without_command=True, context_settings={"help_option_names": ["-h", "--help"]})
+class _RecordingGroup(click.Group):
+    """A click group that keeps the full argument list, to store the command with each run."""
+
+    def parse_args(self, ctx: click.Context, args: list[str]) -> list[str]:
+        ctx.meta["ptsa.argv"] = list(args)
+        return super().parse_args(ctx, args)
+
+
+def _command_line() -> str:
+    root = click.get_current_context().find_root()
+    return shlex.join(["ptsa", *root.meta.get("ptsa.argv", [])])
+
+
+@click.group(cls=_RecordingGroup, invoke_without_command=True,
+             context_settings={"help_option_names": ["-h", "--help"]})
 @click.option("--db", "db_path", type=click.Path(dir_okay=False, path_type=Path), default=None,
               help="DuckDB file to read and write. Default: $PTSA_DB, else results.duckdb in the user data folder.")
 @click.option("-v", "--verbose", count=True, help="Log more to stderr (-v info, -vv debug).")
@@ -105,16 +120,17 @@ def _parse_patterns(values: tuple[str, ...]) -> list[tuple[int, int] | None]:
 @click.option("--allocation", default="uniform", show_default=True, help="uniform or global_magnitude.")
 @click.option("--pattern", "patterns", multiple=True,
               help="unstructured (default) or N:M such as 2:4; repeat for several.")
-@click.option("--calibration-size", default=128, show_default=True, help="Calibration inputs drawn from the training side.")
+@click.option("--calibration-size", type=click.IntRange(min=1), default=128, show_default=True, help="Calibration inputs drawn from the training side.")
 @click.option("--seed", default=0, show_default=True, help="Seed of the calibration sampler and data split.")
-@click.option("--threads", type=int, default=None, help="torch threads for pruning and latency; recorded. Default: torch's default.")
-@click.option("--latency-batch-size", default=1, show_default=True, help="Batch size of the latency measurement.")
+@click.option("--threads", type=click.IntRange(min=1), default=None,
+              help="torch threads for pruning and latency; recorded. Default: torch's default.")
+@click.option("--latency-batch-size", type=click.IntRange(min=1), default=1, show_default=True, help="Batch size of the latency measurement.")
 @click.option("--prune-first-layer", is_flag=True, help="Also prune the first layer (left dense by default).")
 @click.option("--prune-classifier", is_flag=True, help="Also prune the classifier (left dense by default).")
 @click.option("--skip-depthwise", is_flag=True, help="Leave depthwise convolutions dense.")
-@click.option("--num-classes", type=int, default=None, help="Override the class count read from the weights.")
-@click.option("--in-chans", type=int, default=None, help="Override the input channel count read from the weights.")
-@click.option("--input-size", type=int, default=None, help="Square input size in pixels. Default: the model's.")
+@click.option("--num-classes", type=click.IntRange(min=1), default=None, help="Override the class count read from the weights.")
+@click.option("--in-chans", type=click.IntRange(min=1), default=None, help="Override the input channel count read from the weights.")
+@click.option("--input-size", type=click.IntRange(min=8), default=None, help="Square input size in pixels. Default: the model's.")
 @click.option("--no-progress", is_flag=True, help="Hide progress bars.")
 @click.pass_obj
 @handle_errors
@@ -144,6 +160,10 @@ def bench(obj: dict[str, Any], model: str, weights: Path | None, data_spec: str,
         latency_batch_size=latency_batch_size,
     )
     plan.configs()  # validate before loading anything heavy
+    if model.startswith("mnist/") and weights is None:
+        from bench_engine.suite import train_missing_baselines
+
+        train_missing_baselines([model], show_progress=not no_progress)
     bundle = load_model(model, weights, num_classes=num_classes, in_chans=in_chans, input_size=input_size)
     data = load_dataset(data_spec, bundle.preprocess, seed, labelled=False if unlabelled else None)
     from bench_engine.runner import check_compatible
@@ -151,7 +171,7 @@ def bench(obj: dict[str, Any], model: str, weights: Path | None, data_spec: str,
     check_compatible(bundle, data)
     data.check_calibration_size(calibration_size)
     job = BenchJob(label=bundle.model_key, load=lambda: (bundle, data), plan=plan)
-    run_id = run_jobs(obj["db"], [job], "ptsa bench " + " ".join(sys.argv[2:]), threads, not no_progress)
+    run_id = run_jobs(obj["db"], [job], _command_line(), threads, not no_progress)
     with Store.open(obj["db"], read_only=True) as store:
         rows = store.query("SELECT count(*) AS n FROM results WHERE run_id = ?", [run_id])
     click.echo(f"run {run_id}: stored {rows[0]['n']} results for {bundle.model_key} in {obj['db']}")
@@ -165,7 +185,7 @@ def budget_options(func: Callable[..., Any]) -> Callable[..., Any]:
         click.option("--max-latency-ms", type=float, default=None, help="Latency limit in milliseconds at --batch-size."),
         click.option("--latency-stat", type=click.Choice(LATENCY_STATS), default="p90", show_default=True,
                      help="Which latency percentile the limit applies to."),
-        click.option("--batch-size", type=int, default=1, show_default=True, help="Batch size the latency limit refers to."),
+        click.option("--batch-size", type=click.IntRange(min=1), default=1, show_default=True, help="Batch size the latency limit refers to."),
         click.option("--min-accuracy", type=float, default=None,
                      help="Minimum top-1 in percent (top-1 agreement with the dense model on unlabelled data)."),
         click.option("--max-drop", type=float, default=None, help="Maximum drop from the dense model, in percentage points."),
@@ -194,7 +214,7 @@ def _budget(max_latency_ms, latency_stat, batch_size, min_accuracy, max_drop, da
 
 @main.command(name="recommend")
 @budget_options
-@click.option("--limit", default=10, show_default=True, help="Rows to show.")
+@click.option("--limit", type=click.IntRange(min=1), default=10, show_default=True, help="Rows to show.")
 @click.option("--json", "as_json", is_flag=True, help="Print machine-readable JSON on stdout.")
 @click.pass_obj
 @handle_errors
@@ -204,9 +224,15 @@ def recommend_command(obj: dict[str, Any], max_latency_ms, latency_stat, batch_s
     budget = _budget(max_latency_ms, latency_stat, batch_size, min_accuracy, max_drop, dataset, objective, sparse_only)
     with Store.open(obj["db"], read_only=True) as store:
         rows = load_candidates(store, budget.dataset)
+        datasets = [r["dataset"] for r in store.query("SELECT DISTINCT dataset FROM results ORDER BY dataset")]
+    if not rows and budget.dataset and datasets:
+        _fail(f"database {obj['db']} has no results for dataset {budget.dataset!r}; it has results for "
+              f"{', '.join(datasets)}. Pass one of them to --dataset, or bench that dataset first.")
     if not rows:
-        where = f" for dataset {budget.dataset!r}" if budget.dataset else ""
-        _fail(f"database {obj['db']} has no results{where}; run `ptsa demo` or `ptsa bench` first.")
+        _fail(f"database {obj['db']} has no results; run `ptsa demo` or `ptsa bench` first.")
+    if budget.dataset is None and len(datasets) > 1:
+        log.warning("results span datasets %s with different data and metrics; pass --dataset to "
+                    "compare like with like", ", ".join(datasets))
     result = recommend(rows, budget)
     if as_json:
         click.echo(json.dumps(result.to_dict(limit), indent=2, default=_json_default))
@@ -227,7 +253,7 @@ def _json_default(value: Any) -> Any:
 
 @main.command()
 @click.option("--no-tui", is_flag=True, help="Print the ranked table instead of opening the TUI.")
-@click.option("--threads", type=int, default=None, help="torch threads for training, pruning and latency.")
+@click.option("--threads", type=click.IntRange(min=1), default=None, help="torch threads for training, pruning and latency.")
 @click.option("--skip-lite0", is_flag=True, help="Leave out the EfficientNet-Lite0 (ImageNet weights) part.")
 @click.option("--no-progress", is_flag=True, help="Hide progress bars.")
 @click.pass_obj
@@ -241,7 +267,8 @@ def demo(obj: dict[str, Any], no_tui: bool, threads: int | None, skip_lite0: boo
     """
     from bench_engine.suite import run_quickstart
 
-    run_id = run_quickstart(obj["db"], threads, show_progress=not no_progress, include_lite0=not skip_lite0)
+    run_id = run_quickstart(obj["db"], threads, show_progress=not no_progress, include_lite0=not skip_lite0,
+                            command=_command_line())
     with Store.open(obj["db"], read_only=True) as store:
         count = store.query("SELECT count(*) AS n FROM results WHERE run_id = ?", [run_id])[0]["n"]
     click.echo(f"run {run_id}: stored {count} measured results in {obj['db']}", err=True)
@@ -268,7 +295,9 @@ def models(obj: dict[str, Any]) -> None:
     for name in named_models():
         click.echo(f"  {name}")
     db_path = obj["db"]
-    if Path(db_path).exists():
+    if not Path(db_path).exists():
+        click.echo(f"No database at {db_path} yet; `ptsa demo` or `ptsa bench` creates it.")
+    else:
         with Store.open(db_path, read_only=True) as store:
             rows = store.query(
                 "SELECT model_key, family, count(*) AS results FROM results LEFT JOIN models USING (model_key) "

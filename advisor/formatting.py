@@ -58,6 +58,10 @@ def _table(rows: list[list[str]], headers: list[str]) -> str:
 def describe_violation(constraint: str, amount: float, candidate: Candidate) -> str:
     label = CONSTRAINT_LABELS.get(constraint, constraint)
     if math.isinf(amount):
+        if constraint == "max_latency_ms":
+            measured = candidate.row.get("latency_batch_size")
+            where = f" (measured at batch {measured} only)" if measured else ""
+            return f"{label}: not measured at the budget's batch size{where}"
         return f"{label}: not measured"
     unit = " ms" if constraint == "max_latency_ms" else " points"
     return f"{label} missed by {amount:.2f}{unit}"
@@ -77,9 +81,10 @@ def recommendation_text(result: Recommendation, limit: int = 10) -> str:
         best = result.ranked[0]
         binding = best.binding()
         if binding:
+            unit = "ms" if binding == "max_latency_ms" else "points"
             parts.append(
-                f"Top candidate: {CONSTRAINT_LABELS[binding]} binds, with "
-                f"{best.margins[binding]:.2f} {'ms' if binding == 'max_latency_ms' else 'points'} to spare."
+                f"Top candidate: the tightest constraint is {CONSTRAINT_LABELS[binding]}, with "
+                f"{best.margins[binding]:.2f} {unit} of headroom."
             )
         if any(c.row["criterion"] != "dense" and c.row.get("runtime") == "torch-eager" for c in result.ranked[:limit]):
             parts.append(

@@ -175,10 +175,23 @@ LEFT JOIN environments e USING (env_key)
 WHERE (? IS NULL OR r.dataset = ?)
 """
 
+# A configuration measured again in the same environment counts once: its latest measurement.
+_LATEST_SQL = _CANDIDATE_SQL + """
+QUALIFY row_number() OVER (
+    PARTITION BY r.model_key, r.dataset, r.labelled, r.provenance, r.criterion, r.allocation, r.pattern,
+                 r.requested_sparsity, r.recipe_json, r.layer_policy_json, r.calibration_size,
+                 r.calibration_seed, r.env_key, r.latency_batch_size
+    ORDER BY r.created_at DESC, r.result_id
+) = 1
+"""
 
-def load_candidates(store: Store, dataset: str | None = None) -> list[dict[str, Any]]:
-    """Read every stored result (optionally of one dataset) with its model and environment."""
-    return store.query(_CANDIDATE_SQL, [dataset, dataset])
+
+def load_candidates(store: Store, dataset: str | None = None, latest_only: bool = True) -> list[dict[str, Any]]:
+    """Read stored results (optionally of one dataset) with their model and environment.
+
+    With `latest_only`, a configuration benched several times in one environment appears once.
+    """
+    return store.query(_LATEST_SQL if latest_only else _CANDIDATE_SQL, [dataset, dataset])
 
 
 def evaluate(row: dict[str, Any], budget: Budget) -> Candidate:

@@ -368,6 +368,9 @@ def load_image_folder(path: str | Path, preprocess: Preprocess, seed: int = 0, l
         return _labelled_splits(root, [files[i] for i in train_idx], [files[i] for i in eval_idx], classes, preprocess)
 
     images = loose or [p for folder in classes_found.values() for p in folder]
+    # Class folders read as unlabelled get their own dataset name, so their fidelity scores are
+    # never ranked against top-1 on the same folder.
+    name = f"{root} (unlabelled)" if classes_found and not loose else str(root)
     if len(images) < 2:
         raise DataError(
             f"dataset {root} has {len(images)} images with extensions {', '.join(IMAGE_EXTENSIONS)}; "
@@ -379,7 +382,7 @@ def load_image_folder(path: str | Path, preprocess: Preprocess, seed: int = 0, l
     train = [images[i] for i in sorted(order[:half])]
     evaluation = [images[i] for i in sorted(order[half:])]
     return DataSplits(
-        name=str(root),
+        name=name,
         labelled=False,
         train=ImageSource(train, None, preprocess),
         evaluation=ImageSource(evaluation, None, preprocess),

@@ -126,7 +126,7 @@ def named_models() -> list[str]:
 
 
 def _suggest(name: str, choices: list[str]) -> str:
-    close = difflib.get_close_matches(name, choices, n=3, cutoff=0.6)
+    close = difflib.get_close_matches(name, choices, n=3, cutoff=0.75)
     return f" Did you mean {', '.join(close)}?" if close else ""
 
 
@@ -171,13 +171,15 @@ def load_model(
     load_into(model, state, str(path))
     model.eval()
     preprocess = Preprocess.from_timm(model, input_size=input_size)
+    sha256 = file_sha256(path)
     return ModelBundle(
-        model_key=f"{name}@{path.name}",
+        # The hash keeps two different files with the same name apart.
+        model_key=f"{name}@{path.stem}-{sha256[:8]}",
         architecture=name,
         model=model,
         preprocess=preprocess,
         weights_source=f"file:{path.resolve()}",
-        weights_sha256=file_sha256(path),
+        weights_sha256=sha256,
         num_classes=model.num_classes,
     )
 

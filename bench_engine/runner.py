@@ -5,6 +5,7 @@ from __future__ import annotations
 import copy
 import json
 import logging
+import time
 import uuid
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
@@ -24,7 +25,7 @@ from bench_engine.models import ModelBundle, architecture_features
 from bench_engine.pruning import LayerPolicy, PruneConfig, collect_stats, find_prunable_layers, prune_model
 from bench_engine.pruning.config import CRITERIA, format_pattern
 from bench_engine.pruning.prune import measure_sparsity
-from db import Store
+from db import DatabaseLockedError, Store
 
 log = logging.getLogger(__name__)
 
@@ -237,6 +238,26 @@ def model_row(bundle: ModelBundle) -> dict[str, Any]:
     }
 
 
+# How long a bench waits for another process (a TUI or `ptsa recommend` reading) to release the
+# database before it gives up on writing results it has already measured.
+LOCK_WAIT_SECONDS = 120.0
+
+
+def open_for_write(db_path: str | Path, wait_seconds: float = LOCK_WAIT_SECONDS) -> Store:
+    """Open the database for writing, retrying while another process holds its lock."""
+    deadline = time.monotonic() + wait_seconds
+    delay = 0.2
+    while True:
+        try:
+            return Store.open(db_path)
+        except DatabaseLockedError:
+            if time.monotonic() >= deadline:
+                raise
+            log.info("database %s is locked; retrying in %.1f s", db_path, delay)
+            time.sleep(delay)
+            delay = min(delay * 2, 5.0)
+
+
 @dataclass
 class BenchJob:
     """One model on one dataset, loaded lazily so a suite can report progress while loading."""
@@ -269,7 +290,8 @@ def run_jobs(
     profile = environment_profile()
     env_key = environment_key(profile)
     run_id = uuid.uuid4().hex[:12]
-    with Store.open(db_path) as store:
+    # Nothing is measured yet, so a locked database fails at once instead of waiting.
+    with open_for_write(db_path, wait_seconds=0) as store:
         store.upsert_environment(env_key, profile)
         store.start_run(
             run_id,
@@ -285,16 +307,19 @@ def run_jobs(
             bar.set_postfix_str(f"{job.label} · loading")
             bundle, data = job.load()
             columns = bench_model(bundle, data, job.plan, run_id, env_key, progress=bar)
-            with Store.open(db_path) as store:
+            with open_for_write(db_path) as store:
                 store.upsert_model(model_row(bundle))
                 store.insert_results(columns)
             log.info("stored %d results for %s", len(columns["result_id"]), bundle.model_key)
     except BaseException as exc:
-        with Store.open(db_path) as store:
-            store.finish_run(run_id, "failed", f"{type(exc).__name__}: {exc}")
+        try:
+            with open_for_write(db_path) as store:
+                store.finish_run(run_id, "failed", f"{type(exc).__name__}: {exc}")
+        except DatabaseLockedError:
+            log.error("could not mark run %s as failed: database %s stayed locked", run_id, db_path)
         raise
     finally:
         bar.close()
-    with Store.open(db_path) as store:
+    with open_for_write(db_path) as store:
         store.finish_run(run_id, "finished")
     return run_id

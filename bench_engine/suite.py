@@ -69,7 +69,14 @@ def train_missing_baselines(models: list[str] | None = None, show_progress: bool
         bar.close()
 
 
-def run_quickstart(db_path: str | Path, num_threads: int | None = None, show_progress: bool = True, models: list[str] | None = None, include_lite0: bool = True) -> str:
+def run_quickstart(
+    db_path: str | Path,
+    num_threads: int | None = None,
+    show_progress: bool = True,
+    models: list[str] | None = None,
+    include_lite0: bool = True,
+    command: str = "ptsa demo",
+) -> str:
     """Train missing baselines, then bench the suite as one run; returns the run id."""
     train_missing_baselines(models, show_progress)
-    return run_jobs(db_path, quickstart_jobs(include_lite0, models), "ptsa demo", num_threads, show_progress)
+    return run_jobs(db_path, quickstart_jobs(include_lite0, models), command, num_threads, show_progress)

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import hashlib
 import pickle
+import re
 from collections.abc import Mapping
 from pathlib import Path
 
@@ -50,18 +51,26 @@ def read_state_dict(path: str | Path) -> dict[str, torch.Tensor]:
             loaded = torch.load(file, map_location="cpu", weights_only=True)
         except pickle.UnpicklingError as exc:
             raise WeightsError(
-                f"refused to load {file}: it is a pickle that needs more than tensors to load, "
-                "and loading it could run arbitrary code. Re-save only the weights, with "
-                "`torch.save(model.state_dict(), path)` or as .safetensors. "
-                f"(torch.load with weights_only=True reported: {str(exc).splitlines()[0]})"
+                f"refused to load {file}: it is a pickle that needs more than tensors to load "
+                f"({_unsupported_global(exc)}), and loading it could run arbitrary code. Re-save "
+                "only the weights, with `torch.save(model.state_dict(), path)` or as .safetensors."
             ) from exc
         except (RuntimeError, EOFError, OSError, ValueError) as exc:
+            detail = str(exc).strip().rstrip(".")
             raise WeightsError(
-                f"cannot read weights file {file}: {exc}. It is not a PyTorch state dict or "
+                f"cannot read weights file {file}: {detail}. It is not a PyTorch state dict or "
                 "safetensors file, or it is truncated."
             ) from exc
 
     return _unwrap(loaded, file)
+
+
+def _unsupported_global(exc: Exception) -> str:
+    """Return the class torch's weights-only unpickler rejected, from its error message."""
+    match = re.search(r"GLOBAL ([\w.]+)", str(exc))
+    if match:
+        return f"it references {match.group(1)}"
+    return "it references a class other than tensors and plain containers"
 
 
 def _unwrap(loaded: object, file: Path) -> dict[str, torch.Tensor]:

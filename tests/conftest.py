@@ -65,6 +65,9 @@ def make_result(**overrides):
         "prune_seconds": 0.1,
     }
     row.update(overrides)
+    if "recipe_json" not in overrides:
+        recipe = {"criterion": row["criterion"], "sparsity": row["requested_sparsity"], "pattern": row["pattern"]}
+        row["recipe_json"] = json.dumps(recipe, sort_keys=True)
     return row
 
 

@@ -39,6 +39,7 @@ def test_bench_cli_stores_complete_rows(tiny_setup):
         model = store.query("SELECT * FROM models")[0]
         env = store.query("SELECT * FROM environments")[0]
     assert run["status"] == "finished"
+    assert run["command"].startswith(f"ptsa --db {db_path} bench resnet10t")
     assert model["architecture"] == "resnet10t" and model["family"] == "resnet"
     assert model["num_conv_linear_layers"] > 5
     assert env["torch_version"] and env["env_key"] == rows[0]["env_key"]
@@ -98,6 +99,33 @@ def test_failed_model_leaves_earlier_rows_complete(tiny_setup):
     assert run["status"] == "failed" and "disk vanished" in run["error"]
     assert len(rows) == 2
     assert all(r["top1"] is not None and r["latency_p50_ms"] is not None for r in rows)
+
+
+def test_write_waits_for_a_reader_to_release_the_lock(tmp_path):
+    import subprocess
+    import sys
+    import time
+
+    from bench_engine.runner import open_for_write
+    from db import DatabaseLockedError
+
+    path = tmp_path / "r.duckdb"
+    Store.open(path).close()
+    holder = subprocess.Popen(
+        [sys.executable, "-c", f"import duckdb, time; c = duckdb.connect({str(path)!r}); print('locked', flush=True); time.sleep(2)"],
+        stdout=subprocess.PIPE, text=True,
+    )
+    try:
+        assert holder.stdout.readline().strip() == "locked"
+        with pytest.raises(DatabaseLockedError):
+            open_for_write(path, wait_seconds=0)
+        started = time.monotonic()
+        with open_for_write(path, wait_seconds=30) as store:
+            assert store.count("results") == 0
+        assert time.monotonic() - started > 0.2
+    finally:
+        holder.kill()
+        holder.wait()
 
 
 def test_baseline_is_trained_once_and_cached(isolated_data_dir):

@@ -58,7 +58,7 @@ def test_recommend_nothing_fits_exits_3(runner, fixture_db):
     [
         (["--min-accuracy", "120"], "between 0 and 100"),
         (["--max-latency-ms", "-3"], "positive number of milliseconds"),
-        (["--batch-size", "0"], "at least 1"),
+        (["--batch-size", "0"], "--batch-size"),
     ],
 )
 def test_recommend_invalid_budget_exits_2(runner, fixture_db, args, message):
@@ -66,6 +66,20 @@ def test_recommend_invalid_budget_exits_2(runner, fixture_db, args, message):
     assert result.exit_code == 2
     assert message in result.stderr
     assert result.stdout == ""
+
+
+def test_recommend_unknown_dataset_lists_known_ones(runner, fixture_db):
+    result = runner.invoke(main, ["--db", str(fixture_db), "recommend", "--dataset", "imagenet"])
+    assert result.exit_code == 2
+    assert "no results for dataset 'imagenet'" in result.stderr
+    assert "mnist, photos" in result.stderr
+
+
+@pytest.mark.parametrize("args", [["--limit", "0"], ["--limit", "-3"], ["--batch-size", "-1"]])
+def test_recommend_rejects_non_positive_counts(runner, fixture_db, args):
+    result = runner.invoke(main, ["--db", str(fixture_db), "recommend", *args])
+    assert result.exit_code == 2
+    assert args[0] in result.stderr
 
 
 def test_recommend_missing_database(runner, tmp_path):
@@ -95,6 +109,10 @@ def test_recommend_empty_database(runner, tmp_path):
         (["mnist/resnet10t", "--data", "mnist", "--criterion", "obs"], "unknown criterion 'obs'"),
         (["mnist/resnet10t", "--data", "mnist", "--pattern", "2-4"], "invalid pattern '2-4'"),
         (["resnet18", "--data", "mnist"], "needs weights"),
+        (["mnist/resnet10t", "--data", "mnist", "--input-size", "-5"], "--input-size"),
+        (["mnist/resnet10t", "--data", "mnist", "--num-classes", "0"], "--num-classes"),
+        (["mnist/resnet10t", "--data", "mnist", "--calibration-size", "0"], "--calibration-size"),
+        (["mnist/resnet10t", "--data", "mnist", "--threads", "0"], "--threads"),
     ],
 )
 def test_bench_bad_input_exits_2_and_writes_nothing(runner, tmp_path, args, message):

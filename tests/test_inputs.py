@@ -95,6 +95,18 @@ def test_missing_and_empty_weights(tmp_path):
         read_state_dict(empty)
 
 
+def test_same_file_name_different_weights_get_own_keys(tmp_path):
+    first, second = tmp_path / "a" / "w.safetensors", tmp_path / "b" / "w.safetensors"
+    first.parent.mkdir()
+    second.parent.mkdir()
+    save_tiny_resnet(first)
+    save_tiny_resnet(second, num_classes=4)
+    first_key = load_model("resnet10t", first).model_key
+    second_key = load_model("resnet10t", second).model_key
+    assert first_key != second_key
+    assert first_key.startswith("resnet10t@w-")
+
+
 def test_weights_for_another_architecture(tmp_path):
     path = tmp_path / "w.safetensors"
     save_tiny_resnet(path)

@@ -77,6 +77,23 @@ def test_impossible_budget_names_binding_constraint_and_nearest(fixture_db):
     assert len(payload["nearest"]) == 3
 
 
+def test_repeated_configuration_counts_once(fixture_db):
+    import datetime as dt
+
+    from conftest import insert_rows, make_result
+
+    later = dt.datetime(2100, 1, 1)
+    with Store.open(fixture_db) as store:
+        insert_rows(store, [make_result(model_key="mnist/resnet10t", criterion="magnitude", requested_sparsity=0.5,
+                                        achieved_sparsity=0.49, top1=96.2, latency_p90_ms=4.1, created_at=later)])
+    rows = candidates(fixture_db, "mnist")
+    magnitude = [r for r in rows if r["model_key"] == "mnist/resnet10t" and r["criterion"] == "magnitude"]
+    assert len(magnitude) == 1
+    assert magnitude[0]["top1"] == 96.2  # the latest measurement
+    with Store.open(fixture_db, read_only=True) as store:
+        assert len(load_candidates(store, "mnist", latest_only=False)) == len(rows) + 1
+
+
 def test_ties_do_not_depend_on_row_order(fixture_db):
     rows = candidates(fixture_db, "mnist")
     tied = [dict(r, top1=90.0, latency_p90_ms=5.0, achieved_sparsity=0.5) for r in rows]

@@ -35,6 +35,7 @@ async def test_budget_edits_rerank_the_table(fixture_db):
         await pilot.pause()
         assert "Invalid budget" in status_text(app)
         assert "positive number of milliseconds" in status_text(app)
+        assert table.row_count == 0  # no ranking for a budget that is not on screen
 
         latency.value = ""
         await pilot.pause()

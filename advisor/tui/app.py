@@ -103,7 +103,8 @@ def _fmt(value: float | None) -> str:
 
 
 # Narrower than the CLI table so that the ranking fits an 80-column terminal.
-TUI_HEADERS = ["model", "method", "sparsity", "acc %", "drop", "p90 ms", "evidence"]
+# The budgeted values come first, so they stay visible when long model names need scrolling.
+TUI_HEADERS = ["acc %", "drop", "p90 ms", "sparsity", "method", "model", "evidence"]
 
 
 def tui_cells(candidate: Candidate) -> list[str]:
@@ -112,12 +113,12 @@ def tui_cells(candidate: Candidate) -> list[str]:
     if candidate.metric == "top1_agreement":
         accuracy += " agr"
     return [
-        row["model_key"],
-        method_label(row),
-        number((row.get("achieved_sparsity") or 0) * 100, 0, "%"),
         accuracy,
         number(candidate.drop),
         number(candidate.latency_ms, 1),
+        number((row.get("achieved_sparsity") or 0) * 100, 0, "%"),
+        method_label(row),
+        row["model_key"],
         row["provenance"],
     ]
 
@@ -187,6 +188,10 @@ class PTSAdvisorApp(App):
 
     @on(BudgetForm.Invalid)
     def _budget_invalid(self, message: BudgetForm.Invalid) -> None:
+        # Clear the table, so no ranking is shown for a budget other than the one on screen.
+        self.query_one("#ranking", DataTable).clear()
+        self.query_one("#evidence", Static).update("")
+        self.result = None
         self.query_one("#status", Static).update(f"[b]Invalid budget[/b]: {message.reason}")
 
     def refresh_ranking(self) -> None:
