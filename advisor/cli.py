@@ -169,7 +169,7 @@ def bench(obj: dict[str, Any], model: str, weights: Path | None, data_spec: str,
     from bench_engine.runner import check_compatible
 
     check_compatible(bundle, data)
-    data.check_calibration_size(calibration_size)
+    data.check_readable(calibration_size, seed)
     job = BenchJob(label=bundle.model_key, load=lambda: (bundle, data), plan=plan)
     run_id = run_jobs(obj["db"], [job], _command_line(), threads, not no_progress)
     with Store.open(obj["db"], read_only=True) as store:

@@ -186,6 +186,16 @@ class DataSplits:
                 f"{self.name!r}; pass --calibration-size {available} or less."
             )
 
+    def check_readable(self, calibration_size: int, seed: int) -> None:
+        """Decode every evaluation image and the calibration draw, raising DataError on a bad file.
+
+        Run before a bench starts, so a broken image fails the command before anything is stored.
+        The decoded inputs stay in the cache, so the bench does not decode them again.
+        """
+        self.calibration(calibration_size, seed)
+        for index in range(len(self.evaluation)):
+            self.evaluation[index]
+
     def evaluation_batches(self, batch_size: int = 64) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
         loader = DataLoader(self.evaluation, batch_size=batch_size, shuffle=False, num_workers=0)
         yield from loader

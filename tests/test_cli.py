@@ -165,3 +165,19 @@ def test_models_lists_named_models(runner, fixture_db):
     assert result.exit_code == 0
     assert "efficientnet_lite0" in result.stdout and "mnist/vit_tiny_patch16_224" in result.stdout
     assert "mnist/convnext_atto" in result.stdout
+
+
+def test_bench_broken_image_fails_before_any_write(runner, tmp_path):
+    from test_inputs import save_tiny_resnet, write_images
+
+    weights = tmp_path / "w.safetensors"
+    save_tiny_resnet(weights)
+    for name in ("a", "b", "c"):
+        write_images(tmp_path / "data" / name, 5)
+    (tmp_path / "data" / "a" / "broken.png").write_bytes(b"not an image")
+    db_path = tmp_path / "r.duckdb"
+    result = runner.invoke(main, ["--db", str(db_path), "bench", "resnet10t", "--weights", str(weights),
+                                  "--data", str(tmp_path / "data"), "--input-size", "32", "--calibration-size", "4"])
+    assert result.exit_code == 2
+    assert "broken.png" in result.stderr
+    assert not db_path.exists()
