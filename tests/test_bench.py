@@ -40,27 +40,37 @@ def test_bench_cli_stores_complete_rows(tiny_setup):
         env = store.query("SELECT * FROM environments")[0]
     assert run["status"] == "finished"
     assert run["command"].startswith(f"ptsa --db {db_path} bench resnet10t")
-    assert model["architecture"] == "resnet10t" and model["family"] == "resnet"
+    assert model["architecture"] == "resnet10t"
+    assert model["family"] == "resnet"
     assert model["num_conv_linear_layers"] > 5
-    assert env["torch_version"] and env["env_key"] == rows[0]["env_key"]
+    assert env["torch_version"]
+    assert env["env_key"] == rows[0]["env_key"]
     assert len(rows) == 1 + 3 * 3  # dense, then 3 criteria × (0.3, 0.6, 2:4)
     for row in rows:
         assert row["provenance"] == "measured"
-        assert row["labelled"] and row["top1"] is not None and row["top5"] is not None
-        assert row["latency_p50_ms"] > 0 and row["latency_p90_ms"] >= row["latency_p50_ms"]
-        assert row["num_threads"] == 1 and row["latency_batch_size"] == 1
-        assert row["calibration_size"] == 8 and row["eval_size"] == 6
+        assert row["labelled"]
+        assert row["top1"] is not None
+        assert row["top5"] is not None
+        assert row["latency_p50_ms"] > 0
+        assert row["latency_p90_ms"] >= row["latency_p50_ms"]
+        assert row["num_threads"] == 1
+        assert row["latency_batch_size"] == 1
+        assert row["calibration_size"] == 8
+        assert row["eval_size"] == 6
         per_layer = json.loads(row["layer_sparsity_json"])
         assert len(per_layer) == model["num_conv_linear_layers"]
         if row["criterion"] == "dense":
-            assert row["top1_agreement"] == 100.0 and row["kl_divergence"] == pytest.approx(0, abs=1e-6)
+            assert row["top1_agreement"] == 100.0
+            assert row["kl_divergence"] == pytest.approx(0, abs=1e-6)
         elif row["pattern"] == "unstructured":
             assert row["achieved_sparsity_targeted"] == pytest.approx(row["requested_sparsity"], abs=1e-4)
             assert row["achieved_sparsity"] < row["achieved_sparsity_targeted"]  # stem and head stay dense
             recipe = json.loads(row["recipe_json"])
-            assert recipe["criterion"] == row["criterion"] and recipe["policy"]["prune_first_layer"] is False
+            assert recipe["criterion"] == row["criterion"]
+            assert recipe["policy"]["prune_first_layer"] is False
         else:
-            assert row["pattern"] == "2:4" and row["requested_sparsity"] == 0.5
+            assert row["pattern"] == "2:4"
+            assert row["requested_sparsity"] == 0.5
     skipped = json.loads(rows[0]["skipped_layers_json"])
     assert "first layer" in skipped["conv1.0"]
 
@@ -96,7 +106,8 @@ def test_failed_model_leaves_earlier_rows_complete(tiny_setup):
     with Store.open(db_path, read_only=True) as store:
         run = store.query("SELECT status, error FROM runs")[0]
         rows = store.query("SELECT model_key, top1, latency_p50_ms FROM results")
-    assert run["status"] == "failed" and "disk vanished" in run["error"]
+    assert run["status"] == "failed"
+    assert "disk vanished" in run["error"]
     assert len(rows) == 2
     assert all(r["top1"] is not None and r["latency_p50_ms"] is not None for r in rows)
 
@@ -132,10 +143,12 @@ def test_baseline_is_trained_once_and_cached(isolated_data_dir):
     spec = BaselineSpec("resnet10t", 2e-3, 1)
     data = load_mnist(MNIST_PREPROCESS)
     path = ensure_baseline(spec, data)
-    assert path.exists() and path.parent == isolated_data_dir / "baselines"
+    assert path.exists()
+    assert path.parent == isolated_data_dir / "baselines"
     assert not list(path.parent.glob("*.tmp*"))
     meta = json.loads(path.with_suffix(".json").read_text())
-    assert meta["spec"]["architecture"] == "resnet10t" and meta["train_seconds"] > 0
+    assert meta["spec"]["architecture"] == "resnet10t"
+    assert meta["train_seconds"] > 0
     mtime = path.stat().st_mtime_ns
     assert ensure_baseline(spec, data) == path
     assert path.stat().st_mtime_ns == mtime

@@ -25,7 +25,8 @@ def test_recommend_json(runner, fixture_db):
     assert payload["candidates_meeting_budget"] == 3
     first = payload["candidates"][0]
     assert first["rank"] == 1
-    assert first["model_key"] == "mnist/resnet10t" and first["criterion"] == "dense"
+    assert first["model_key"] == "mnist/resnet10t"
+    assert first["criterion"] == "dense"
     assert set(first["evidence"]) >= {"provenance", "env_key", "run_id", "result_id", "runtime", "num_threads"}
     assert first["evidence"]["provenance"] == "measured"
     assert first["binding_constraint"] == "max_latency_ms"
@@ -37,7 +38,8 @@ def test_recommend_table(runner, fixture_db):
     assert result.exit_code == 0, result.output
     lines = result.stdout.splitlines()
     assert lines[0].startswith("5 of 6 candidates meet the budget")
-    assert "sparsegpt" in lines[3] and "mnist/resnet10t" in lines[3]
+    assert "sparsegpt" in lines[3]
+    assert "mnist/resnet10t" in lines[3]
     assert "dense kernels" in result.stdout
 
 
@@ -86,7 +88,8 @@ def test_recommend_missing_database(runner, tmp_path):
     path = tmp_path / "none.duckdb"
     result = runner.invoke(main, ["--db", str(path), "recommend"])
     assert result.exit_code == 2
-    assert "database not found" in result.stderr and "ptsa demo" in result.stderr
+    assert "database not found" in result.stderr
+    assert "ptsa demo" in result.stderr
     assert not path.exists()
 
 
@@ -157,13 +160,15 @@ def test_bench_class_count_mismatch(runner, tmp_path):
     result = runner.invoke(main, ["--db", str(tmp_path / "r.duckdb"), "bench", "resnet10t", "--weights", str(weights),
                                   "--data", str(tmp_path / "data")])
     assert result.exit_code == 2
-    assert "5 outputs but dataset" in result.stderr and "--unlabelled" in result.stderr
+    assert "5 outputs but dataset" in result.stderr
+    assert "--unlabelled" in result.stderr
 
 
 def test_models_lists_named_models(runner, fixture_db):
     result = runner.invoke(main, ["--db", str(fixture_db), "models"])
     assert result.exit_code == 0
-    assert "efficientnet_lite0" in result.stdout and "mnist/vit_tiny_patch16_224" in result.stdout
+    assert "efficientnet_lite0" in result.stdout
+    assert "mnist/vit_tiny_patch16_224" in result.stdout
     assert "mnist/convnext_atto" in result.stdout
 
 

@@ -49,7 +49,8 @@ def test_weights_load_from_local_file(tmp_path, suffix):
     assert bundle.num_classes == 3  # read from the classifier shape in the file
     for name, tensor in reference.state_dict().items():
         torch.testing.assert_close(bundle.model.state_dict()[name], tensor)
-    assert bundle.weights_sha256 and len(bundle.weights_sha256) == 64
+    assert bundle.weights_sha256
+    assert len(bundle.weights_sha256) == 64
 
 
 class Payload:
@@ -140,9 +141,11 @@ def test_labelled_class_folders_split_and_sample(tmp_path):
     for name in ("cat", "dog", "fox"):
         write_images(tmp_path / name, 10, seed=hash(name) % 100)
     data = load_dataset(str(tmp_path), RGB32, seed=1)
-    assert data.labelled and data.num_classes == 3
+    assert data.labelled
+    assert data.num_classes == 3
     assert data.class_names == ["cat", "dog", "fox"]
-    assert len(data.train) == 24 and len(data.evaluation) == 6
+    assert len(data.train) == 24
+    assert len(data.evaluation) == 6
     assert not set(map(str, data.train.images)) & set(map(str, data.evaluation.images))
     first = data.calibration(8, seed=3)
     again = data.calibration(8, seed=3)
@@ -160,15 +163,18 @@ def test_train_val_layout_is_respected(tmp_path):
         for name in ("a", "b"):
             write_images(tmp_path / split / name, count)
     data = load_dataset(str(tmp_path), RGB32)
-    assert len(data.train) == 12 and len(data.evaluation) == 4
+    assert len(data.train) == 12
+    assert len(data.evaluation) == 4
     assert data.evaluation.labels == [0, 0, 1, 1]
 
 
 def test_unlabelled_folder(tmp_path):
     write_images(tmp_path, 6)
     data = load_dataset(str(tmp_path), RGB32)
-    assert not data.labelled and data.num_classes is None
-    assert len(data.train) == 3 and len(data.evaluation) == 3
+    assert not data.labelled
+    assert data.num_classes is None
+    assert len(data.train) == 3
+    assert len(data.evaluation) == 3
 
 
 def test_empty_and_missing_datasets(tmp_path):
@@ -198,7 +204,8 @@ def test_calibration_size_larger_than_training_side(tmp_path):
 
 def test_mnist_builtin_is_stratified():
     data = load_mnist(Preprocess(32, 1, (0.1307,), (0.3081,)))
-    assert len(data.train) == 4000 and len(data.evaluation) == 1000
+    assert len(data.train) == 4000
+    assert len(data.evaluation) == 1000
     assert np.bincount(data.evaluation.labels).tolist() == [100] * 10
     x, y = data.train[0]
     assert x.shape == (1, 32, 32)

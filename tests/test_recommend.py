@@ -59,7 +59,8 @@ def test_latency_at_other_batch_size_counts_as_missing(fixture_db):
 def test_unlabelled_rows_use_agreement(fixture_db):
     result = recommend(candidates(fixture_db, "photos"), Budget(min_accuracy=85))
     only = result.ranked[0]
-    assert only.metric == "top1_agreement" and only.accuracy == 88.0
+    assert only.metric == "top1_agreement"
+    assert only.accuracy == 88.0
     assert only.drop == pytest.approx(12.0)
 
 
@@ -73,7 +74,8 @@ def test_impossible_budget_names_binding_constraint_and_nearest(fixture_db):
     assert (nearest.row["model_key"], nearest.row["criterion"]) == ("mnist/resnet10t", "sparsegpt")
     assert nearest.violations["max_latency_ms"] == pytest.approx(3.4)
     payload = result.to_dict()
-    assert payload["status"] == "no_candidate" and payload["binding_constraint"] == "max_latency_ms"
+    assert payload["status"] == "no_candidate"
+    assert payload["binding_constraint"] == "max_latency_ms"
     assert len(payload["nearest"]) == 3
 
 

@@ -38,7 +38,8 @@ def test_columnar_insert_round_trip_with_nulls(tmp_path):
         rows = [make_result(top1=None, top5=None, dataset="photos", labelled=False), make_result(top1=91.25)]
         insert_rows(store, rows)
         stored = store.query("SELECT dataset, top1, provenance, created_at FROM results ORDER BY dataset")
-    assert stored[0]["dataset"] == "mnist" and stored[0]["top1"] == 91.25
+    assert stored[0]["dataset"] == "mnist"
+    assert stored[0]["top1"] == 91.25
     assert stored[1]["top1"] is None
     assert all(r["provenance"] == "measured" and r["created_at"] is not None for r in stored)
 
@@ -120,4 +121,6 @@ def test_run_lifecycle(tmp_path):
         store.start_run("run1", "ptsa bench", {"a": 1}, "e1", "0.1.0")
         store.finish_run("run1", "failed", "boom")
         run = store.query("SELECT status, error, finished_at FROM runs")[0]
-    assert run["status"] == "failed" and run["error"] == "boom" and run["finished_at"] is not None
+    assert run["status"] == "failed"
+    assert run["error"] == "boom"
+    assert run["finished_at"] is not None
