@@ -117,7 +117,14 @@ def _parse_patterns(values: tuple[str, ...]) -> list[tuple[int, int] | None]:
               help="Mask criterion; repeat for several.")
 @click.option("--sparsity", "sparsities", multiple=True, type=float, default=(0.5,), show_default=True,
               help="Fraction of weights set to zero in the targeted layers (0 to 1); repeat for several.")
-@click.option("--allocation", default="uniform", show_default=True, help="uniform or global_magnitude.")
+@click.option("--allocation", default="uniform", show_default=True,
+              help="uniform, erk, global_magnitude or l2_global (global magnitude after dividing each layer by its L2 norm).")
+@click.option("--erk-power", type=float, default=1.0, show_default=True, help="Exponent of the ERK allocation.")
+@click.option("--max-layer-sparsity", type=float, default=1.0, show_default=True,
+              help="Cap on any layer's sparsity under global_magnitude and l2_global.")
+@click.option("--never-prune", multiple=True, help="Layer-name pattern to keep dense, such as 'blocks.0.*'; repeatable.")
+@click.option("--correction", "corrections", multiple=True,
+              help="Error correction after pruning: bias_correction or bn_reestimation; repeatable.")
 @click.option("--pattern", "patterns", multiple=True,
               help="unstructured (default) or N:M such as 2:4; repeat for several.")
 @click.option("--calibration-size", type=click.IntRange(min=1), default=128, show_default=True, help="Calibration inputs drawn from the training side.")
@@ -135,7 +142,8 @@ def _parse_patterns(values: tuple[str, ...]) -> list[tuple[int, int] | None]:
 @click.pass_obj
 @handle_errors
 def bench(obj: dict[str, Any], model: str, weights: Path | None, data_spec: str, unlabelled: bool,
-          criteria: tuple[str, ...], sparsities: tuple[float, ...], allocation: str, patterns: tuple[str, ...],
+          criteria: tuple[str, ...], sparsities: tuple[float, ...], allocation: str, erk_power: float,
+          max_layer_sparsity: float, never_prune: tuple[str, ...], corrections: tuple[str, ...], patterns: tuple[str, ...],
           calibration_size: int, seed: int, threads: int | None, latency_batch_size: int,
           prune_first_layer: bool, prune_classifier: bool, skip_depthwise: bool, num_classes: int | None,
           in_chans: int | None, input_size: int | None, no_progress: bool) -> None:
@@ -153,8 +161,11 @@ def bench(obj: dict[str, Any], model: str, weights: Path | None, data_spec: str,
         criteria=criteria,
         sparsities=sparsities,
         allocation=allocation,
+        erk_power=erk_power,
+        max_layer_sparsity=max_layer_sparsity,
+        corrections=corrections,
         patterns=_parse_patterns(patterns),
-        policy=LayerPolicy(prune_first_layer, prune_classifier, not skip_depthwise),
+        policy=LayerPolicy(prune_first_layer, prune_classifier, not skip_depthwise, tuple(never_prune)),
         calibration_size=calibration_size,
         seed=seed,
         latency_batch_size=latency_batch_size,

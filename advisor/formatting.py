@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import math
 
 from advisor.recommend import Candidate, Recommendation
@@ -27,7 +28,9 @@ def method_label(row: dict) -> str:
         return "dense"
     pattern = "" if row["pattern"] == "unstructured" else f" {row['pattern']}"
     allocation = "" if row["allocation"] in ("uniform", "none") else f" ({row['allocation']})"
-    return f"{row['criterion']}{pattern}{allocation}"
+    corrections = json.loads(row.get("recipe_json") or "{}").get("corrections") or []
+    suffix = "".join(f"+{c}" for c in corrections)
+    return f"{row['criterion']}{suffix}{pattern}{allocation}"
 
 
 def candidate_cells(candidate: Candidate, budget_stat: str) -> list[str]:

@@ -24,6 +24,7 @@ from bench_engine.metrics import predict, score
 from bench_engine.models import ModelBundle, architecture_features
 from bench_engine.pruning import LayerPolicy, PruneConfig, collect_stats, find_prunable_layers, prune_model
 from bench_engine.pruning.config import CRITERIA, format_pattern
+from bench_engine.pruning.correction import apply_corrections
 from bench_engine.pruning.prune import measure_sparsity
 from db import DatabaseLockedError, Store
 
@@ -37,6 +38,9 @@ class BenchPlan:
     criteria: Sequence[str] = CRITERIA
     sparsities: Sequence[float] = (0.3, 0.5, 0.7)
     allocation: str = "uniform"
+    erk_power: float = 1.0
+    max_layer_sparsity: float = 1.0
+    corrections: Sequence[str] = ()
     patterns: Sequence[tuple[int, int] | None] = (None,)
     policy: LayerPolicy = field(default_factory=LayerPolicy)
     calibration_size: int = 128
@@ -71,6 +75,9 @@ class BenchPlan:
                             allocation=self.allocation if pattern is None else "uniform",
                             pattern=pattern,
                             policy=self.policy,
+                            erk_power=self.erk_power,
+                            max_layer_sparsity=self.max_layer_sparsity,
+                            corrections=tuple(self.corrections),
                         )
                     )
         return configs
@@ -80,6 +87,9 @@ class BenchPlan:
             "criteria": list(self.criteria),
             "sparsities": list(self.sparsities),
             "allocation": self.allocation,
+            "erk_power": self.erk_power,
+            "max_layer_sparsity": self.max_layer_sparsity,
+            "corrections": list(self.corrections),
             "patterns": [format_pattern(p) for p in self.patterns],
             "policy": self.policy.to_dict(),
             "calibration_size": self.calibration_size,
@@ -126,9 +136,8 @@ def bench_model(
             "allow more layers (for example --prune-first-layer or --prune-classifier)."
         )
     need_hessian = any(c.criterion == "sparsegpt" for c in configs)
-    stats = collect_stats(dense, layers, calibration, need_hessian=need_hessian) if any(
-        c.criterion != "magnitude" for c in configs
-    ) else {}
+    need_stats = any(c.criterion != "magnitude" or "bias_correction" in c.corrections for c in configs)
+    stats = collect_stats(dense, layers, calibration, need_hessian=need_hessian) if need_stats else {}
 
     rows: list[dict[str, Any]] = []
     base = {
@@ -196,6 +205,7 @@ def bench_model(
         for layer in sparse_layers:
             layer.module = modules[layer.name]
         report = prune_model(sparse_layers, config, stats)
+        apply_corrections(config.corrections, sparse, layers, sparse_layers, stats, calibration)
         counted = measure_sparsity(sparse, target_names)
         logits, _ = predict(sparse, data.evaluation_batches())
         rows.append(

@@ -152,3 +152,37 @@ def test_baseline_is_trained_once_and_cached(isolated_data_dir):
     mtime = path.stat().st_mtime_ns
     assert ensure_baseline(spec, data) == path
     assert path.stat().st_mtime_ns == mtime
+
+
+def test_bench_erk_with_corrections(tiny_setup):
+    weights, data, db_path = tiny_setup
+    result = CliRunner().invoke(main, [
+        "--db", str(db_path), "bench", "resnet10t", "--weights", str(weights), "--data", str(data),
+        "--input-size", "32", "--criterion", "magnitude", "--sparsity", "0.6", "--allocation", "erk",
+        "--erk-power", "0.5", "--correction", "bn_reestimation", "--correction", "bias_correction",
+        "--never-prune", "layer4.*", "--calibration-size", "8", "--no-progress",
+    ])
+    assert result.exit_code == 0, result.output
+    with Store.open(db_path, read_only=True) as store:
+        row = store.query("SELECT * FROM results WHERE criterion = 'magnitude'")[0]
+    recipe = json.loads(row["recipe_json"])
+    assert recipe["allocation"] == "erk"
+    assert recipe["erk_power"] == 0.5
+    assert recipe["corrections"] == ["bias_correction", "bn_reestimation"]  # applied in this order
+    assert recipe["policy"]["never_prune"] == ["layer4.*"]
+    assert row["achieved_sparsity_targeted"] == pytest.approx(0.6, abs=1e-4)
+    per_layer = json.loads(row["layer_sparsity_json"])
+    assert per_layer["layer4.0.conv1"] == 0.0
+    shown = CliRunner().invoke(main, ["--db", str(db_path), "recommend", "--sparse-only"])
+    assert "magnitude+bias_correction+bn_reestimation (erk)" in shown.stdout
+
+
+def test_bench_unknown_correction(tiny_setup):
+    weights, data, db_path = tiny_setup
+    result = CliRunner().invoke(main, [
+        "--db", str(db_path), "bench", "resnet10t", "--weights", str(weights), "--data", str(data),
+        "--correction", "adaround",
+    ])
+    assert result.exit_code == 2
+    assert "unknown correction 'adaround'" in result.stderr
+    assert not db_path.exists()

@@ -224,8 +224,8 @@ def test_sparsity_out_of_range(value, hint):
 def test_unknown_criterion_and_allocation():
     with pytest.raises(InvalidConfigError, match="unknown criterion 'obs'"):
         PruneConfig(criterion="obs", sparsity=0.5)
-    with pytest.raises(InvalidConfigError, match="unknown allocation 'erk'"):
-        PruneConfig(criterion="magnitude", sparsity=0.5, allocation="erk")
+    with pytest.raises(InvalidConfigError, match="unknown allocation 'random'"):
+        PruneConfig(criterion="magnitude", sparsity=0.5, allocation="random")
 
 
 def test_pattern_fixes_sparsity():

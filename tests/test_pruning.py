@@ -253,3 +253,100 @@ def test_vit_prunes_token_linear_layers():
     clone, cloned_layers, _ = pruned_copy(model, x, stats, PruneConfig(criterion="sparsegpt", sparsity=0.5))
     counted = measure_sparsity(clone, [l.name for l in cloned_layers])
     assert counted.targeted == pytest.approx(0.5, abs=1e-9)
+
+
+# -- allocations beyond uniform ------------------------------------------------------------------
+
+
+@pytest.fixture(scope="module")
+def resnet_layers():
+    model = small_model("resnet10t")
+    layers, _ = find_prunable_layers(model, LayerPolicy(), torch.randn(1, 3, 32, 32))
+    return layers
+
+
+@pytest.mark.parametrize("power", [0.5, 1.0])
+def test_erk_hits_target_and_keeps_thin_layers_denser(resnet_layers, power):
+    from bench_engine.pruning.allocation import erk
+
+    counts = erk(resnet_layers, 0.8, power=power)
+    total = sum(layer.numel for layer in resnet_layers)
+    assert sum(counts.values()) == round(0.8 * total)
+    for layer in resnet_layers:
+        assert 0 <= counts[layer.name] <= layer.numel
+    ratios = {l.name: counts[l.name] / l.numel for l in resnet_layers}
+    smallest = min(resnet_layers, key=lambda l: l.numel)
+    largest = max(resnet_layers, key=lambda l: l.numel)
+    assert ratios[smallest.name] < ratios[largest.name]
+
+
+def test_l2_global_respects_cap(resnet_layers):
+    from bench_engine.pruning.allocation import l2_normalised_global
+
+    total = sum(layer.numel for layer in resnet_layers)
+    free = l2_normalised_global(resnet_layers, 0.7)
+    capped = l2_normalised_global(resnet_layers, 0.7, max_layer_sparsity=0.75)
+    assert sum(free.values()) == round(0.7 * total)
+    assert sum(capped.values()) == round(0.7 * total)
+    assert max(free[l.name] / l.numel for l in resnet_layers) > 0.75
+    for layer in resnet_layers:
+        assert capped[layer.name] <= int(0.75 * layer.numel)
+
+
+def test_unreachable_cap_is_rejected(resnet_layers):
+    from bench_engine.pruning.allocation import global_magnitude
+
+    with pytest.raises(InvalidConfigError, match="cannot be reached"):
+        global_magnitude(resnet_layers, 0.8, max_layer_sparsity=0.5)
+
+
+def test_never_prune_patterns_keep_layers_dense():
+    model = small_model("resnet10t")
+    policy = LayerPolicy(never_prune=("layer4.*",))
+    layers, excluded = find_prunable_layers(model, policy, torch.randn(1, 3, 32, 32))
+    assert not any(l.name.startswith("layer4.") for l in layers)
+    assert excluded["layer4.0.conv1"] == "matches the never-prune list"
+
+
+# -- error correction ----------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("layer", [nn.Conv2d(8, 16, 3, padding=1, bias=False), nn.Linear(12, 6)], ids=["conv", "linear"])
+def test_bias_correction_restores_mean_output(layer):
+    from bench_engine.pruning.correction import correct_bias
+
+    model = nn.Sequential(nn.Identity(), layer)
+    x = torch.randn(64, 8, 6, 6).abs() if isinstance(layer, nn.Conv2d) else torch.randn(64, 5, 12).abs()
+    policy = LayerPolicy(prune_first_layer=True, prune_classifier=True)
+    layers, _ = find_prunable_layers(model, policy, x[:1])
+    stats = collect_stats(model, layers, x, need_hessian=False)
+    sparse_model = copy.deepcopy(model)
+    sparse_layers, _ = find_prunable_layers(sparse_model, policy, x[:1])
+    prune_model(sparse_layers, PruneConfig(criterion="magnitude", sparsity=0.7))
+    channel_dims = (0, 2, 3) if isinstance(layer, nn.Conv2d) else (0, 1)
+    with torch.no_grad():
+        dense_mean = model(x).mean(dim=channel_dims)
+        before = sparse_model(x).mean(dim=channel_dims)
+        correct_bias(layers, sparse_layers, stats)
+        after = sparse_model(x).mean(dim=channel_dims)
+    assert float((before - dense_mean).abs().max()) > 1e-2
+    torch.testing.assert_close(after, dense_mean, rtol=1e-4, atol=1e-4)
+
+
+def test_bn_reestimation_matches_calibration_statistics():
+    from bench_engine.pruning.correction import reestimate_batchnorm
+
+    model = small_model("resnet10t")
+    x = torch.randn(32, 3, 32, 32)
+    layers, _ = find_prunable_layers(model, LayerPolicy(), x[:1])
+    prune_model(layers, PruneConfig(criterion="magnitude", sparsity=0.5))
+    seen = {}
+    # The input the BatchNorm sees during re-estimation, one batch of all 32 images.
+    hook = model.layer1[0].bn1.register_forward_pre_hook(lambda m, a: seen.setdefault("x", a[0].detach().clone()))
+    updated = reestimate_batchnorm(model, x, batch_size=32)
+    hook.remove()
+    assert updated == sum(isinstance(m, nn.BatchNorm2d) for m in model.modules())
+    norm = model.layer1[0].bn1
+    torch.testing.assert_close(norm.running_mean, seen["x"].mean(dim=(0, 2, 3)), rtol=1e-4, atol=1e-5)
+    assert not norm.training
+    assert norm.momentum == 0.1  # restored

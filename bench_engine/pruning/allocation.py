@@ -1,10 +1,31 @@
-"""Sparsity allocation: turn a global sparsity into a number of weights to prune per layer."""
+"""Sparsity allocation: turn a global sparsity into a number of weights to prune per layer.
+
+Every allocator returns exact integer counts whose sum is round(sparsity × targeted weights).
+"""
 
 from __future__ import annotations
 
+import math
+
 import torch
 
+from bench_engine.errors import InvalidConfigError
 from bench_engine.pruning.layers import PrunableLayer
+
+
+def round_to_total(values: torch.Tensor, limits: torch.Tensor, total: int) -> torch.Tensor:
+    """Round non-negative real counts to integers that sum to `total`, each at most its limit.
+
+    Floors every value, then gives the missing units to the largest fractional parts.
+    """
+    floors = torch.minimum(values.floor(), limits.double()).to(torch.int64)
+    missing = total - int(floors.sum())
+    if missing > 0:
+        room = floors < limits
+        fractions = torch.where(room, values - floors.double(), torch.full_like(values, -1.0))
+        order = torch.argsort(fractions, descending=True, stable=True)
+        floors[order[:missing]] += 1
+    return floors
 
 
 def uniform(layers: list[PrunableLayer], sparsity: float) -> dict[str, int]:
@@ -12,20 +33,93 @@ def uniform(layers: list[PrunableLayer], sparsity: float) -> dict[str, int]:
     return {layer.name: int(round(sparsity * layer.numel)) for layer in layers}
 
 
-def global_magnitude(layers: list[PrunableLayer], sparsity: float) -> dict[str, int]:
+def erk(layers: list[PrunableLayer], sparsity: float, power: float = 1.0) -> dict[str, int]:
+    """Erdős–Rényi-kernel allocation (Evci et al., "Rigging the Lottery", ICML 2020).
+
+    A layer's density is ε · (sum of its weight dimensions / their product)^power, so small and
+    thin layers stay denser. ε is solved so the kept weights meet the target; a layer whose
+    density would exceed 1 is kept dense and ε is solved again for the rest.
+    """
+    numel = torch.tensor([layer.numel for layer in layers], dtype=torch.float64)
+    raw = torch.tensor(
+        [sum(layer.module.weight.shape) / math.prod(layer.module.weight.shape) for layer in layers],
+        dtype=torch.float64,
+    ).pow(power)
+    kept_target = (1.0 - sparsity) * float(numel.sum())
+    dense = torch.zeros(len(layers), dtype=torch.bool)
+    while True:
+        free = ~dense
+        budget = kept_target - float(numel[dense].sum())
+        epsilon = budget / float((raw[free] * numel[free]).sum())
+        density = torch.where(dense, torch.ones_like(raw), epsilon * raw)
+        newly_dense = free & (density > 1.0)
+        if not bool(newly_dense.any()):
+            break
+        dense |= newly_dense
+    prune = numel * (1.0 - density)
+    total = int(round(sparsity * float(numel.sum())))
+    counts = round_to_total(prune, numel.to(torch.int64), total)
+    return {layer.name: int(counts[i]) for i, layer in enumerate(layers)}
+
+
+def _global_by_score(
+    layers: list[PrunableLayer], scores: list[torch.Tensor], sparsity: float, max_layer_sparsity: float
+) -> dict[str, int]:
+    """Prune the lowest scores across layers; layers that reach the cap stop there."""
+    total = int(round(sparsity * sum(layer.numel for layer in layers)))
+    caps = {layer.name: int(math.floor(max_layer_sparsity * layer.numel)) for layer in layers}
+    if total > sum(caps.values()):
+        raise InvalidConfigError(
+            f"sparsity {sparsity:g} cannot be reached with every layer capped at "
+            f"{max_layer_sparsity:g}; raise the cap or lower the sparsity."
+        )
+    fixed: dict[str, int] = {}
+    remaining = list(range(len(layers)))
+    left = total
+    while True:
+        flat = torch.cat([scores[i].flatten().float() for i in remaining])
+        ids = torch.cat([torch.full((layers[i].numel,), i, dtype=torch.int64) for i in remaining])
+        chosen = ids[torch.argsort(flat, stable=True)[:left]]
+        counts = torch.bincount(chosen, minlength=len(layers))
+        over = [i for i in remaining if int(counts[i]) > caps[layers[i].name]]
+        if not over:
+            break
+        for i in over:
+            fixed[layers[i].name] = caps[layers[i].name]
+            left -= caps[layers[i].name]
+        remaining = [i for i in remaining if i not in over]
+    result = {layers[i].name: int(counts[i]) for i in remaining}
+    result.update(fixed)
+    return {layer.name: result[layer.name] for layer in layers}
+
+
+def global_magnitude(layers: list[PrunableLayer], sparsity: float, max_layer_sparsity: float = 1.0) -> dict[str, int]:
     """Prune the weights of smallest |w| across all target layers, with one global threshold.
 
-    Returns how many of each layer's weights fall below that threshold; the total is exactly
-    round(sparsity × all target weights), with ties broken by layer order and position.
+    Ties are broken by layer order and position. With `max_layer_sparsity` below 1, a layer
+    stops at that sparsity and the threshold moves on to the others.
     """
-    magnitudes = torch.cat([layer.module.weight.detach().abs().flatten().float() for layer in layers])
-    layer_ids = torch.cat(
-        [torch.full((layer.numel,), i, dtype=torch.int64) for i, layer in enumerate(layers)]
-    )
-    total = int(round(sparsity * magnitudes.numel()))
-    order = torch.argsort(magnitudes, stable=True)[:total]
-    per_layer = torch.bincount(layer_ids[order], minlength=len(layers))
-    return {layer.name: int(per_layer[i]) for i, layer in enumerate(layers)}
+    scores = [layer.module.weight.detach().abs() for layer in layers]
+    return _global_by_score(layers, scores, sparsity, max_layer_sparsity)
 
 
-ALLOCATORS = {"uniform": uniform, "global_magnitude": global_magnitude}
+def l2_normalised_global(layers: list[PrunableLayer], sparsity: float, max_layer_sparsity: float = 1.0) -> dict[str, int]:
+    """Global magnitude after dividing each layer's weights by the layer's L2 norm.
+
+    Without the normalisation, layers with large weights are barely pruned and layers with small
+    weights are pruned away; dividing by the norm puts all layers on one scale.
+    """
+    scores = []
+    for layer in layers:
+        weight = layer.module.weight.detach().abs().float()
+        norm = float(weight.norm())
+        scores.append(weight / norm if norm > 0 else weight)
+    return _global_by_score(layers, scores, sparsity, max_layer_sparsity)
+
+
+ALLOCATORS = {
+    "uniform": uniform,
+    "erk": erk,
+    "global_magnitude": global_magnitude,
+    "l2_global": l2_normalised_global,
+}

@@ -10,7 +10,9 @@ from bench_engine.errors import InvalidConfigError
 from bench_engine.pruning.layers import LayerPolicy
 
 CRITERIA = ("magnitude", "wanda", "sparsegpt")
-ALLOCATIONS = ("uniform", "global_magnitude")
+ALLOCATIONS = ("uniform", "erk", "global_magnitude", "l2_global")
+# Error corrections applied after pruning, in this order.
+CORRECTIONS = ("bias_correction", "bn_reestimation")
 
 _PATTERN_RE = re.compile(r"^(\d+):(\d+)$")
 
@@ -69,6 +71,11 @@ class PruneConfig:
     allocation: str = "uniform"
     pattern: tuple[int, int] | None = None
     policy: LayerPolicy = field(default_factory=LayerPolicy)
+    # ERK: exponent of (sum of dimensions / product of dimensions); 1.0 is the published default.
+    erk_power: float = 1.0
+    # global_magnitude and l2_global: no layer is pruned beyond this sparsity.
+    max_layer_sparsity: float = 1.0
+    corrections: tuple[str, ...] = ()
     # SparseGPT: columns updated together, and Hessian damping as a fraction of its mean diagonal.
     sparsegpt_blocksize: int = 128
     sparsegpt_damping: float = 0.01
@@ -96,6 +103,19 @@ class PruneConfig:
                     f"allocation {self.allocation!r} cannot be combined with pattern {n}:{m}; "
                     "an N:M pattern fixes every layer's sparsity, so use allocation 'uniform'."
                 )
+        if not self.erk_power > 0:
+            raise InvalidConfigError(f"erk_power must be positive, got {self.erk_power}; 0.5 or 1.0 are usual.")
+        if not 0.0 < self.max_layer_sparsity <= 1.0:
+            raise InvalidConfigError(
+                f"max_layer_sparsity must be in (0, 1], got {self.max_layer_sparsity}; for example 0.9."
+            )
+        unknown = [c for c in self.corrections if c not in CORRECTIONS]
+        if unknown:
+            raise InvalidConfigError(
+                f"unknown correction {unknown[0]!r}; choose from {', '.join(CORRECTIONS)}."
+            )
+        ordered = tuple(c for c in CORRECTIONS if c in self.corrections)
+        object.__setattr__(self, "corrections", ordered)
         if self.sparsegpt_blocksize < 1:
             raise InvalidConfigError(f"sparsegpt_blocksize must be at least 1, got {self.sparsegpt_blocksize}.")
         if not 0.0 < self.sparsegpt_damping < 1.0:
@@ -112,7 +132,12 @@ class PruneConfig:
         data = asdict(self)
         data["pattern"] = self.pattern_name
         data["policy"] = self.policy.to_dict()
+        data["corrections"] = list(self.corrections)
         if self.criterion != "sparsegpt":
             data.pop("sparsegpt_blocksize")
             data.pop("sparsegpt_damping")
+        if self.allocation != "erk":
+            data.pop("erk_power")
+        if self.allocation not in ("global_magnitude", "l2_global"):
+            data.pop("max_layer_sparsity")
         return data

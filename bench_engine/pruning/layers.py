@@ -8,6 +8,7 @@ the input channels at one kernel position, the layout sparse tensor cores expect
 
 from __future__ import annotations
 
+import fnmatch
 from dataclasses import asdict, dataclass
 
 import torch
@@ -26,9 +27,13 @@ class LayerPolicy:
     prune_first_layer: bool = False
     prune_classifier: bool = False
     prune_depthwise: bool = True
+    # Shell-style patterns of layer names that stay dense, for example 'blocks.0.*'.
+    never_prune: tuple[str, ...] = ()
 
-    def to_dict(self) -> dict[str, bool]:
-        return asdict(self)
+    def to_dict(self) -> dict[str, object]:
+        data = asdict(self)
+        data["never_prune"] = list(self.never_prune)
+        return data
 
 
 @dataclass
@@ -126,6 +131,8 @@ def find_prunable_layers(
             excluded[name] = "classifier (policy prune_classifier=false)"
         elif is_depthwise(module) and not policy.prune_depthwise:
             excluded[name] = "depthwise convolution (policy prune_depthwise=false)"
+        elif any(fnmatch.fnmatchcase(name, pattern) for pattern in policy.never_prune):
+            excluded[name] = "matches the never-prune list"
         else:
             groups = module.groups if isinstance(module, nn.Conv2d) else 1
             targets.append(

@@ -36,6 +36,16 @@ class PruneReport:
     seconds: float
 
 
+def allocate(layers: list[PrunableLayer], config: PruneConfig) -> dict[str, int]:
+    """Return how many weights of each layer to prune, from the configured allocation."""
+    allocator = ALLOCATORS[config.allocation]
+    if config.allocation == "erk":
+        return allocator(layers, config.sparsity, power=config.erk_power)
+    if config.allocation in ("global_magnitude", "l2_global"):
+        return allocator(layers, config.sparsity, max_layer_sparsity=config.max_layer_sparsity)
+    return allocator(layers, config.sparsity)
+
+
 def pattern_incompatibility(layer: PrunableLayer, pattern: tuple[int, int]) -> str | None:
     """Return why an N:M pattern cannot be applied to this layer, or None if it can."""
     _, m = pattern
@@ -73,7 +83,7 @@ def prune_model(
         counts = {layer.name: layer.numel // m * (m - n) for layer in eligible}
     else:
         eligible = list(layers)
-        counts = ALLOCATORS[config.allocation](eligible, config.sparsity)
+        counts = allocate(eligible, config)
 
     for layer in eligible:
         count = counts[layer.name]

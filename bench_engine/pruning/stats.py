@@ -23,6 +23,7 @@ class LayerStats:
     """Input statistics of one layer, in the (G, K) layout of `input_matrix`."""
 
     sq_norms: torch.Tensor  # (G, K): sum over calibration columns of x²
+    sums: torch.Tensor  # (G, K): sum over calibration columns of x
     hessian: torch.Tensor | None  # (G, K, K): sum of x xᵀ, float32
     columns: int  # calibration columns seen (tokens or patch positions times images)
     # SparseGPT's inverse-Hessian factor by damping. It does not depend on the sparsity or the
@@ -32,6 +33,10 @@ class LayerStats:
     @property
     def input_norms(self) -> torch.Tensor:
         return self.sq_norms.sqrt()
+
+    @property
+    def input_means(self) -> torch.Tensor:
+        return self.sums / self.columns
 
 
 @torch.inference_mode()
@@ -61,6 +66,7 @@ def collect_stats(
                 groups, k, _ = columns.shape
                 entry = LayerStats(
                     sq_norms=torch.zeros(groups, k, dtype=torch.float64),
+                    sums=torch.zeros(groups, k, dtype=torch.float64),
                     hessian=torch.zeros(groups, k, k) if need_hessian else None,
                     columns=0,
                 )
@@ -72,6 +78,7 @@ def collect_stats(
                 entry.sq_norms += batch_hessian.diagonal(dim1=1, dim2=2).double()
             else:
                 entry.sq_norms += columns.square().sum(dim=2).double()
+            entry.sums += columns.sum(dim=2).double()
             entry.columns += columns.shape[2]
 
         return hook
