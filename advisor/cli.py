@@ -123,6 +123,9 @@ def _parse_patterns(values: tuple[str, ...]) -> list[tuple[int, int] | None]:
 @click.option("--max-layer-sparsity", type=float, default=1.0, show_default=True,
               help="Cap on any layer's sparsity under global_magnitude and l2_global.")
 @click.option("--never-prune", multiple=True, help="Layer-name pattern to keep dense, such as 'blocks.0.*'; repeatable.")
+@click.option("--recipe", "recipes", multiple=True,
+              help="One-line recipe such as 'erk(power=0.5)+sparsegpt+bias_correction', or a .toml recipe file; "
+                   "repeatable. Replaces --criterion, --allocation, --correction and --pattern.")
 @click.option("--correction", "corrections", multiple=True,
               help="Error correction after pruning: bias_correction or bn_reestimation; repeatable.")
 @click.option("--pattern", "patterns", multiple=True,
@@ -143,7 +146,8 @@ def _parse_patterns(values: tuple[str, ...]) -> list[tuple[int, int] | None]:
 @handle_errors
 def bench(obj: dict[str, Any], model: str, weights: Path | None, data_spec: str, unlabelled: bool,
           criteria: tuple[str, ...], sparsities: tuple[float, ...], allocation: str, erk_power: float,
-          max_layer_sparsity: float, never_prune: tuple[str, ...], corrections: tuple[str, ...], patterns: tuple[str, ...],
+          max_layer_sparsity: float, never_prune: tuple[str, ...], recipes: tuple[str, ...],
+          corrections: tuple[str, ...], patterns: tuple[str, ...],
           calibration_size: int, seed: int, threads: int | None, latency_batch_size: int,
           prune_first_layer: bool, prune_classifier: bool, skip_depthwise: bool, num_classes: int | None,
           in_chans: int | None, input_size: int | None, no_progress: bool) -> None:
@@ -164,6 +168,7 @@ def bench(obj: dict[str, Any], model: str, weights: Path | None, data_spec: str,
         erk_power=erk_power,
         max_layer_sparsity=max_layer_sparsity,
         corrections=corrections,
+        recipes=recipes,
         patterns=_parse_patterns(patterns),
         policy=LayerPolicy(prune_first_layer, prune_classifier, not skip_depthwise, tuple(never_prune)),
         calibration_size=calibration_size,

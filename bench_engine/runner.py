@@ -25,6 +25,7 @@ from bench_engine.models import ModelBundle, architecture_features
 from bench_engine.pruning import LayerPolicy, PruneConfig, collect_stats, find_prunable_layers, prune_model
 from bench_engine.pruning.config import CRITERIA, format_pattern
 from bench_engine.pruning.correction import apply_corrections
+from bench_engine.pruning.recipe import resolve_recipe
 from bench_engine.pruning.prune import measure_sparsity
 from db import DatabaseLockedError, Store
 
@@ -42,6 +43,9 @@ class BenchPlan:
     max_layer_sparsity: float = 1.0
     corrections: Sequence[str] = ()
     patterns: Sequence[tuple[int, int] | None] = (None,)
+    # One-line recipes or TOML recipe files; when given, they replace the grid of criteria,
+    # allocation, corrections and patterns above.
+    recipes: Sequence[str] = ()
     policy: LayerPolicy = field(default_factory=LayerPolicy)
     calibration_size: int = 128
     seed: int = 0
@@ -58,6 +62,8 @@ class BenchPlan:
             raise InvalidConfigError(f"calibration size must be at least 1, got {self.calibration_size}.")
         if self.latency_batch_size < 1:
             raise InvalidConfigError(f"latency batch size must be at least 1, got {self.latency_batch_size}.")
+        if self.recipes:
+            return self._recipe_configs()
         configs = []
         for pattern in self.patterns:
             if pattern is None:
@@ -82,8 +88,21 @@ class BenchPlan:
                     )
         return configs
 
+    def _recipe_configs(self) -> list[PruneConfig]:
+        configs = []
+        for recipe in self.recipes:
+            first = resolve_recipe(recipe, self.sparsities[0] if self.sparsities else None, self.policy)
+            if first.pattern is not None:
+                configs.append(first)
+                continue
+            if not self.sparsities:
+                raise InvalidConfigError(f"recipe {recipe!r} needs a sparsity; pass for example --sparsity 0.5.")
+            configs.extend(resolve_recipe(recipe, sparsity, self.policy) for sparsity in self.sparsities)
+        return configs
+
     def to_dict(self) -> dict[str, Any]:
         return {
+            "recipes": list(self.recipes),
             "criteria": list(self.criteria),
             "sparsities": list(self.sparsities),
             "allocation": self.allocation,

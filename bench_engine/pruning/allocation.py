@@ -37,8 +37,8 @@ def erk(layers: list[PrunableLayer], sparsity: float, power: float = 1.0) -> dic
     """Erdős–Rényi-kernel allocation (Evci et al., "Rigging the Lottery", ICML 2020).
 
     A layer's density is ε · (sum of its weight dimensions / their product)^power, so small and
-    thin layers stay denser. ε is solved so the kept weights meet the target; a layer whose
-    density would exceed 1 is kept dense and ε is solved again for the rest.
+    thin layers stay denser. ε is solved so the kept weights meet the target. A layer whose
+    density would exceed 1 is kept dense, and ε is solved again for the rest.
     """
     numel = torch.tensor([layer.numel for layer in layers], dtype=torch.float64)
     raw = torch.tensor(
@@ -106,8 +106,8 @@ def global_magnitude(layers: list[PrunableLayer], sparsity: float, max_layer_spa
 def l2_normalised_global(layers: list[PrunableLayer], sparsity: float, max_layer_sparsity: float = 1.0) -> dict[str, int]:
     """Global magnitude after dividing each layer's weights by the layer's L2 norm.
 
-    Without the normalisation, layers with large weights are barely pruned and layers with small
-    weights are pruned away; dividing by the norm puts all layers on one scale.
+    Plain global magnitude prunes the layers with the smallest weights hardest. Dividing by the
+    norm puts every layer on one scale.
     """
     scores = []
     for layer in layers:

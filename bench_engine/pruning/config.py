@@ -127,9 +127,27 @@ class PruneConfig:
     def pattern_name(self) -> str:
         return format_pattern(self.pattern)
 
+    def recipe(self) -> str:
+        """Return the canonical one-line recipe, with every parameter spelled out."""
+        terms = []
+        if self.allocation == "erk":
+            terms.append(f"erk(power={self.erk_power:g})")
+        elif self.allocation in ("global_magnitude", "l2_global"):
+            terms.append(f"{self.allocation}(max_layer_sparsity={self.max_layer_sparsity:g})")
+        else:
+            terms.append(self.allocation)
+        if self.criterion == "sparsegpt":
+            terms.append(f"sparsegpt(blocksize={self.sparsegpt_blocksize}, damping={self.sparsegpt_damping:g})")
+        else:
+            terms.append(self.criterion)
+        terms.extend(self.corrections)
+        terms.append(self.pattern_name)
+        return "+".join(terms)
+
     def to_dict(self) -> dict[str, Any]:
         """Return the full resolved configuration, as stored with every result."""
         data = asdict(self)
+        data["recipe"] = self.recipe()
         data["pattern"] = self.pattern_name
         data["policy"] = self.policy.to_dict()
         data["corrections"] = list(self.corrections)

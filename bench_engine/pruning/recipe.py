@@ -1,0 +1,142 @@
+"""Recipes: a technique combination written as one line or a TOML file, parsed into PruneConfig.
+
+One-line form: terms joined by '+', each a name with optional parameters, for example
+
+    erk(power=0.5)+sparsegpt(damping=0.02)+bias_correction+bn_reestimation
+    wanda+2:4
+
+A recipe names exactly one criterion, at most one allocation (default uniform), at most one
+pattern (default unstructured) and any error corrections. The TOML form has a [recipe] table
+with the keys criterion, allocation, pattern, corrections and the parameter keys of PruneConfig
+(erk_power, max_layer_sparsity, sparsegpt_blocksize, sparsegpt_damping).
+"""
+
+from __future__ import annotations
+
+import re
+import tomllib
+from pathlib import Path
+from typing import Any
+
+from bench_engine.errors import InvalidConfigError
+from bench_engine.pruning.config import ALLOCATIONS, CORRECTIONS, CRITERIA, PruneConfig, parse_pattern
+from bench_engine.pruning.layers import LayerPolicy
+
+# Parameters each term accepts: recipe name -> PruneConfig field.
+_PARAMETERS: dict[str, dict[str, str]] = {
+    "erk": {"power": "erk_power"},
+    "global_magnitude": {"max_layer_sparsity": "max_layer_sparsity"},
+    "l2_global": {"max_layer_sparsity": "max_layer_sparsity"},
+    "sparsegpt": {"blocksize": "sparsegpt_blocksize", "damping": "sparsegpt_damping"},
+}
+_INTEGER_FIELDS = {"sparsegpt_blocksize"}
+_NOT_YET = {"owl", "sensitivity", "learned", "weight_correction", "layer_recon", "block_recon"}
+_TERM = re.compile(r"^\s*([A-Za-z_][A-Za-z0-9_]*|\d+:\d+)\s*(?:\((.*)\))?\s*$")
+_TOML_KEYS = {"criterion", "allocation", "pattern", "corrections", "erk_power", "max_layer_sparsity",
+              "sparsegpt_blocksize", "sparsegpt_damping"}
+
+
+def _split_terms(text: str) -> list[str]:
+    terms, depth, current = [], 0, ""
+    for char in text:
+        if char == "(":
+            depth += 1
+        elif char == ")":
+            depth -= 1
+        if char == "+" and depth == 0:
+            terms.append(current)
+            current = ""
+        else:
+            current += char
+    terms.append(current)
+    return terms
+
+
+def _parse_value(term: str, key: str, raw: str, field: str) -> float | int:
+    try:
+        return int(raw) if field in _INTEGER_FIELDS else float(raw)
+    except ValueError:
+        kind = "an integer" if field in _INTEGER_FIELDS else "a number"
+        raise InvalidConfigError(f"recipe term {term!r}: {key}={raw!r} is not {kind}.") from None
+
+
+def parse_recipe_line(text: str) -> dict[str, Any]:
+    """Parse a one-line recipe into PruneConfig keyword arguments (without sparsity and policy)."""
+    if not text.strip():
+        raise InvalidConfigError("recipe is empty; give for example 'uniform+wanda'.")
+    fields: dict[str, Any] = {"corrections": []}
+    for term in _split_terms(text):
+        match = _TERM.match(term)
+        if not match:
+            raise InvalidConfigError(f"recipe term {term.strip()!r} is invalid; write NAME or NAME(key=value, ...).")
+        name, arguments = match.group(1).lower(), match.group(2)
+        if name in _NOT_YET:
+            raise InvalidConfigError(f"recipe term {name!r} is not implemented yet in this version of PTS Advisor.")
+        if name in CRITERIA:
+            slot = "criterion"
+        elif name in ALLOCATIONS:
+            slot = "allocation"
+        elif name == "unstructured" or ":" in name:
+            slot = "pattern"
+        elif name in CORRECTIONS:
+            fields["corrections"].append(name)
+            slot = None
+        else:
+            known = ", ".join((*CRITERIA, *ALLOCATIONS, *CORRECTIONS, "unstructured", "N:M"))
+            raise InvalidConfigError(f"unknown recipe term {name!r}; known terms: {known}.")
+        if slot is not None:
+            if slot in fields:
+                raise InvalidConfigError(f"recipe {text!r} names more than one {slot} ({fields[slot]!r} and {name!r}).")
+            fields[slot] = name
+        if arguments is not None and arguments.strip():
+            allowed = _PARAMETERS.get(name, {})
+            for pair in arguments.split(","):
+                key, sep, raw = pair.partition("=")
+                key = key.strip()
+                if not sep or key not in allowed:
+                    options = ", ".join(allowed) or "none"
+                    raise InvalidConfigError(f"recipe term {name!r} has no parameter {key!r}; its parameters: {options}.")
+                fields[allowed[key]] = _parse_value(name, key, raw.strip(), allowed[key])
+    if "criterion" not in fields:
+        raise InvalidConfigError(f"recipe {text!r} names no criterion; add one of {', '.join(CRITERIA)}.")
+    return fields
+
+
+def parse_recipe_file(path: Path) -> dict[str, Any]:
+    """Parse a TOML recipe file with a [recipe] table into PruneConfig keyword arguments."""
+    try:
+        document = tomllib.loads(path.read_text(encoding="utf-8"))
+    except (OSError, UnicodeDecodeError) as exc:
+        raise InvalidConfigError(f"cannot read recipe file {path}: {exc}.") from exc
+    except tomllib.TOMLDecodeError as exc:
+        raise InvalidConfigError(f"recipe file {path} is not valid TOML: {exc}.") from exc
+    table = document.get("recipe")
+    if not isinstance(table, dict):
+        raise InvalidConfigError(f"recipe file {path} has no [recipe] table.")
+    unknown = sorted(set(table) - _TOML_KEYS)
+    if unknown:
+        raise InvalidConfigError(f"recipe file {path}: unknown key {unknown[0]!r}; known keys: {', '.join(sorted(_TOML_KEYS))}.")
+    fields = dict(table)
+    fields["corrections"] = list(fields.get("corrections", []))
+    if "criterion" not in fields:
+        raise InvalidConfigError(f"recipe file {path} names no criterion; add criterion = \"wanda\" for example.")
+    return fields
+
+
+def resolve_recipe(recipe: str, sparsity: float | None, policy: LayerPolicy) -> PruneConfig:
+    """Build a validated PruneConfig from a one-line recipe or the path of a TOML recipe file.
+
+    `sparsity` may be None when the recipe's N:M pattern fixes it.
+    """
+    path = Path(recipe)
+    fields = parse_recipe_file(path) if recipe.endswith(".toml") else parse_recipe_line(recipe)
+    pattern = parse_pattern(str(fields.pop("pattern", "unstructured")))
+    if pattern is not None:
+        sparsity = 1.0 - pattern[0] / pattern[1]
+    if sparsity is None:
+        raise InvalidConfigError(f"recipe {recipe!r} needs a sparsity; pass --sparsity.")
+    corrections = tuple(fields.pop("corrections"))
+    try:
+        return PruneConfig(sparsity=sparsity, pattern=pattern, policy=policy, corrections=corrections, **fields)
+    except TypeError as exc:
+        raise InvalidConfigError(f"recipe {recipe!r} is invalid: {exc}.") from exc

@@ -1,0 +1,118 @@
+"""Recipes: one-line and TOML forms, their validation, and the canonical form stored with results."""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+from click.testing import CliRunner
+
+from advisor.cli import main
+from bench_engine.errors import InvalidConfigError
+from bench_engine.pruning import LayerPolicy
+from bench_engine.pruning.recipe import resolve_recipe
+from db import Store
+
+POLICY = LayerPolicy()
+
+
+def test_one_line_recipe_with_parameters():
+    config = resolve_recipe("erk(power=0.5)+sparsegpt(damping=0.02, blocksize=64)+bn_reestimation+bias_correction", 0.6, POLICY)
+    assert config.allocation == "erk"
+    assert config.erk_power == 0.5
+    assert config.criterion == "sparsegpt"
+    assert config.sparsegpt_damping == 0.02
+    assert config.sparsegpt_blocksize == 64
+    assert config.corrections == ("bias_correction", "bn_reestimation")
+    assert config.sparsity == 0.6
+    assert config.pattern is None
+
+
+def test_pattern_term_fixes_sparsity():
+    config = resolve_recipe("wanda+2:4", None, POLICY)
+    assert config.pattern == (2, 4)
+    assert config.sparsity == 0.5
+    assert config.allocation == "uniform"
+
+
+@pytest.mark.parametrize("recipe", [
+    "uniform+magnitude+unstructured",
+    "erk(power=0.25)+wanda+bias_correction+unstructured",
+    "l2_global(max_layer_sparsity=0.9)+sparsegpt(blocksize=128, damping=0.01)+bn_reestimation+unstructured",
+    "uniform+sparsegpt(blocksize=128, damping=0.01)+2:4",
+])
+def test_canonical_recipe_round_trips(recipe):
+    config = resolve_recipe(recipe, 0.5, POLICY)
+    assert resolve_recipe(config.recipe(), 0.5, POLICY) == config
+    assert config.to_dict()["recipe"] == config.recipe()
+
+
+@pytest.mark.parametrize("recipe, message", [
+    ("", "recipe is empty"),
+    ("uniform", "names no criterion"),
+    ("wanda+magnitude", "more than one criterion"),
+    ("wanda+obs", "unknown recipe term 'obs'"),
+    ("erk(pow=0.5)+wanda", "has no parameter 'pow'; its parameters: power"),
+    ("erk(power=high)+wanda", "power='high' is not a number"),
+    ("sparsegpt(blocksize=1.5)", "is not an integer"),
+    ("magnitude(damping=0.1)", "has no parameter 'damping'; its parameters: none"),
+    ("block_recon(steps=2000)+wanda", "not implemented yet"),
+    ("wanda+3:2", "invalid pattern"),
+    ("erk(power=-1)+wanda", "erk_power must be positive"),
+    ("wanda+(", "is invalid"),
+])
+def test_invalid_recipes_name_the_problem(recipe, message):
+    with pytest.raises(InvalidConfigError, match=message.replace("(", r"\(").replace(")", r"\)")):
+        resolve_recipe(recipe, 0.5, POLICY)
+
+
+def test_toml_recipe(tmp_path):
+    path = tmp_path / "r.toml"
+    path.write_text('[recipe]\ncriterion = "sparsegpt"\nallocation = "erk"\nerk_power = 0.5\n'
+                    'corrections = ["bias_correction"]\npattern = "unstructured"\n')
+    config = resolve_recipe(str(path), 0.7, POLICY)
+    assert config.recipe() == "erk(power=0.5)+sparsegpt(blocksize=128, damping=0.01)+bias_correction+unstructured"
+    bad = tmp_path / "bad.toml"
+    bad.write_text('[recipe]\ncriterion = "wanda"\ncolour = "red"\n')
+    with pytest.raises(InvalidConfigError, match="unknown key 'colour'"):
+        resolve_recipe(str(bad), 0.5, POLICY)
+    broken = tmp_path / "broken.toml"
+    broken.write_text("[recipe\n")
+    with pytest.raises(InvalidConfigError, match="not valid TOML"):
+        resolve_recipe(str(broken), 0.5, POLICY)
+    with pytest.raises(InvalidConfigError, match="cannot read recipe file"):
+        resolve_recipe(str(tmp_path / "missing.toml"), 0.5, POLICY)
+
+
+def test_bench_with_recipes_stores_the_canonical_form(tmp_path):
+    from test_inputs import save_tiny_resnet, write_images
+
+    weights = tmp_path / "w.safetensors"
+    save_tiny_resnet(weights)
+    for index, name in enumerate(("a", "b", "c")):
+        write_images(tmp_path / "data" / name, 6, seed=index)
+    db_path = tmp_path / "r.duckdb"
+    result = CliRunner().invoke(main, [
+        "--db", str(db_path), "bench", "resnet10t", "--weights", str(weights), "--data", str(tmp_path / "data"),
+        "--input-size", "32", "--calibration-size", "4", "--no-progress",
+        "--recipe", "erk(power=0.5)+wanda+bn_reestimation", "--recipe", "magnitude+2:4",
+        "--sparsity", "0.3", "--sparsity", "0.6",
+    ])
+    assert result.exit_code == 0, result.output
+    with Store.open(db_path, read_only=True) as store:
+        rows = store.query("SELECT recipe_json, requested_sparsity FROM results WHERE criterion != 'dense' ORDER BY 1, 2")
+    recipes = [(json.loads(r["recipe_json"])["recipe"], r["requested_sparsity"]) for r in rows]
+    assert recipes == [
+        ("erk(power=0.5)+wanda+bn_reestimation+unstructured", 0.3),
+        ("erk(power=0.5)+wanda+bn_reestimation+unstructured", 0.6),
+        ("uniform+magnitude+2:4", 0.5),
+    ]
+
+
+def test_bench_invalid_recipe_exits_2(tmp_path):
+    db_path = tmp_path / "r.duckdb"
+    result = CliRunner().invoke(main, ["--db", str(db_path), "bench", "mnist/resnet10t", "--data", "mnist",
+                                       "--recipe", "erk(pow=1)+wanda"])
+    assert result.exit_code == 2
+    assert "has no parameter 'pow'" in result.stderr
+    assert not db_path.exists()
