@@ -155,7 +155,9 @@ def bench_model(
             "allow more layers (for example --prune-first-layer or --prune-classifier)."
         )
     need_hessian = any(c.criterion == "sparsegpt" for c in configs)
-    need_stats = any(c.criterion != "magnitude" or "bias_correction" in c.corrections for c in configs)
+    need_stats = any(
+        c.criterion != "magnitude" or c.allocation == "owl" or "bias_correction" in c.corrections for c in configs
+    )
     stats = collect_stats(dense, layers, calibration, need_hessian=need_hessian) if need_stats else {}
 
     rows: list[dict[str, Any]] = []

@@ -350,3 +350,31 @@ def test_bn_reestimation_matches_calibration_statistics():
     torch.testing.assert_close(norm.running_mean, seen["x"].mean(dim=(0, 2, 3)), rtol=1e-4, atol=1e-5)
     assert not norm.training
     assert norm.momentum == 0.1  # restored
+
+
+def test_owl_favours_layers_with_outliers(lite0_calibration):
+    from bench_engine.pruning.allocation import outlier_ratio, owl
+
+    model, x, stats = lite0_calibration
+    layers, _ = find_prunable_layers(model, LayerPolicy(), x[:1])
+    counts = owl(layers, 0.5, stats, band=0.1)
+    total = sum(layer.numel for layer in layers)
+    assert sum(counts.values()) == round(0.5 * total)
+    sparsities = {l.name: counts[l.name] / l.numel for l in layers}
+    rounding = 2 / min(l.numel for l in layers)  # whole weights move a small layer's ratio
+    assert max(sparsities.values()) - min(sparsities.values()) <= 0.2 + rounding
+    ratios = {l.name: outlier_ratio(l, stats[l.name], 5.0) for l in layers}
+    most = max(layers, key=lambda l: ratios[l.name])
+    least = min(layers, key=lambda l: ratios[l.name])
+    assert sparsities[most.name] < sparsities[least.name]
+
+
+def test_owl_prunes_through_the_config(lite0_calibration):
+    model, x, stats = lite0_calibration
+    config = PruneConfig(criterion="wanda", sparsity=0.5, allocation="owl")
+    clone, layers, report = pruned_copy(model, x, stats, config)
+    total = sum(layer.numel for layer in layers)
+    zeros = sum(int((layer.module.weight == 0).sum()) for layer in layers)
+    assert zeros == round(0.5 * total)
+    with pytest.raises(ValueError, match="OWL needs calibration statistics"):
+        prune_model(layers, config, {})

@@ -116,3 +116,13 @@ def test_bench_invalid_recipe_exits_2(tmp_path):
     assert result.exit_code == 2
     assert "has no parameter 'pow'" in result.stderr
     assert not db_path.exists()
+
+
+def test_owl_recipe_parameters():
+    config = resolve_recipe("owl(band=0.1, threshold=7)+wanda", 0.5, POLICY)
+    assert config.allocation == "owl"
+    assert config.owl_band == 0.1
+    assert config.owl_threshold == 7
+    assert config.recipe() == "owl(band=0.1, threshold=7)+wanda+unstructured"
+    with pytest.raises(InvalidConfigError, match="owl_band must be in"):
+        resolve_recipe("owl(band=0.7)+wanda", 0.5, POLICY)

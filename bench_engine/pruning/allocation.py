@@ -10,7 +10,8 @@ import math
 import torch
 
 from bench_engine.errors import InvalidConfigError
-from bench_engine.pruning.layers import PrunableLayer
+from bench_engine.pruning.layers import PrunableLayer, weight_matrix
+from bench_engine.pruning.stats import LayerStats
 
 
 def round_to_total(values: torch.Tensor, limits: torch.Tensor, total: int) -> torch.Tensor:
@@ -117,9 +118,56 @@ def l2_normalised_global(layers: list[PrunableLayer], sparsity: float, max_layer
     return _global_by_score(layers, scores, sparsity, max_layer_sparsity)
 
 
+def outlier_ratio(layer: PrunableLayer, stats: LayerStats, threshold: float) -> float:
+    """Share of a layer's Wanda scores |w|·‖x‖ above `threshold` times their mean."""
+    weights = weight_matrix(layer.module).abs()
+    scores = weights * stats.input_norms.float().unsqueeze(1)
+    return float((scores > threshold * scores.mean()).float().mean())
+
+
+def owl(
+    layers: list[PrunableLayer],
+    sparsity: float,
+    stats: dict[str, LayerStats],
+    band: float = 0.08,
+    threshold: float = 5.0,
+) -> dict[str, int]:
+    """Outlier-weighted layerwise sparsity (OWL, Yin et al., ICML 2024).
+
+    Layers with a larger share of outlier scores get lower sparsity. The outlier ratios are
+    scaled to a spread of 2·`band` around the target, then shifted by a common offset (found by
+    bisection) so that the weight-weighted sparsity meets the target exactly.
+    """
+    missing = [layer.name for layer in layers if layer.name not in stats]
+    if missing:
+        raise ValueError(f"OWL needs calibration statistics; none for {missing[0]!r}")
+    ratios = torch.tensor([outlier_ratio(l, stats[l.name], threshold) for l in layers], dtype=torch.float64)
+    spread = float(ratios.max() - ratios.min())
+    scaled = (ratios - ratios.min()) / spread * 2 * band if spread > 0 else torch.zeros_like(ratios)
+    base = sparsity - (scaled - scaled.mean())  # more outliers -> lower sparsity
+    numel = torch.tensor([layer.numel for layer in layers], dtype=torch.float64)
+    target = sparsity * float(numel.sum())
+
+    def pruned(offset: float) -> float:
+        return float((numel * (base + offset).clamp(0.0, 1.0)).sum())
+
+    low, high = -1.0, 1.0
+    for _ in range(100):
+        middle = (low + high) / 2
+        if pruned(middle) < target:
+            low = middle
+        else:
+            high = middle
+    per_layer = (base + high).clamp(0.0, 1.0)
+    total = int(round(target))
+    counts = round_to_total(numel * per_layer, numel.to(torch.int64), total)
+    return {layer.name: int(counts[i]) for i, layer in enumerate(layers)}
+
+
 ALLOCATORS = {
     "uniform": uniform,
     "erk": erk,
     "global_magnitude": global_magnitude,
     "l2_global": l2_normalised_global,
+    "owl": owl,
 }

@@ -10,7 +10,7 @@ from bench_engine.errors import InvalidConfigError
 from bench_engine.pruning.layers import LayerPolicy
 
 CRITERIA = ("magnitude", "wanda", "sparsegpt")
-ALLOCATIONS = ("uniform", "erk", "global_magnitude", "l2_global")
+ALLOCATIONS = ("uniform", "erk", "global_magnitude", "l2_global", "owl")
 # Error corrections applied after pruning, in this order.
 CORRECTIONS = ("bias_correction", "bn_reestimation")
 
@@ -75,6 +75,10 @@ class PruneConfig:
     erk_power: float = 1.0
     # global_magnitude and l2_global: no layer is pruned beyond this sparsity.
     max_layer_sparsity: float = 1.0
+    # OWL: layer sparsities spread over target ± owl_band; a score is an outlier above
+    # owl_threshold × the layer's mean score (0.08 and 5 are the published LLM defaults).
+    owl_band: float = 0.08
+    owl_threshold: float = 5.0
     corrections: tuple[str, ...] = ()
     # SparseGPT: columns updated together, and Hessian damping as a fraction of its mean diagonal.
     sparsegpt_blocksize: int = 128
@@ -109,6 +113,10 @@ class PruneConfig:
             raise InvalidConfigError(
                 f"max_layer_sparsity must be in (0, 1], got {self.max_layer_sparsity}; for example 0.9."
             )
+        if not 0.0 <= self.owl_band < 0.5:
+            raise InvalidConfigError(f"owl_band must be in [0, 0.5), got {self.owl_band}; 0.08 is usual.")
+        if not self.owl_threshold > 1.0:
+            raise InvalidConfigError(f"owl_threshold must be greater than 1, got {self.owl_threshold}; 5 is usual.")
         unknown = [c for c in self.corrections if c not in CORRECTIONS]
         if unknown:
             raise InvalidConfigError(
@@ -134,6 +142,8 @@ class PruneConfig:
             terms.append(f"erk(power={self.erk_power:g})")
         elif self.allocation in ("global_magnitude", "l2_global"):
             terms.append(f"{self.allocation}(max_layer_sparsity={self.max_layer_sparsity:g})")
+        elif self.allocation == "owl":
+            terms.append(f"owl(band={self.owl_band:g}, threshold={self.owl_threshold:g})")
         else:
             terms.append(self.allocation)
         if self.criterion == "sparsegpt":
@@ -158,4 +168,7 @@ class PruneConfig:
             data.pop("erk_power")
         if self.allocation not in ("global_magnitude", "l2_global"):
             data.pop("max_layer_sparsity")
+        if self.allocation != "owl":
+            data.pop("owl_band")
+            data.pop("owl_threshold")
         return data

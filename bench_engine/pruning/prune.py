@@ -36,9 +36,11 @@ class PruneReport:
     seconds: float
 
 
-def allocate(layers: list[PrunableLayer], config: PruneConfig) -> dict[str, int]:
+def allocate(layers: list[PrunableLayer], config: PruneConfig, stats: dict[str, LayerStats] | None = None) -> dict[str, int]:
     """Return how many weights of each layer to prune, from the configured allocation."""
     allocator = ALLOCATORS[config.allocation]
+    if config.allocation == "owl":
+        return allocator(layers, config.sparsity, stats or {}, band=config.owl_band, threshold=config.owl_threshold)
     if config.allocation == "erk":
         return allocator(layers, config.sparsity, power=config.erk_power)
     if config.allocation in ("global_magnitude", "l2_global"):
@@ -83,7 +85,7 @@ def prune_model(
         counts = {layer.name: layer.numel // m * (m - n) for layer in eligible}
     else:
         eligible = list(layers)
-        counts = allocate(eligible, config)
+        counts = allocate(eligible, config, stats)
 
     for layer in eligible:
         count = counts[layer.name]

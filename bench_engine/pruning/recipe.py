@@ -27,13 +27,14 @@ _PARAMETERS: dict[str, dict[str, str]] = {
     "erk": {"power": "erk_power"},
     "global_magnitude": {"max_layer_sparsity": "max_layer_sparsity"},
     "l2_global": {"max_layer_sparsity": "max_layer_sparsity"},
+    "owl": {"band": "owl_band", "threshold": "owl_threshold"},
     "sparsegpt": {"blocksize": "sparsegpt_blocksize", "damping": "sparsegpt_damping"},
 }
 _INTEGER_FIELDS = {"sparsegpt_blocksize"}
-_NOT_YET = {"owl", "sensitivity", "learned", "weight_correction", "layer_recon", "block_recon"}
+_NOT_YET = {"sensitivity", "learned", "weight_correction", "layer_recon", "block_recon"}
 _TERM = re.compile(r"^\s*([A-Za-z_][A-Za-z0-9_]*|\d+:\d+)\s*(?:\((.*)\))?\s*$")
 _TOML_KEYS = {"criterion", "allocation", "pattern", "corrections", "erk_power", "max_layer_sparsity",
-              "sparsegpt_blocksize", "sparsegpt_damping"}
+              "owl_band", "owl_threshold", "sparsegpt_blocksize", "sparsegpt_damping"}
 
 
 def _split_terms(text: str) -> list[str]:
