@@ -26,6 +26,8 @@ from bench_engine.pruning import LayerPolicy, PruneConfig, collect_stats, find_p
 from bench_engine.pruning.config import CRITERIA, format_pattern
 from bench_engine.pruning.correction import apply_corrections
 from bench_engine.pruning.recipe import resolve_recipe
+from bench_engine.pruning.sensitivity import cached_sensitivity
+from bench_engine.paths import data_dir
 from bench_engine.pruning.prune import measure_sparsity
 from db import DatabaseLockedError, Store
 
@@ -160,6 +162,12 @@ def bench_model(
     )
     stats = collect_stats(dense, layers, calibration, need_hessian=need_hessian) if need_stats else {}
 
+    sensitivity_table = None
+    if any(c.allocation == "sensitivity" for c in configs):
+        sensitivity_table = cached_sensitivity(
+            data_dir() / "sensitivity", bundle.weights_sha256, dense, layers, calibration
+        )
+
     rows: list[dict[str, Any]] = []
     base = {
         "run_id": run_id,
@@ -225,7 +233,7 @@ def bench_model(
         sparse_layers = [copy.copy(layer) for layer in layers]
         for layer in sparse_layers:
             layer.module = modules[layer.name]
-        report = prune_model(sparse_layers, config, stats)
+        report = prune_model(sparse_layers, config, stats, sensitivity_table)
         apply_corrections(config.corrections, sparse, layers, sparse_layers, stats, calibration)
         counted = measure_sparsity(sparse, target_names)
         logits, _ = predict(sparse, data.evaluation_batches())

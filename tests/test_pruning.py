@@ -378,3 +378,46 @@ def test_owl_prunes_through_the_config(lite0_calibration):
     assert zeros == round(0.5 * total)
     with pytest.raises(ValueError, match="OWL needs calibration statistics"):
         prune_model(layers, config, {})
+
+
+# -- sensitivity-driven allocation ---------------------------------------------------------------
+
+
+def test_sensitivity_table_cached_and_allocation_exact(tmp_path, monkeypatch):
+    from bench_engine.pruning import sensitivity as sens
+
+    model = small_model("resnet10t")
+    x = torch.randn(16, 3, 32, 32)
+    layers, _ = find_prunable_layers(model, LayerPolicy(), x[:1])
+    before = {l.name: l.module.weight.detach().clone() for l in layers}
+    table = sens.cached_sensitivity(tmp_path, "abc", model, layers, x)
+    for layer in layers:  # measuring restores every layer
+        assert torch.equal(layer.module.weight, before[layer.name])
+    assert set(table) == {l.name for l in layers}
+    assert all(losses[0] == 0.0 for losses in table.values())
+    assert all(losses[-1] >= losses[1] for losses in table.values())
+    assert len(list(tmp_path.glob("sensitivity-*.json"))) == 1
+
+    monkeypatch.setattr(sens, "measure_sensitivity", lambda *a, **k: pytest.fail("cache was not used"))
+    assert sens.cached_sensitivity(tmp_path, "abc", model, layers, x) == table
+
+    for sparsity in (0.3, 0.6, 0.97):
+        counts = sens.sensitivity_allocation(layers, sparsity, table)
+        assert sum(counts.values()) == round(sparsity * sum(l.numel for l in layers))
+        for layer in layers:
+            assert 0 <= counts[layer.name] <= layer.numel
+
+
+def test_sensitivity_spares_the_sensitive_layer():
+    from bench_engine.pruning.sensitivity import SENSITIVITY_GRID, sensitivity_allocation
+
+    model = small_model("resnet10t")
+    layers, _ = find_prunable_layers(model, LayerPolicy(), torch.randn(1, 3, 32, 32))
+    robust = [0.0, 0.001, 0.002, 0.004, 0.008, 0.016]
+    fragile = [0.0, 0.5, 1.0, 2.0, 4.0, 8.0]
+    table = {l.name: robust for l in layers}
+    table[layers[3].name] = fragile
+    assert len(robust) == len(SENSITIVITY_GRID)
+    counts = sensitivity_allocation(layers, 0.5, table)
+    assert counts[layers[3].name] / layers[3].numel < 0.1
+    assert counts[layers[4].name] / layers[4].numel > 0.5

@@ -57,6 +57,7 @@ def test_canonical_recipe_round_trips(recipe):
     ("sparsegpt(blocksize=1.5)", "is not an integer"),
     ("magnitude(damping=0.1)", "has no parameter 'damping'; its parameters: none"),
     ("block_recon(steps=2000)+wanda", "not implemented yet"),
+    ("learned+wanda", "not implemented yet"),
     ("wanda+3:2", "invalid pattern"),
     ("erk(power=-1)+wanda", "erk_power must be positive"),
     ("wanda+(", "is invalid"),
@@ -126,3 +127,23 @@ def test_owl_recipe_parameters():
     assert config.recipe() == "owl(band=0.1, threshold=7)+wanda+unstructured"
     with pytest.raises(InvalidConfigError, match="owl_band must be in"):
         resolve_recipe("owl(band=0.7)+wanda", 0.5, POLICY)
+
+
+def test_bench_sensitivity_recipe(tmp_path, isolated_data_dir):
+    from test_inputs import save_tiny_resnet, write_images
+
+    weights = tmp_path / "w.safetensors"
+    save_tiny_resnet(weights)
+    for index, name in enumerate(("a", "b", "c")):
+        write_images(tmp_path / "data" / name, 6, seed=index)
+    db_path = tmp_path / "r.duckdb"
+    args = ["--db", str(db_path), "bench", "resnet10t", "--weights", str(weights), "--data", str(tmp_path / "data"),
+            "--input-size", "32", "--calibration-size", "4", "--no-progress", "--recipe", "sensitivity+magnitude",
+            "--sparsity", "0.5"]
+    result = CliRunner().invoke(main, args)
+    assert result.exit_code == 0, result.output
+    assert len(list((isolated_data_dir / "sensitivity").glob("*.json"))) == 1
+    with Store.open(db_path, read_only=True) as store:
+        row = store.query("SELECT achieved_sparsity_targeted, recipe_json FROM results WHERE criterion = 'magnitude'")[0]
+    assert row["achieved_sparsity_targeted"] == pytest.approx(0.5, abs=1e-4)
+    assert json.loads(row["recipe_json"])["recipe"] == "sensitivity+magnitude+unstructured"

@@ -21,11 +21,14 @@ def round_to_total(values: torch.Tensor, limits: torch.Tensor, total: int) -> to
     """
     floors = torch.minimum(values.floor(), limits.double()).to(torch.int64)
     missing = total - int(floors.sum())
-    if missing > 0:
+    while missing > 0:
         room = floors < limits
+        if not bool(room.any()):
+            raise ValueError(f"cannot place {missing} more pruned weights: every layer is at its limit")
         fractions = torch.where(room, values - floors.double(), torch.full_like(values, -1.0))
-        order = torch.argsort(fractions, descending=True, stable=True)
-        floors[order[:missing]] += 1
+        order = torch.argsort(fractions, descending=True, stable=True)[: min(missing, int(room.sum()))]
+        floors[order] += 1
+        missing -= len(order)
     return floors
 
 

@@ -10,7 +10,7 @@ from bench_engine.errors import InvalidConfigError
 from bench_engine.pruning.layers import LayerPolicy
 
 CRITERIA = ("magnitude", "wanda", "sparsegpt")
-ALLOCATIONS = ("uniform", "erk", "global_magnitude", "l2_global", "owl")
+ALLOCATIONS = ("uniform", "erk", "global_magnitude", "l2_global", "owl", "sensitivity")
 # Error corrections applied after pruning, in this order.
 CORRECTIONS = ("bias_correction", "bn_reestimation")
 

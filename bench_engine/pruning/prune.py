@@ -13,6 +13,7 @@ from bench_engine.pruning import criteria
 from bench_engine.pruning.allocation import ALLOCATORS
 from bench_engine.pruning.config import PruneConfig
 from bench_engine.pruning.layers import PrunableLayer, conv_linear_layers, matrix_to_weight, weight_matrix
+from bench_engine.pruning.sensitivity import sensitivity_allocation
 from bench_engine.pruning.stats import LayerStats
 
 log = logging.getLogger(__name__)
@@ -36,8 +37,17 @@ class PruneReport:
     seconds: float
 
 
-def allocate(layers: list[PrunableLayer], config: PruneConfig, stats: dict[str, LayerStats] | None = None) -> dict[str, int]:
+def allocate(
+    layers: list[PrunableLayer],
+    config: PruneConfig,
+    stats: dict[str, LayerStats] | None = None,
+    sensitivity: dict[str, list[float]] | None = None,
+) -> dict[str, int]:
     """Return how many weights of each layer to prune, from the configured allocation."""
+    if config.allocation == "sensitivity":
+        if sensitivity is None:
+            raise ValueError("sensitivity allocation needs a sensitivity table; see pruning.sensitivity")
+        return sensitivity_allocation(layers, config.sparsity, sensitivity)
     allocator = ALLOCATORS[config.allocation]
     if config.allocation == "owl":
         return allocator(layers, config.sparsity, stats or {}, band=config.owl_band, threshold=config.owl_threshold)
@@ -63,6 +73,7 @@ def prune_model(
     layers: list[PrunableLayer],
     config: PruneConfig,
     stats: dict[str, LayerStats] | None = None,
+    sensitivity: dict[str, list[float]] | None = None,
 ) -> PruneReport:
     """Prune the given layers in place according to `config`.
 
@@ -85,7 +96,7 @@ def prune_model(
         counts = {layer.name: layer.numel // m * (m - n) for layer in eligible}
     else:
         eligible = list(layers)
-        counts = allocate(eligible, config, stats)
+        counts = allocate(eligible, config, stats, sensitivity)
 
     for layer in eligible:
         count = counts[layer.name]

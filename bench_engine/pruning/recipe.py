@@ -31,7 +31,7 @@ _PARAMETERS: dict[str, dict[str, str]] = {
     "sparsegpt": {"blocksize": "sparsegpt_blocksize", "damping": "sparsegpt_damping"},
 }
 _INTEGER_FIELDS = {"sparsegpt_blocksize"}
-_NOT_YET = {"sensitivity", "learned", "weight_correction", "layer_recon", "block_recon"}
+_NOT_YET = {"learned", "weight_correction", "layer_recon", "block_recon"}
 _TERM = re.compile(r"^\s*([A-Za-z_][A-Za-z0-9_]*|\d+:\d+)\s*(?:\((.*)\))?\s*$")
 _TOML_KEYS = {"criterion", "allocation", "pattern", "corrections", "erk_power", "max_layer_sparsity",
               "owl_band", "owl_threshold", "sparsegpt_blocksize", "sparsegpt_damping"}
