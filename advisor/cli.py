@@ -119,7 +119,7 @@ def _parse_patterns(values: tuple[str, ...]) -> list[tuple[int, int] | None]:
               help="Fraction of weights set to zero in the targeted layers (0 to 1); repeat for several.")
 @click.option("--allocation", default="uniform", show_default=True,
               help="uniform, erk, global_magnitude, l2_global (global magnitude after dividing each layer by its "
-                   "L2 norm) owl (outlier-weighted; set its band and threshold in a --recipe) or sensitivity (measured per layer, cached).")
+                   "L2 norm), owl (outlier-weighted; set its band and threshold in a --recipe) or sensitivity (measured per layer, cached).")
 @click.option("--erk-power", type=float, default=1.0, show_default=True, help="Exponent of the ERK allocation.")
 @click.option("--max-layer-sparsity", type=float, default=1.0, show_default=True,
               help="Cap on any layer's sparsity under global_magnitude and l2_global.")
