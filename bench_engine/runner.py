@@ -22,13 +22,13 @@ from bench_engine.errors import DataError, InvalidConfigError
 from bench_engine.latency import measure_latency
 from bench_engine.metrics import predict, score
 from bench_engine.models import ModelBundle, architecture_features
+from bench_engine.paths import data_dir
 from bench_engine.pruning import LayerPolicy, PruneConfig, collect_stats, find_prunable_layers, prune_model
 from bench_engine.pruning.config import CRITERIA, format_pattern
 from bench_engine.pruning.correction import apply_corrections
 from bench_engine.pruning.recipe import resolve_recipe
-from bench_engine.pruning.sensitivity import cached_sensitivity
-from bench_engine.paths import data_dir
 from bench_engine.pruning.prune import measure_sparsity
+from bench_engine.pruning.sensitivity import cached_sensitivity
 from db import DatabaseLockedError, Store
 
 log = logging.getLogger(__name__)

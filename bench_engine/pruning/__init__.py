@@ -2,8 +2,10 @@
 mask criteria and patterns.
 
 A pruning run is: choose the target layers (`layers`), collect calibration statistics once
-(`stats`), turn the global sparsity into per-layer prune counts (`allocation`), then pick each
-layer's mask and new weights with a criterion (`criteria`). `prune.prune_model` runs the steps.
+(`stats`), turn the global sparsity into per-layer prune counts (`allocation`, `sensitivity`),
+then pick each layer's mask and new weights with a criterion (`criteria`). `prune.prune_model`
+runs those steps, and `correction` repairs the pruned model. `recipe` parses a whole
+combination written as one line or a TOML file into a `PruneConfig`.
 """
 
 from bench_engine.pruning.config import CRITERIA, ALLOCATIONS, PruneConfig, parse_pattern
