@@ -147,3 +147,16 @@ def test_bench_sensitivity_recipe(tmp_path, isolated_data_dir):
         row = store.query("SELECT achieved_sparsity_targeted, recipe_json FROM results WHERE criterion = 'magnitude'")[0]
     assert row["achieved_sparsity_targeted"] == pytest.approx(0.5, abs=1e-4)
     assert json.loads(row["recipe_json"])["recipe"] == "sensitivity+magnitude+unstructured"
+
+
+def test_layer_recon_recipe():
+    config = resolve_recipe("magnitude+layer_recon(input=sparse, steps=50, lr=0.001)+bn_reestimation", 0.5, POLICY)
+    assert config.reconstruction == "layer"
+    assert config.recon_input == "sparse"
+    assert config.recon_steps == 50
+    assert config.recipe() == "uniform+magnitude+layer_recon(input=sparse, steps=50, lr=0.001)+bn_reestimation+unstructured"
+    assert resolve_recipe(config.recipe(), 0.5, POLICY) == config
+    with pytest.raises(InvalidConfigError, match="reconstruction input 'both' is invalid"):
+        resolve_recipe("magnitude+layer_recon(input=both)", 0.5, POLICY)
+    with pytest.raises(InvalidConfigError, match="'layer_recon' has no parameter 'epochs'"):
+        resolve_recipe("magnitude+layer_recon(epochs=3)", 0.5, POLICY)

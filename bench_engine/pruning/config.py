@@ -13,6 +13,7 @@ CRITERIA = ("magnitude", "wanda", "sparsegpt")
 ALLOCATIONS = ("uniform", "erk", "global_magnitude", "l2_global", "owl", "sensitivity")
 # Error corrections applied after pruning, in this order.
 CORRECTIONS = ("bias_correction", "bn_reestimation")
+RECONSTRUCTIONS = ("none", "layer")
 
 _PATTERN_RE = re.compile(r"^(\d+):(\d+)$")
 
@@ -80,6 +81,12 @@ class PruneConfig:
     owl_band: float = 0.08
     owl_threshold: float = 5.0
     corrections: tuple[str, ...] = ()
+    # Reconstruction after pruning: 'none' or 'layer' (Adam on each layer's kept weights), fed
+    # with the dense model's inputs ('dense') or the pruned model's ('sparse').
+    reconstruction: str = "none"
+    recon_input: str = "dense"
+    recon_steps: int = 200
+    recon_lr: float = 1e-4
     # SparseGPT: columns updated together, and Hessian damping as a fraction of its mean diagonal.
     sparsegpt_blocksize: int = 128
     sparsegpt_damping: float = 0.01
@@ -122,6 +129,16 @@ class PruneConfig:
             raise InvalidConfigError(
                 f"unknown correction {unknown[0]!r}; choose from {', '.join(CORRECTIONS)}."
             )
+        if self.reconstruction not in RECONSTRUCTIONS:
+            raise InvalidConfigError(
+                f"unknown reconstruction {self.reconstruction!r}; choose one of {', '.join(RECONSTRUCTIONS)}."
+            )
+        if self.recon_input not in ("dense", "sparse"):
+            raise InvalidConfigError(f"reconstruction input {self.recon_input!r} is invalid; use dense or sparse.")
+        if self.recon_steps < 1:
+            raise InvalidConfigError(f"reconstruction steps must be at least 1, got {self.recon_steps}.")
+        if not 0.0 < self.recon_lr < 1.0:
+            raise InvalidConfigError(f"reconstruction learning rate must be in (0, 1), got {self.recon_lr}; 1e-4 is usual.")
         ordered = tuple(c for c in CORRECTIONS if c in self.corrections)
         object.__setattr__(self, "corrections", ordered)
         if self.sparsegpt_blocksize < 1:
@@ -150,6 +167,8 @@ class PruneConfig:
             terms.append(f"sparsegpt(blocksize={self.sparsegpt_blocksize}, damping={self.sparsegpt_damping:g})")
         else:
             terms.append(self.criterion)
+        if self.reconstruction == "layer":
+            terms.append(f"layer_recon(input={self.recon_input}, steps={self.recon_steps}, lr={self.recon_lr:g})")
         terms.extend(self.corrections)
         terms.append(self.pattern_name)
         return "+".join(terms)
@@ -168,6 +187,9 @@ class PruneConfig:
             data.pop("erk_power")
         if self.allocation not in ("global_magnitude", "l2_global"):
             data.pop("max_layer_sparsity")
+        if self.reconstruction == "none":
+            for key in ("recon_input", "recon_steps", "recon_lr"):
+                data.pop(key)
         if self.allocation != "owl":
             data.pop("owl_band")
             data.pop("owl_threshold")

@@ -6,9 +6,9 @@ One-line form: terms joined by '+', each a name with optional parameters, for ex
     wanda+2:4
 
 A recipe names exactly one criterion, at most one allocation (default uniform), at most one
-pattern (default unstructured) and any error corrections. The TOML form has a [recipe] table
-with the keys criterion, allocation, pattern, corrections and the parameter keys of PruneConfig
-(erk_power, max_layer_sparsity, sparsegpt_blocksize, sparsegpt_damping).
+pattern (default unstructured), at most one reconstruction (layer_recon) and any error
+corrections. The TOML form has a [recipe] table with the keys criterion, allocation, pattern,
+corrections, reconstruction and the parameter fields of PruneConfig (see _TOML_KEYS).
 """
 
 from __future__ import annotations
@@ -28,13 +28,16 @@ _PARAMETERS: dict[str, dict[str, str]] = {
     "global_magnitude": {"max_layer_sparsity": "max_layer_sparsity"},
     "l2_global": {"max_layer_sparsity": "max_layer_sparsity"},
     "owl": {"band": "owl_band", "threshold": "owl_threshold"},
+    "layer_recon": {"input": "recon_input", "steps": "recon_steps", "lr": "recon_lr"},
     "sparsegpt": {"blocksize": "sparsegpt_blocksize", "damping": "sparsegpt_damping"},
 }
-_INTEGER_FIELDS = {"sparsegpt_blocksize"}
-_NOT_YET = {"learned", "weight_correction", "layer_recon", "block_recon"}
+_INTEGER_FIELDS = {"sparsegpt_blocksize", "recon_steps"}
+_STRING_FIELDS = {"recon_input"}
+_NOT_YET = {"learned", "weight_correction", "block_recon"}
 _TERM = re.compile(r"^\s*([A-Za-z_][A-Za-z0-9_]*|\d+:\d+)\s*(?:\((.*)\))?\s*$")
 _TOML_KEYS = {"criterion", "allocation", "pattern", "corrections", "erk_power", "max_layer_sparsity",
-              "owl_band", "owl_threshold", "sparsegpt_blocksize", "sparsegpt_damping"}
+              "owl_band", "owl_threshold", "sparsegpt_blocksize", "sparsegpt_damping", "reconstruction",
+              "recon_input", "recon_steps", "recon_lr"}
 
 
 def _split_terms(text: str) -> list[str]:
@@ -53,7 +56,9 @@ def _split_terms(text: str) -> list[str]:
     return terms
 
 
-def _parse_value(term: str, key: str, raw: str, field: str) -> float | int:
+def _parse_value(term: str, key: str, raw: str, field: str) -> float | int | str:
+    if field in _STRING_FIELDS:
+        return raw
     try:
         return int(raw) if field in _INTEGER_FIELDS else float(raw)
     except ValueError:
@@ -82,13 +87,15 @@ def parse_recipe_line(text: str) -> dict[str, Any]:
         elif name in CORRECTIONS:
             fields["corrections"].append(name)
             slot = None
+        elif name == "layer_recon":
+            slot = "reconstruction"
         else:
-            known = ", ".join((*CRITERIA, *ALLOCATIONS, *CORRECTIONS, "unstructured", "N:M"))
+            known = ", ".join((*CRITERIA, *ALLOCATIONS, *CORRECTIONS, "layer_recon", "unstructured", "N:M"))
             raise InvalidConfigError(f"unknown recipe term {name!r}; known terms: {known}.")
         if slot is not None:
             if slot in fields:
                 raise InvalidConfigError(f"recipe {text!r} names more than one {slot} ({fields[slot]!r} and {name!r}).")
-            fields[slot] = name
+            fields[slot] = "layer" if slot == "reconstruction" else name
         if arguments is not None and arguments.strip():
             allowed = _PARAMETERS.get(name, {})
             for pair in arguments.split(","):
