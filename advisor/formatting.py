@@ -33,7 +33,7 @@ def method_label(row: dict) -> str:
     return f"{row['criterion']}{suffix}{pattern}{allocation}"
 
 
-def candidate_cells(candidate: Candidate, budget_stat: str) -> list[str]:
+def candidate_cells(candidate: Candidate) -> list[str]:
     row = candidate.row
     return [
         row["model_key"],
@@ -75,7 +75,7 @@ def recommendation_text(result: Recommendation, limit: int = 10) -> str:
     stat = budget.latency_stat
     parts = []
     if result.found:
-        rows = [[str(i + 1), *candidate_cells(c, stat)] for i, c in enumerate(result.ranked[:limit])]
+        rows = [[str(i + 1), *candidate_cells(c)] for i, c in enumerate(result.ranked[:limit])]
         parts.append(
             f"{len(result.ranked)} of {result.total} candidates meet the budget "
             f"(objective: {budget.objective}; latency {stat} at batch {budget.batch_size}):"
@@ -104,6 +104,6 @@ def recommendation_text(result: Recommendation, limit: int = 10) -> str:
         rows = []
         for c in result.nearest:
             misses = "; ".join(describe_violation(k, v, c) for k, v in c.violations.items())
-            rows.append([*candidate_cells(c, stat), misses])
+            rows.append([*candidate_cells(c), misses])
         parts.append(_table(rows, [*HEADERS, "why it fails"]))
     return "\n".join(parts)

@@ -26,6 +26,7 @@ from bench_engine.paths import data_dir
 from bench_engine.pruning import LayerPolicy, PruneConfig, collect_stats, find_prunable_layers, prune_model
 from bench_engine.pruning.config import CRITERIA, format_pattern
 from bench_engine.pruning.correction import apply_corrections
+from bench_engine.pruning.layers import rebind_layers
 from bench_engine.pruning.reconstruction import ReconstructionSettings, reconstruct_layers
 from bench_engine.pruning.recipe import resolve_recipe
 from bench_engine.pruning.prune import measure_sparsity
@@ -230,10 +231,7 @@ def bench_model(
         if progress is not None:
             progress.set_postfix_str(f"{bundle.model_key} · {config.criterion} · {config.pattern_name} · {config.sparsity:.0%}")
         sparse = copy.deepcopy(dense)
-        modules = dict(sparse.named_modules())
-        sparse_layers = [copy.copy(layer) for layer in layers]
-        for layer in sparse_layers:
-            layer.module = modules[layer.name]
+        sparse_layers = rebind_layers(layers, sparse)
         started = time.perf_counter()
         report = prune_model(sparse_layers, config, stats, sensitivity_table)
         if config.reconstruction == "layer":

@@ -17,6 +17,7 @@ from bench_engine.baselines import load_baseline
 from bench_engine.data import load_photos
 from bench_engine.models import load_efficientnet_lite0
 from bench_engine.pruning import LayerPolicy, PruneConfig, collect_stats, find_prunable_layers, prune_model
+from bench_engine.pruning.layers import rebind_layers
 
 
 def peak_rss_mib() -> float:
@@ -30,11 +31,7 @@ def bench(bundle, calibration: torch.Tensor) -> None:
     print(f"{bundle.model_key:<28} statistics ({len(calibration)} inputs)  {time.perf_counter() - started:6.2f} s")
     for criterion in ("magnitude", "wanda", "sparsegpt"):
         for pattern in (None, (2, 4)):
-            model = copy.deepcopy(bundle.model)
-            modules = dict(model.named_modules())
-            copies = [copy.copy(layer) for layer in layers]
-            for layer in copies:
-                layer.module = modules[layer.name]
+            copies = rebind_layers(layers, copy.deepcopy(bundle.model))
             config = PruneConfig(criterion=criterion, sparsity=0.5, pattern=pattern)
             report = prune_model(copies, config, stats)
             print(f"{bundle.model_key:<28} {criterion:<10} {config.pattern_name:<12} {report.seconds:6.2f} s"

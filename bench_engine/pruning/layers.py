@@ -9,7 +9,7 @@ the input channels at one kernel position, the layout sparse tensor cores expect
 from __future__ import annotations
 
 import fnmatch
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, replace
 
 import torch
 import torch.nn.functional as F
@@ -58,6 +58,12 @@ class PrunableLayer:
     def in_channels_per_group(self) -> int:
         """Input channels seen by one output (in_features for Linear)."""
         return self.module.weight.shape[1]
+
+
+def rebind_layers(layers: list[PrunableLayer], model: nn.Module) -> list[PrunableLayer]:
+    """Return copies of `layers` that point at the same-named modules of `model` (a deep copy)."""
+    modules = dict(model.named_modules())
+    return [replace(layer, module=modules[layer.name]) for layer in layers]
 
 
 def is_depthwise(module: nn.Module) -> bool:
