@@ -1,8 +1,8 @@
 """Dense MNIST baselines: small timm models trained here, cached in the data folder.
 
 They give the quick-start suite labelled, measured accuracy on six architecture families
-without any model hub. Each is a stock timm architecture at 32×32 with one input channel; the
-ViT uses 8×8 patches and 6 blocks so that it trains in under a minute on two cores.
+without any model hub. Each is a stock timm architecture at 32×32 with one input channel. The
+ViT uses 8×8 patches and 6 blocks, so it trains in under a minute on two cores.
 """
 
 from __future__ import annotations
@@ -35,7 +35,7 @@ MNIST_PREPROCESS = Preprocess(input_size=32, in_chans=1, mean=(0.1307,), std=(0.
 
 @dataclass(frozen=True)
 class BaselineSpec:
-    """How one MNIST baseline is built and trained."""
+    """Architecture and training settings of one MNIST baseline."""
 
     architecture: str
     learning_rate: float
@@ -53,8 +53,8 @@ class BaselineSpec:
         return hashlib.sha256(payload.encode()).hexdigest()[:12]
 
 
-# One architecture per timm family; learning rates and epochs tuned on this data so each
-# reaches 86-98 % top-1 in 13-40 s on a 2-core CPU.
+# One architecture per timm family. Learning rates and epochs were tuned on this data, so each
+# reached 79-98 % top-1 after 18-43 s of training on a 2-core CPU (docs/benchmarks.md).
 MNIST_BASELINES = {
     spec.name: spec
     for spec in (

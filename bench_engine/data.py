@@ -47,7 +47,7 @@ SKLEARN_PHOTOS = ("china.jpg", "flower.jpg")
 
 @dataclass(frozen=True)
 class Preprocess:
-    """How images become model inputs: square size, channels, normalisation and resize."""
+    """Image preprocessing for a model: square size, channels, normalisation and resize."""
 
     input_size: int
     in_chans: int

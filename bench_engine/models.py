@@ -19,9 +19,9 @@ from bench_engine.weights import file_sha256, load_into, read_state_dict
 
 log = logging.getLogger(__name__)
 
-# EfficientNet-Lite was trained in TensorFlow on inputs scaled to [-1, 1]. NOTE: these values
-# were chosen because they give more confident, correct labels on the bundled photos (espresso
-# 0.91 against 0.86 with ImageNet mean/std); the weight package does not document them.
+# EfficientNet-Lite was trained in TensorFlow on inputs scaled to [-1, 1]. NOTE: the weight
+# package does not document its preprocessing. These values give more confident, correct labels
+# on the bundled photos (espresso 0.91 against 0.86 with ImageNet mean/std).
 LITE_PREPROCESS = Preprocess(
     input_size=224,
     in_chans=3,

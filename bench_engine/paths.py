@@ -1,4 +1,4 @@
-"""Where PTS Advisor keeps its files: $PTSA_DATA_DIR, else the platform's user data folder."""
+"""Location of PTS Advisor's files: $PTSA_DATA_DIR, else the platform's user data folder."""
 
 from __future__ import annotations
 

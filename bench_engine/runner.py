@@ -38,7 +38,7 @@ log = logging.getLogger(__name__)
 
 @dataclass
 class BenchPlan:
-    """What to run on each model: the technique grid, calibration and latency settings."""
+    """Bench plan for each model: the technique grid, calibration and latency settings."""
 
     criteria: Sequence[str] = CRITERIA
     sparsities: Sequence[float] = (0.3, 0.5, 0.7)
@@ -322,7 +322,7 @@ def run_jobs(
     """Run bench jobs as one run: each model's rows are inserted in one transaction.
 
     The database is opened only to record the run and to insert each model's rows, because
-    DuckDB lets no other process read the file while one holds it open for writing.
+    DuckDB lets no other process read the file while one has it open for writing.
     The run is recorded as 'finished', or 'failed' with the error. Rows of models that completed
     before a failure stay, each complete.
     """

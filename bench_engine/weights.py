@@ -51,7 +51,7 @@ def read_state_dict(path: str | Path) -> dict[str, torch.Tensor]:
             loaded = torch.load(file, map_location="cpu", weights_only=True)
         except pickle.UnpicklingError as exc:
             raise WeightsError(
-                f"refused to load {file}: it is a pickle that needs more than tensors to load "
+                f"rejected {file}: it is a pickle that needs more than tensors to load "
                 f"({_unsupported_global(exc)}), and loading it could run arbitrary code. Re-save "
                 "only the weights, with `torch.save(model.state_dict(), path)` or as .safetensors."
             ) from exc
@@ -81,10 +81,10 @@ def _unwrap(loaded: object, file: Path) -> dict[str, torch.Tensor]:
                 loaded = inner
                 break
     if not isinstance(loaded, Mapping) or not loaded:
-        raise WeightsError(f"weights file {file} holds no state dict (found {type(loaded).__name__}).")
+        raise WeightsError(f"weights file {file} contains no state dict (found {type(loaded).__name__}).")
     tensors = {k: v for k, v in loaded.items() if isinstance(v, torch.Tensor)}
     if not tensors:
-        raise WeightsError(f"weights file {file} holds no tensors.")
+        raise WeightsError(f"weights file {file} contains no tensors.")
     # Checkpoints saved from DataParallel or torch.compile prefix every key.
     for prefix in ("module.", "_orig_mod."):
         if all(k.startswith(prefix) for k in tensors):

@@ -112,7 +112,7 @@ def test_failed_model_leaves_earlier_rows_complete(tiny_setup):
     assert all(r["top1"] is not None and r["latency_p50_ms"] is not None for r in rows)
 
 
-def test_write_waits_for_a_reader_to_release_the_lock(tmp_path):
+def test_write_retries_while_locked(tmp_path):
     import subprocess
     import sys
     import time

@@ -154,7 +154,7 @@ def test_two_four_pattern_is_valid(lite0_calibration, criterion):
         matrix = weight_matrix(layer.module)
         if layer.name in report.skipped:
             assert "not divisible by M=4" in report.skipped[layer.name]
-            assert int((matrix == 0).sum()) == 0  # left dense, and said so
+            assert int((matrix == 0).sum()) == 0  # left dense, and reported as skipped
             continue
         groups = matrix.reshape(-1, 4)
         assert bool(((groups == 0).sum(dim=1) == 2).all()), layer.name
@@ -341,7 +341,7 @@ def test_bn_reestimation_matches_calibration_statistics():
     layers, _ = find_prunable_layers(model, LayerPolicy(), x[:1])
     prune_model(layers, PruneConfig(criterion="magnitude", sparsity=0.5))
     seen = {}
-    # The input the BatchNorm sees during re-estimation, one batch of all 32 images.
+    # The BatchNorm's input during re-estimation: one batch of all 32 images.
     hook = model.layer1[0].bn1.register_forward_pre_hook(lambda m, a: seen.setdefault("x", a[0].detach().clone()))
     updated = reestimate_batchnorm(model, x, batch_size=32)
     hook.remove()

@@ -2,7 +2,8 @@
 
 It reads the database at start and on `r` with a read-only connection that it closes at once.
 A bench opens the file only to record its run and insert each model's rows, so the TUI can read
-between those moments; a read that meets the writer's lock is shown as an error, and `r` retries.
+between those moments. A read that meets the writer's lock is reported as an error, and `r`
+retries.
 torch and timm are never imported here, so the first screen paints without them.
 """
 

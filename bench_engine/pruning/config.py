@@ -76,8 +76,8 @@ class PruneConfig:
     erk_power: float = 1.0
     # global_magnitude and l2_global: no layer is pruned beyond this sparsity.
     max_layer_sparsity: float = 1.0
-    # OWL: layer sparsities spread over target ± owl_band; a score is an outlier above
-    # owl_threshold × the layer's mean score (0.08 and 5 are the published LLM defaults).
+    # OWL: layer sparsities spread over target ± owl_band. A score is an outlier above
+    # owl_threshold × the layer's mean score. 0.08 and 5 are the defaults OWL published for LLMs.
     owl_band: float = 0.08
     owl_threshold: float = 5.0
     corrections: tuple[str, ...] = ()

@@ -82,8 +82,8 @@ def wanda(
 def _damped_inverse_cholesky(hessian: torch.Tensor, damping: float) -> torch.Tensor:
     """Return the upper Cholesky factor of (H + λI)⁻¹ for each group, λ = damping × mean diag.
 
-    Inputs that were always zero in calibration (diagonal 0) get diagonal 1 so H stays
-    invertible; their weights are then pruned or kept like any other.
+    Inputs that were always zero in calibration (diagonal 0) get diagonal 1, so H stays
+    invertible. Their weights are then pruned or kept like any other.
     """
     h = hessian.clone().double()
     diag = h.diagonal(dim1=1, dim2=2)

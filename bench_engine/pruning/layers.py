@@ -1,4 +1,4 @@
-"""Which layers get pruned, and the matrix view of their weights that every criterion uses.
+"""Layer selection for pruning, and the matrix view of weights that every criterion uses.
 
 Every Conv2d and Linear weight is viewed as a batch of matrices of shape (G, R, K): G groups,
 R output channels per group and K inputs per output. For a convolution, K is ordered as
@@ -22,7 +22,7 @@ from timm.layers.padding import pad_same
 
 @dataclass(frozen=True)
 class LayerPolicy:
-    """Which Conv2d and Linear layers a pruning run may touch. Recorded with every result."""
+    """Policy for the Conv2d and Linear layers a pruning run may touch; stored with every result."""
 
     prune_first_layer: bool = False
     prune_classifier: bool = False

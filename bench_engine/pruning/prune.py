@@ -30,7 +30,7 @@ class SparsityCount:
 
 @dataclass
 class PruneReport:
-    """What a pruning call did: per-layer prune counts, skipped layers, and the time it took."""
+    """Outcome of a pruning call: per-layer prune counts, skipped layers and its duration."""
 
     prune_counts: dict[str, int]
     skipped: dict[str, str]

@@ -1,10 +1,10 @@
 """Layer-wise reconstruction: optimise each pruned layer's kept weights to match the dense layer.
 
-For each pruned layer, in execution order, Adam minimises the mean squared error between the
-dense layer's output on the dense model's inputs and the pruned layer's output on either the
-same dense inputs (`input="dense"`) or the inputs the pruned model now produces
-(`input="sparse"`, which also repairs the error of earlier layers). The mask stays fixed:
-pruned weights get no update and stay zero. Biases are not changed.
+Each pruned layer is handled in execution order. The target is the dense layer's output on the
+dense model's inputs. Adam fits the pruned layer to it, fed either the same dense inputs
+(`input="dense"`) or the inputs the pruned model now produces (`input="sparse"`, which also
+repairs the error of earlier layers). The mask stays fixed, so pruned weights get no update and
+stay zero. Biases are not changed.
 
 Calibration inputs are turned into columns (patches or tokens) and at most `max_columns` of
 them, drawn with a fixed seed, are kept per layer, so memory stays bounded.
@@ -25,7 +25,7 @@ log = logging.getLogger(__name__)
 
 @dataclass(frozen=True)
 class ReconstructionSettings:
-    """How a layer is reconstructed; the defaults are sized for a CPU."""
+    """Reconstruction settings for one layer; the defaults are sized for a CPU."""
 
     input: str = "dense"  # 'dense' or 'sparse'
     steps: int = 200
@@ -86,8 +86,8 @@ def reconstruct_layers(
 
         def loss_on(index: torch.Tensor | None) -> torch.Tensor:
             inputs = source if index is None else source[:, :, index]
-            wanted = target if index is None else target[:, :, index]
-            return (torch.bmm(weights, inputs) - wanted).square().mean()
+            expected = target if index is None else target[:, :, index]
+            return (torch.bmm(weights, inputs) - expected).square().mean()
 
         with torch.no_grad():
             before = float(loss_on(None))

@@ -1,7 +1,7 @@
 """Sensitivity-driven allocation: measure each layer alone, then spread sparsity by tolerance.
 
 For every target layer and every sparsity of a grid, the layer is really pruned (magnitude
-criterion) in the otherwise dense model, and the loss is the mean KL divergence of the model's
+criterion) in the otherwise dense model. Its loss is the mean KL divergence of the model's
 outputs from the dense outputs on the calibration set. The table is cached in the data folder,
 keyed by the weights, the layers, the calibration draw and the grid, so later runs reuse it.
 
