@@ -27,7 +27,8 @@ from bench_engine.pruning import LayerPolicy, PruneConfig, collect_stats, find_p
 from bench_engine.pruning.config import CRITERIA, format_pattern
 from bench_engine.pruning.correction import apply_corrections
 from bench_engine.pruning.layers import rebind_layers
-from bench_engine.pruning.reconstruction import ReconstructionSettings, reconstruct_layers
+from bench_engine.pruning.learned import LearnedSettings, learned_allocation
+from bench_engine.pruning.reconstruction import ReconstructionSettings, reconstruct
 from bench_engine.pruning.recipe import resolve_recipe
 from bench_engine.pruning.prune import measure_sparsity
 from bench_engine.pruning.sensitivity import cached_sensitivity
@@ -53,6 +54,8 @@ class BenchPlan:
     policy: LayerPolicy = field(default_factory=LayerPolicy)
     calibration_size: int = 128
     seed: int = 0
+    # Memory for cached reconstruction activations; beyond it they spill to a temporary folder.
+    activation_memory_gib: float = 4.0
     latency_batch_size: int = 1
     latency_warmup: int = 10
     latency_repeats: int = 50
@@ -64,6 +67,10 @@ class BenchPlan:
             raise InvalidConfigError("no criteria given; choose from " + ", ".join(CRITERIA) + ".")
         if self.calibration_size < 1:
             raise InvalidConfigError(f"calibration size must be at least 1, got {self.calibration_size}.")
+        if not self.activation_memory_gib >= 0:
+            raise InvalidConfigError(
+                f"activation memory must be at least 0 GiB, got {self.activation_memory_gib}; for example 4."
+            )
         if self.latency_batch_size < 1:
             raise InvalidConfigError(f"latency batch size must be at least 1, got {self.latency_batch_size}.")
         if self.recipes:
@@ -117,6 +124,7 @@ class BenchPlan:
             "policy": self.policy.to_dict(),
             "calibration_size": self.calibration_size,
             "seed": self.seed,
+            "activation_memory_gib": self.activation_memory_gib,
             "latency_batch_size": self.latency_batch_size,
         }
 
@@ -233,12 +241,22 @@ def bench_model(
         sparse = copy.deepcopy(dense)
         sparse_layers = rebind_layers(layers, sparse)
         started = time.perf_counter()
-        report = prune_model(sparse_layers, config, stats, sensitivity_table)
-        if config.reconstruction == "layer":
+        counts = None
+        if config.allocation == "learned":
+            learned = LearnedSettings(steps=config.learned_steps, learning_rate=config.learned_lr, penalty=config.learned_penalty)
+            counts, _ = learned_allocation(dense, layers, calibration, config.sparsity, learned)
+        report = prune_model(sparse_layers, config, stats, sensitivity_table, counts=counts)
+        if config.reconstruction != "none":
             settings = ReconstructionSettings(
-                input=config.recon_input, steps=config.recon_steps, learning_rate=config.recon_lr
+                granularity=config.reconstruction,
+                input=config.recon_input,
+                steps=config.recon_steps,
+                learning_rate=config.recon_lr,
+                batch_size=config.recon_batch,
+                early_stop=config.recon_early_stop,
+                memory_budget_bytes=int(plan.activation_memory_gib * 1024**3),
             )
-            reconstruct_layers(dense, sparse, layers, sparse_layers, calibration, settings)
+            reconstruct(dense, sparse, layers, sparse_layers, calibration, settings)
         apply_corrections(config.corrections, sparse, layers, sparse_layers, stats, calibration)
         technique_seconds = time.perf_counter() - started
         counted = measure_sparsity(sparse, target_names)

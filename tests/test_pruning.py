@@ -421,28 +421,3 @@ def test_sensitivity_spares_the_sensitive_layer():
     counts = sensitivity_allocation(layers, 0.5, table)
     assert counts[layers[3].name] / layers[3].numel < 0.1
     assert counts[layers[4].name] / layers[4].numel > 0.5
-
-
-# -- reconstruction ------------------------------------------------------------------------------
-
-
-@pytest.mark.parametrize("source", ["dense", "sparse"])
-def test_layer_reconstruction_lowers_error_and_keeps_mask(source):
-    from bench_engine.pruning.reconstruction import ReconstructionSettings, reconstruct_layers
-
-    model = small_model("resnet10t")
-    x = torch.randn(16, 3, 32, 32)
-    layers, _ = find_prunable_layers(model, LayerPolicy(), x[:1])
-    sparse = copy.deepcopy(model)
-    sparse_layers, _ = find_prunable_layers(sparse, LayerPolicy(), x[:1])
-    prune_model(sparse_layers, PruneConfig(criterion="magnitude", sparsity=0.6))
-    masks = {l.name: l.module.weight.detach() == 0 for l in sparse_layers}
-    settings = ReconstructionSettings(input=source, steps=60, learning_rate=1e-3, max_columns=4096)
-    report = reconstruct_layers(model, sparse, layers, sparse_layers, x, settings)
-    assert set(report) == {l.name for l in sparse_layers}
-    improved = sum(after < before for before, after in report.values())
-    assert improved >= len(report) - 1
-    for layer in sparse_layers:
-        assert bool((layer.module.weight[masks[layer.name]] == 0).all())  # mask unchanged
-    counted = measure_sparsity(sparse, [l.name for l in sparse_layers])
-    assert counted.targeted == pytest.approx(0.6, abs=1e-4)

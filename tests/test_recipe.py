@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import re
 import json
 
 import pytest
@@ -56,14 +57,18 @@ def test_canonical_recipe_round_trips(recipe):
     ("erk(power=high)+wanda", "power='high' is not a number"),
     ("sparsegpt(blocksize=1.5)", "is not an integer"),
     ("magnitude(damping=0.1)", "has no parameter 'damping'; its parameters: none"),
-    ("block_recon(steps=2000)+wanda", "not implemented yet"),
-    ("learned+wanda", "not implemented yet"),
+    ("block_recon(steps=2000)+wanda+layer_recon", "more than one reconstruction"),
+    ("learned(steps=0)+wanda", "learned allocation steps must be at least 1"),
+    ("learned(penalty=-1)+wanda", "penalty must be positive"),
+    ("wanda+block_recon(batch=0)", "reconstruction batch must be at least 1"),
+    ("wanda+block_recon(early_stop=2)", "early_stop must be in [0, 1)"),
+    ("learned+wanda+2:4", "cannot be combined with pattern 2:4"),
     ("wanda+3:2", "invalid pattern"),
     ("erk(power=-1)+wanda", "erk_power must be positive"),
     ("wanda+(", "is invalid"),
 ])
 def test_invalid_recipes_name_the_problem(recipe, message):
-    with pytest.raises(InvalidConfigError, match=message.replace("(", r"\(").replace(")", r"\)")):
+    with pytest.raises(InvalidConfigError, match=re.escape(message)):
         resolve_recipe(recipe, 0.5, POLICY)
 
 
@@ -154,9 +159,44 @@ def test_layer_recon_recipe():
     assert config.reconstruction == "layer"
     assert config.recon_input == "sparse"
     assert config.recon_steps == 50
-    assert config.recipe() == "uniform+magnitude+layer_recon(input=sparse, steps=50, lr=0.001)+bn_reestimation+unstructured"
+    assert config.recipe() == (
+        "uniform+magnitude+layer_recon(input=sparse, steps=50, lr=0.001, batch=32, early_stop=0.001)"
+        "+bn_reestimation+unstructured"
+    )
     assert resolve_recipe(config.recipe(), 0.5, POLICY) == config
     with pytest.raises(InvalidConfigError, match="reconstruction input 'both' is invalid"):
         resolve_recipe("magnitude+layer_recon(input=both)", 0.5, POLICY)
     with pytest.raises(InvalidConfigError, match="'layer_recon' has no parameter 'epochs'"):
         resolve_recipe("magnitude+layer_recon(epochs=3)", 0.5, POLICY)
+
+
+def test_issue_example_recipe_resolves_every_part():
+    recipe = "erk(power=0.5)+sparsegpt+bias_correction+block_recon(input=sparse, steps=2000)"
+    config = resolve_recipe(recipe, 0.6, POLICY)
+    assert (config.allocation, config.erk_power, config.criterion) == ("erk", 0.5, "sparsegpt")
+    assert (config.reconstruction, config.recon_input, config.recon_steps) == ("block", "sparse", 2000)
+    assert config.corrections == ("bias_correction",)
+    assert resolve_recipe(config.recipe(), 0.6, POLICY) == config
+
+
+def test_learned_and_weight_correction_recipe():
+    config = resolve_recipe("bias_correction+weight_correction+learned(steps=20, lr=0.1, penalty=5)+wanda", 0.5, POLICY)
+    assert config.allocation == "learned"
+    assert (config.learned_steps, config.learned_lr, config.learned_penalty) == (20, 0.1, 5.0)
+    # Corrections run in a fixed order: weights first, then the bias that depends on them.
+    assert config.corrections == ("weight_correction", "bias_correction")
+    assert config.recipe() == "learned(steps=20, lr=0.1, penalty=5)+wanda+weight_correction+bias_correction+unstructured"
+    stored = config.to_dict()
+    assert stored["learned_steps"] == 20 and "recon_steps" not in stored
+
+
+def test_toml_recipe_with_block_reconstruction(tmp_path):
+    path = tmp_path / "block.toml"
+    path.write_text('[recipe]\ncriterion = "wanda"\nallocation = "learned"\nlearned_steps = 30\n'
+                    'reconstruction = "block"\nrecon_input = "sparse"\nrecon_batch = 16\n'
+                    'corrections = ["weight_correction"]\n')
+    config = resolve_recipe(str(path), 0.5, POLICY)
+    assert config.recipe() == (
+        "learned(steps=30, lr=0.05, penalty=10)+wanda+block_recon(input=sparse, steps=200, lr=0.0001, batch=16, "
+        "early_stop=0.001)+weight_correction+unstructured"
+    )

@@ -10,10 +10,11 @@ from bench_engine.errors import InvalidConfigError
 from bench_engine.pruning.layers import LayerPolicy
 
 CRITERIA = ("magnitude", "wanda", "sparsegpt")
-ALLOCATIONS = ("uniform", "erk", "global_magnitude", "l2_global", "owl", "sensitivity")
+ALLOCATIONS = ("uniform", "erk", "global_magnitude", "l2_global", "owl", "sensitivity", "learned")
 # Error corrections applied after pruning, in this order.
-CORRECTIONS = ("bias_correction", "bn_reestimation")
-RECONSTRUCTIONS = ("none", "layer")
+CORRECTIONS = ("weight_correction", "bias_correction", "bn_reestimation")
+# Reconstruction granularity; the recipe terms are layer_recon and block_recon.
+RECONSTRUCTIONS = ("none", "layer", "block")
 
 _PATTERN_RE = re.compile(r"^(\d+):(\d+)$")
 
@@ -80,13 +81,21 @@ class PruneConfig:
     # owl_threshold × the layer's mean score. 0.08 and 5 are the defaults OWL published for LLMs.
     owl_band: float = 0.08
     owl_threshold: float = 5.0
+    # Learned allocation: Adam steps, learning rate and weight of the global sparsity penalty.
+    learned_steps: int = 100
+    learned_lr: float = 0.05
+    learned_penalty: float = 10.0
     corrections: tuple[str, ...] = ()
-    # Reconstruction after pruning: 'none' or 'layer' (Adam on each layer's kept weights), fed
-    # with the dense model's inputs ('dense') or the pruned model's ('sparse').
+    # Reconstruction after pruning: 'none', 'layer' (each layer alone) or 'block' (each residual
+    # or transformer block), fed with the dense model's inputs ('dense') or the pruned model's
+    # ('sparse'). Steps are per layer or block; a batch is calibration images per step; a fit
+    # stops early once its loss falls below recon_early_stop × its first loss.
     reconstruction: str = "none"
     recon_input: str = "dense"
     recon_steps: int = 200
     recon_lr: float = 1e-4
+    recon_batch: int = 32
+    recon_early_stop: float = 1e-3
     # SparseGPT: columns updated together, and Hessian damping as a fraction of its mean diagonal.
     sparsegpt_blocksize: int = 128
     sparsegpt_damping: float = 0.01
@@ -139,6 +148,18 @@ class PruneConfig:
             raise InvalidConfigError(f"reconstruction steps must be at least 1, got {self.recon_steps}.")
         if not 0.0 < self.recon_lr < 1.0:
             raise InvalidConfigError(f"reconstruction learning rate must be in (0, 1), got {self.recon_lr}; 1e-4 is usual.")
+        if self.recon_batch < 1:
+            raise InvalidConfigError(f"reconstruction batch must be at least 1 image, got {self.recon_batch}; 32 is usual.")
+        if not 0.0 <= self.recon_early_stop < 1.0:
+            raise InvalidConfigError(
+                f"reconstruction early_stop must be in [0, 1), got {self.recon_early_stop}; 1e-3 is usual, 0 turns it off."
+            )
+        if self.learned_steps < 1:
+            raise InvalidConfigError(f"learned allocation steps must be at least 1, got {self.learned_steps}; 100 is usual.")
+        if not 0.0 < self.learned_lr < 10.0:
+            raise InvalidConfigError(f"learned allocation lr must be in (0, 10), got {self.learned_lr}; 0.05 is usual.")
+        if not self.learned_penalty > 0:
+            raise InvalidConfigError(f"learned allocation penalty must be positive, got {self.learned_penalty}; 10 is usual.")
         ordered = tuple(c for c in CORRECTIONS if c in self.corrections)
         object.__setattr__(self, "corrections", ordered)
         if self.sparsegpt_blocksize < 1:
@@ -161,14 +182,19 @@ class PruneConfig:
             terms.append(f"{self.allocation}(max_layer_sparsity={self.max_layer_sparsity:g})")
         elif self.allocation == "owl":
             terms.append(f"owl(band={self.owl_band:g}, threshold={self.owl_threshold:g})")
+        elif self.allocation == "learned":
+            terms.append(f"learned(steps={self.learned_steps}, lr={self.learned_lr:g}, penalty={self.learned_penalty:g})")
         else:
             terms.append(self.allocation)
         if self.criterion == "sparsegpt":
             terms.append(f"sparsegpt(blocksize={self.sparsegpt_blocksize}, damping={self.sparsegpt_damping:g})")
         else:
             terms.append(self.criterion)
-        if self.reconstruction == "layer":
-            terms.append(f"layer_recon(input={self.recon_input}, steps={self.recon_steps}, lr={self.recon_lr:g})")
+        if self.reconstruction != "none":
+            terms.append(
+                f"{self.reconstruction}_recon(input={self.recon_input}, steps={self.recon_steps}, lr={self.recon_lr:g}, "
+                f"batch={self.recon_batch}, early_stop={self.recon_early_stop:g})"
+            )
         terms.extend(self.corrections)
         terms.append(self.pattern_name)
         return "+".join(terms)
@@ -188,9 +214,12 @@ class PruneConfig:
         if self.allocation not in ("global_magnitude", "l2_global"):
             data.pop("max_layer_sparsity")
         if self.reconstruction == "none":
-            for key in ("recon_input", "recon_steps", "recon_lr"):
+            for key in ("recon_input", "recon_steps", "recon_lr", "recon_batch", "recon_early_stop"):
                 data.pop(key)
         if self.allocation != "owl":
             data.pop("owl_band")
             data.pop("owl_threshold")
+        if self.allocation != "learned":
+            for key in ("learned_steps", "learned_lr", "learned_penalty"):
+                data.pop(key)
         return data

@@ -44,6 +44,8 @@ def allocate(
     sensitivity: dict[str, list[float]] | None = None,
 ) -> dict[str, int]:
     """Return how many weights of each layer to prune, from the configured allocation."""
+    if config.allocation == "learned":
+        raise ValueError("learned allocation is trained on a model; pass its counts (see pruning.learned)")
     if config.allocation == "sensitivity":
         if sensitivity is None:
             raise ValueError("sensitivity allocation needs a sensitivity table; see pruning.sensitivity")
@@ -74,11 +76,13 @@ def prune_model(
     config: PruneConfig,
     stats: dict[str, LayerStats] | None = None,
     sensitivity: dict[str, list[float]] | None = None,
+    counts: dict[str, int] | None = None,
 ) -> PruneReport:
     """Prune the given layers in place according to `config`.
 
     `stats` are the calibration statistics from `collect_stats` (needed by Wanda and SparseGPT;
-    SparseGPT also needs the Hessians). Layers an N:M pattern does not fit are left dense and
+    SparseGPT also needs the Hessians). `counts` (weights to prune per layer) replaces the
+    configured allocation; learned allocation passes its trained counts this way. Layers an N:M pattern does not fit are left dense and
     reported in `PruneReport.skipped`.
     """
     started = time.perf_counter()
@@ -96,7 +100,7 @@ def prune_model(
         counts = {layer.name: layer.numel // m * (m - n) for layer in eligible}
     else:
         eligible = list(layers)
-        counts = allocate(eligible, config, stats, sensitivity)
+        counts = counts if counts is not None else allocate(eligible, config, stats, sensitivity)
 
     for layer in eligible:
         count = counts[layer.name]

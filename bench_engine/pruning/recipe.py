@@ -6,8 +6,11 @@ One-line form: terms joined by '+', each a name with optional parameters, for ex
     wanda+2:4
 
 A recipe names exactly one criterion, at most one allocation (default uniform), at most one
-pattern (default unstructured), at most one reconstruction (layer_recon) and any error
-corrections. The TOML form has a [recipe] table with the keys criterion, allocation, pattern,
+pattern (default unstructured), at most one reconstruction (layer_recon or block_recon) and any
+error corrections, for example
+
+    learned(steps=200)+sparsegpt+weight_correction+block_recon(input=sparse, steps=500)
+ The TOML form has a [recipe] table with the keys criterion, allocation, pattern,
 corrections, reconstruction and the parameter fields of PruneConfig (see _TOML_KEYS).
 """
 
@@ -28,16 +31,21 @@ _PARAMETERS: dict[str, dict[str, str]] = {
     "global_magnitude": {"max_layer_sparsity": "max_layer_sparsity"},
     "l2_global": {"max_layer_sparsity": "max_layer_sparsity"},
     "owl": {"band": "owl_band", "threshold": "owl_threshold"},
-    "layer_recon": {"input": "recon_input", "steps": "recon_steps", "lr": "recon_lr"},
+    "learned": {"steps": "learned_steps", "lr": "learned_lr", "penalty": "learned_penalty"},
+    "layer_recon": {"input": "recon_input", "steps": "recon_steps", "lr": "recon_lr", "batch": "recon_batch",
+                    "early_stop": "recon_early_stop"},
+    "block_recon": {"input": "recon_input", "steps": "recon_steps", "lr": "recon_lr", "batch": "recon_batch",
+                    "early_stop": "recon_early_stop"},
     "sparsegpt": {"blocksize": "sparsegpt_blocksize", "damping": "sparsegpt_damping"},
 }
-_INTEGER_FIELDS = {"sparsegpt_blocksize", "recon_steps"}
+_INTEGER_FIELDS = {"sparsegpt_blocksize", "recon_steps", "recon_batch", "learned_steps"}
 _STRING_FIELDS = {"recon_input"}
-_NOT_YET = {"learned", "weight_correction", "block_recon"}
+_RECONSTRUCTION_TERMS = {"layer_recon": "layer", "block_recon": "block"}
 _TERM = re.compile(r"^\s*([A-Za-z_][A-Za-z0-9_]*|\d+:\d+)\s*(?:\((.*)\))?\s*$")
 _TOML_KEYS = {"criterion", "allocation", "pattern", "corrections", "erk_power", "max_layer_sparsity",
               "owl_band", "owl_threshold", "sparsegpt_blocksize", "sparsegpt_damping", "reconstruction",
-              "recon_input", "recon_steps", "recon_lr"}
+              "recon_input", "recon_steps", "recon_lr", "recon_batch", "recon_early_stop", "learned_steps",
+              "learned_lr", "learned_penalty"}
 
 
 def _split_terms(text: str) -> list[str]:
@@ -76,8 +84,6 @@ def parse_recipe_line(text: str) -> dict[str, Any]:
         if not match:
             raise InvalidConfigError(f"recipe term {term.strip()!r} is invalid; write NAME or NAME(key=value, ...).")
         name, arguments = match.group(1).lower(), match.group(2)
-        if name in _NOT_YET:
-            raise InvalidConfigError(f"recipe term {name!r} is not implemented yet in this version of PTS Advisor.")
         if name in CRITERIA:
             slot = "criterion"
         elif name in ALLOCATIONS:
@@ -87,15 +93,15 @@ def parse_recipe_line(text: str) -> dict[str, Any]:
         elif name in CORRECTIONS:
             fields["corrections"].append(name)
             slot = None
-        elif name == "layer_recon":
+        elif name in _RECONSTRUCTION_TERMS:
             slot = "reconstruction"
         else:
-            known = ", ".join((*CRITERIA, *ALLOCATIONS, *CORRECTIONS, "layer_recon", "unstructured", "N:M"))
+            known = ", ".join((*CRITERIA, *ALLOCATIONS, *CORRECTIONS, *_RECONSTRUCTION_TERMS, "unstructured", "N:M"))
             raise InvalidConfigError(f"unknown recipe term {name!r}; known terms: {known}.")
         if slot is not None:
             if slot in fields:
                 raise InvalidConfigError(f"recipe {text!r} names more than one {slot} ({fields[slot]!r} and {name!r}).")
-            fields[slot] = "layer" if slot == "reconstruction" else name
+            fields[slot] = _RECONSTRUCTION_TERMS[name] if slot == "reconstruction" else name
         if arguments is not None and arguments.strip():
             allowed = _PARAMETERS.get(name, {})
             for pair in arguments.split(","):
