@@ -119,7 +119,8 @@ def _parse_patterns(values: tuple[str, ...]) -> list[tuple[int, int] | None]:
               help="Fraction of weights set to zero in the targeted layers (0 to 1); repeat for several.")
 @click.option("--allocation", default="uniform", show_default=True,
               help="uniform, erk, global_magnitude, l2_global (global magnitude after dividing each layer by its "
-                   "L2 norm), owl (outlier-weighted; set its band and threshold in a --recipe) or sensitivity (measured per layer, cached).")
+                   "L2 norm), owl (outlier-weighted; set its band and threshold in a --recipe), sensitivity (measured per "
+                   "layer, cached) or learned (per-layer thresholds trained on the calibration set).")
 @click.option("--erk-power", type=float, default=1.0, show_default=True, help="Exponent of the ERK allocation.")
 @click.option("--max-layer-sparsity", type=float, default=1.0, show_default=True,
               help="Cap on any layer's sparsity under global_magnitude and l2_global.")
@@ -128,7 +129,7 @@ def _parse_patterns(values: tuple[str, ...]) -> list[tuple[int, int] | None]:
               help="One-line recipe such as 'erk(power=0.5)+sparsegpt+bias_correction', or a .toml recipe file; "
                    "repeatable. Replaces --criterion, --allocation, --correction and --pattern.")
 @click.option("--correction", "corrections", multiple=True,
-              help="Error correction after pruning: bias_correction or bn_reestimation; repeatable.")
+              help="Error correction after pruning: weight_correction, bias_correction or bn_reestimation; repeatable.")
 @click.option("--pattern", "patterns", multiple=True,
               help="unstructured (default) or N:M such as 2:4; repeat for several.")
 @click.option("--calibration-size", type=click.IntRange(min=1), default=128, show_default=True, help="Calibration inputs drawn from the training side.")
@@ -142,6 +143,8 @@ def _parse_patterns(values: tuple[str, ...]) -> list[tuple[int, int] | None]:
 @click.option("--num-classes", type=click.IntRange(min=1), default=None, help="Override the class count read from the weights.")
 @click.option("--in-chans", type=click.IntRange(min=1), default=None, help="Override the input channel count read from the weights.")
 @click.option("--input-size", type=click.IntRange(min=8), default=None, help="Square input size in pixels. Default: the model's.")
+@click.option("--activation-memory", type=click.FloatRange(min=0), default=4.0, show_default=True,
+              help="GiB of cached activations reconstruction keeps in memory; the rest spills to a temporary folder.")
 @click.option("--no-progress", is_flag=True, help="Hide progress bars.")
 @click.pass_obj
 @handle_errors
@@ -151,7 +154,7 @@ def bench(obj: dict[str, Any], model: str, weights: Path | None, data_spec: str,
           corrections: tuple[str, ...], patterns: tuple[str, ...],
           calibration_size: int, seed: int, threads: int | None, latency_batch_size: int,
           prune_first_layer: bool, prune_classifier: bool, skip_depthwise: bool, num_classes: int | None,
-          in_chans: int | None, input_size: int | None, no_progress: bool) -> None:
+          in_chans: int | None, input_size: int | None, activation_memory: float, no_progress: bool) -> None:
     """Prune MODEL with each criterion × sparsity, measure it, and store the results.
 
     MODEL is a named model (efficientnet_lite0, mnist/resnet10t, ...) or a timm architecture
@@ -175,6 +178,7 @@ def bench(obj: dict[str, Any], model: str, weights: Path | None, data_spec: str,
         calibration_size=calibration_size,
         seed=seed,
         latency_batch_size=latency_batch_size,
+        activation_memory_gib=activation_memory,
     )
     plan.configs()  # validate before loading anything heavy
     if model.startswith("mnist/") and weights is None:

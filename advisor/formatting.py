@@ -23,13 +23,16 @@ def number(value: float | None, digits: int = 1, suffix: str = "") -> str:
 
 
 def method_label(row: dict) -> str:
-    """Return 'dense', or criterion with pattern, for example 'wanda 2:4' or 'sparsegpt'."""
+    """Return 'dense', or the criterion with its reconstruction, corrections, pattern and
+    allocation, for example 'wanda 2:4' or 'magnitude+block_recon(sparse)+bias_correction (erk)'."""
     if row["criterion"] == "dense":
         return "dense"
     pattern = "" if row["pattern"] == "unstructured" else f" {row['pattern']}"
     allocation = "" if row["allocation"] in ("uniform", "none") else f" ({row['allocation']})"
-    corrections = json.loads(row.get("recipe_json") or "{}").get("corrections") or []
-    suffix = "".join(f"+{c}" for c in corrections)
+    recipe = json.loads(row.get("recipe_json") or "{}")
+    reconstruction = recipe.get("reconstruction", "none")
+    suffix = f"+{reconstruction}_recon({recipe.get('recon_input')})" if reconstruction != "none" else ""
+    suffix += "".join(f"+{c}" for c in recipe.get("corrections") or [])
     return f"{row['criterion']}{suffix}{pattern}{allocation}"
 
 

@@ -51,6 +51,8 @@ class BenchPlan:
     # One-line recipes or TOML recipe files; when given, they replace the grid of criteria,
     # allocation, corrections and patterns above.
     recipes: Sequence[str] = ()
+    # (recipe, sparsity) pairs benched in addition to the configurations above.
+    extra_recipes: Sequence[tuple[str, float]] = ()
     policy: LayerPolicy = field(default_factory=LayerPolicy)
     calibration_size: int = 128
     seed: int = 0
@@ -73,8 +75,9 @@ class BenchPlan:
             )
         if self.latency_batch_size < 1:
             raise InvalidConfigError(f"latency batch size must be at least 1, got {self.latency_batch_size}.")
+        extra = [resolve_recipe(recipe, sparsity, self.policy) for recipe, sparsity in self.extra_recipes]
         if self.recipes:
-            return self._recipe_configs()
+            return self._recipe_configs() + extra
         configs = []
         for pattern in self.patterns:
             if pattern is None:
@@ -97,7 +100,7 @@ class BenchPlan:
                             corrections=tuple(self.corrections),
                         )
                     )
-        return configs
+        return configs + extra
 
     def _recipe_configs(self) -> list[PruneConfig]:
         configs = []
@@ -114,6 +117,7 @@ class BenchPlan:
     def to_dict(self) -> dict[str, Any]:
         return {
             "recipes": list(self.recipes),
+            "extra_recipes": [list(pair) for pair in self.extra_recipes],
             "criteria": list(self.criteria),
             "sparsities": list(self.sparsities),
             "allocation": self.allocation,

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import copy
+import math
 
 import pytest
 import timm
@@ -278,6 +279,17 @@ def test_erk_hits_target_and_keeps_thin_layers_denser(resnet_layers, power):
     smallest = min(resnet_layers, key=lambda l: l.numel)
     largest = max(resnet_layers, key=lambda l: l.numel)
     assert ratios[smallest.name] < ratios[largest.name]
+    # Density = ε · (sum of dims / product of dims)^power with one ε for every layer not kept
+    # dense; rounding to whole weights moves each layer's density by less than 1/numel.
+    epsilons = []
+    for layer in resnet_layers:
+        density = 1 - ratios[layer.name]
+        if counts[layer.name] > 0:
+            shape = layer.module.weight.shape
+            raw = (sum(shape) / math.prod(shape)) ** power
+            epsilons.append((density / raw, 1 / layer.numel / raw))
+    reference = epsilons[-1][0]
+    assert all(abs(eps - reference) <= tolerance + 1e-9 + epsilons[-1][1] for eps, tolerance in epsilons)
 
 
 def test_l2_global_respects_cap(resnet_layers):

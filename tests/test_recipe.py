@@ -2,8 +2,8 @@
 
 from __future__ import annotations
 
-import re
 import json
+import re
 
 import pytest
 from click.testing import CliRunner
@@ -200,3 +200,44 @@ def test_toml_recipe_with_block_reconstruction(tmp_path):
         "learned(steps=30, lr=0.05, penalty=10)+wanda+block_recon(input=sparse, steps=200, lr=0.0001, batch=16, "
         "early_stop=0.001)+weight_correction+unstructured"
     )
+
+
+def test_bench_grid_of_recipes_with_new_parts(tmp_path):
+    from test_inputs import save_tiny_resnet, write_images
+
+    weights = tmp_path / "w.safetensors"
+    save_tiny_resnet(weights)
+    for index, name in enumerate(("a", "b", "c")):
+        write_images(tmp_path / "data" / name, 6, seed=index)
+    db_path = tmp_path / "r.duckdb"
+    recipes = [
+        "learned(steps=5)+magnitude",
+        "wanda+weight_correction+block_recon(input=sparse, steps=5, batch=2)",
+        "sparsegpt+layer_recon(input=dense, steps=5)",
+    ]
+    args = ["--db", str(db_path), "bench", "resnet10t", "--weights", str(weights), "--data", str(tmp_path / "data"),
+            "--input-size", "32", "--calibration-size", "4", "--no-progress", "--sparsity", "0.4", "--sparsity", "0.6",
+            "--activation-memory", "0"]
+    for recipe in recipes:
+        args += ["--recipe", recipe]
+    result = CliRunner().invoke(main, args)
+    assert result.exit_code == 0, result.output
+    with Store.open(db_path, read_only=True) as store:
+        rows = store.query("SELECT requested_sparsity, achieved_sparsity_targeted, recipe_json FROM results "
+                           "WHERE criterion <> 'dense'")
+    assert len(rows) == 6
+    stored = {json.loads(r["recipe_json"])["recipe"] for r in rows}
+    assert "learned(steps=5, lr=0.05, penalty=10)+magnitude+unstructured" in stored
+    assert ("uniform+wanda+block_recon(input=sparse, steps=5, lr=0.0001, batch=2, early_stop=0.001)"
+            "+weight_correction+unstructured") in stored
+    for row in rows:
+        assert row["achieved_sparsity_targeted"] == pytest.approx(row["requested_sparsity"], abs=1e-3)
+
+
+def test_bench_negative_activation_memory_exits_2(tmp_path):
+    db_path = tmp_path / "r.duckdb"
+    result = CliRunner().invoke(main, ["--db", str(db_path), "bench", "mnist/resnet10t", "--data", "mnist",
+                                       "--activation-memory", "-1"])
+    assert result.exit_code == 2
+    assert "--activation-memory" in result.stderr
+    assert not db_path.exists()

@@ -120,3 +120,16 @@ def test_ties_do_not_depend_on_row_order(fixture_db):
 def test_invalid_budgets(kwargs, message):
     with pytest.raises(BudgetError, match=message):
         Budget(**kwargs)
+
+
+def test_method_label_names_every_part_of_the_recipe():
+    import json
+
+    from advisor.formatting import method_label
+
+    recipe = {"criterion": "magnitude", "reconstruction": "block", "recon_input": "sparse",
+              "corrections": ["weight_correction", "bias_correction"]}
+    row = {"criterion": "magnitude", "pattern": "unstructured", "allocation": "learned", "recipe_json": json.dumps(recipe)}
+    assert method_label(row) == "magnitude+block_recon(sparse)+weight_correction+bias_correction (learned)"
+    assert method_label({**row, "recipe_json": json.dumps({"criterion": "magnitude"}), "allocation": "uniform",
+                         "pattern": "2:4"}) == "magnitude 2:4"

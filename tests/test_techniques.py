@@ -194,3 +194,19 @@ def test_learned_allocation_spares_the_layers_the_output_depends_on():
     shortcut = [r for name, r in ratios.items() if "downsample" in name]
     branch = [r for name, r in ratios.items() if name.startswith("layer") and "downsample" not in name]
     assert len(shortcut) == 3 and max(shortcut) < 0.4 < 0.5 <= min(branch)
+
+
+def test_sensitivity_prunes_residual_coupled_layers_for_real():
+    # In a fresh timm ResNet the residual branches end in a zero-initialised BatchNorm, so only
+    # the shortcut's downsample convolutions (coupled to the residual sum) reach the output.
+    from bench_engine.pruning.sensitivity import measure_sensitivity
+
+    model = small_model("resnet10t")
+    x = torch.randn(16, 3, 32, 32)
+    layers, _ = find_prunable_layers(model, LayerPolicy(), x[:1])
+    before = {l.name: l.module.weight.detach().clone() for l in layers}
+    table = measure_sensitivity(model, layers, x)
+    downsample = [name for name in table if "downsample" in name]
+    assert downsample and all(table[name][-1] > 1e-4 for name in downsample)
+    assert all(max(table[name]) < 1e-6 for name in table if name.endswith("conv2"))
+    assert all(torch.equal(before[l.name], l.module.weight) for l in layers)  # weights restored

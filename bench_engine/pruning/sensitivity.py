@@ -62,8 +62,14 @@ def measure_sensitivity(
             if sparsity == 0.0:
                 losses.append(0.0)
                 continue
-            pruned, _ = magnitude(matrix, int(round(sparsity * layer.numel)), None)
+            count = int(round(sparsity * layer.numel))
+            pruned, _ = magnitude(matrix, count, None)
             layer.module.weight.copy_(matrix_to_weight(layer.module, pruned))
+            # Layers coupled by a residual sum are pruned like any other: a tool that cannot
+            # prune them reports them as insensitive, so check that the zeros are really there.
+            zeros = int((layer.module.weight == 0).sum())
+            if zeros < count:
+                raise RuntimeError(f"sensitivity of {layer.name}: asked for {count} zeros, the layer has {zeros}")
             losses.append(max(_mean_kl(model, calibration, dense_log_probs, batch_size), 0.0))
         layer.module.weight.copy_(original)
         table[layer.name] = losses
