@@ -200,7 +200,8 @@ def main() -> None:
                        "--steps", str(args.steps), "--threads", str(args.threads)]
             completed = subprocess.run(command, capture_output=True, text=True)
             if completed.returncode != 0:
-                print(f"{model_name:<24} {part:<18} failed: {completed.stderr.strip().splitlines()[-1:]}", flush=True)
+                last_line = (completed.stderr.strip().splitlines() or ["no error output"])[-1]
+                print(f"{model_name:<24} {part:<18} failed: {last_line}", flush=True)
                 continue
             result = json.loads(completed.stdout.strip().splitlines()[-1])
             results.append(result)

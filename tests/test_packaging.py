@@ -43,4 +43,19 @@ def test_quickstart_asset_is_valid():
     jobs = quickstart_jobs()
     assert len(jobs) == 7  # six MNIST baselines and EfficientNet-Lite0
     assert len({job.label for job in jobs}) == 7
-    assert all(len(job.plan.configs()) == 12 for job in jobs)
+    mnist, lite0 = jobs[:6], jobs[6]
+    assert all(len(job.plan.configs()) == 22 for job in mnist)  # 12 grid + 10 technique recipes
+    assert len(lite0.plan.configs()) == 12
+
+
+def test_quickstart_covers_ten_techniques():
+    from bench_engine.suite import quickstart_jobs
+
+    configs = quickstart_jobs(include_lite0=False, models=["mnist/resnet10t"])[0].plan.configs()
+    techniques = set()
+    for config in configs:
+        techniques.update({config.criterion, config.allocation, config.pattern_name, *config.corrections})
+        if config.reconstruction != "none":
+            techniques.add(f"{config.reconstruction}_recon")
+    assert len(techniques - {"unstructured"}) >= 10
+    assert {"learned", "sensitivity", "weight_correction", "block_recon", "layer_recon"} <= techniques

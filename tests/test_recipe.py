@@ -170,7 +170,7 @@ def test_layer_recon_recipe():
         resolve_recipe("magnitude+layer_recon(epochs=3)", 0.5, POLICY)
 
 
-def test_issue_example_recipe_resolves_every_part():
+def test_full_recipe_resolves():
     recipe = "erk(power=0.5)+sparsegpt+bias_correction+block_recon(input=sparse, steps=2000)"
     config = resolve_recipe(recipe, 0.6, POLICY)
     assert (config.allocation, config.erk_power, config.criterion) == ("erk", 0.5, "sparsegpt")
@@ -202,7 +202,7 @@ def test_toml_recipe_with_block_reconstruction(tmp_path):
     )
 
 
-def test_bench_grid_of_recipes_with_new_parts(tmp_path):
+def test_bench_recipe_grid(tmp_path):
     from test_inputs import save_tiny_resnet, write_images
 
     weights = tmp_path / "w.safetensors"
@@ -234,7 +234,7 @@ def test_bench_grid_of_recipes_with_new_parts(tmp_path):
         assert row["achieved_sparsity_targeted"] == pytest.approx(row["requested_sparsity"], abs=1e-3)
 
 
-def test_bench_negative_activation_memory_exits_2(tmp_path):
+def test_bench_negative_activation_memory(tmp_path):
     db_path = tmp_path / "r.duckdb"
     result = CliRunner().invoke(main, ["--db", str(db_path), "bench", "mnist/resnet10t", "--data", "mnist",
                                        "--activation-memory", "-1"])

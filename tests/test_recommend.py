@@ -122,7 +122,7 @@ def test_invalid_budgets(kwargs, message):
         Budget(**kwargs)
 
 
-def test_method_label_names_every_part_of_the_recipe():
+def test_method_label_full_recipe():
     import json
 
     from advisor.formatting import method_label

@@ -1,7 +1,7 @@
 """Cached calibration activations within a memory budget, spilled to disk beyond it.
 
 Reconstruction keeps a unit's inputs and targets for the whole calibration set. They grow fast
-(ResNet-50's first stage holds 256×56×56 floats per image, 3.2 MB, so 3.3 GB for 1,024 images),
+(ResNet-50's first stage outputs 256×56×56 floats per image, 3.2 MB, so 3.3 GB for 1,024 images),
 so every store draws on one shared `MemoryBudget`: batches stay in memory while the budget
 allows and are written to a temporary folder beyond it, then read back one batch at a time.
 """
@@ -36,7 +36,7 @@ class MemoryBudget:
         self._files = 0
 
     def reserve(self, nbytes: int) -> bool:
-        """Count `nbytes` as held in memory if the budget allows; False means spill them."""
+        """Count `nbytes` as kept in memory if the budget allows; return False when they must spill."""
         if self.used_bytes + nbytes > self.limit_bytes:
             return False
         self.used_bytes += nbytes
@@ -54,7 +54,7 @@ class MemoryBudget:
         return self._folder / f"{self._files:06d}.npy"
 
     def cleanup(self) -> None:
-        """Delete the spill folder; call once reconstruction ends, even after an error."""
+        """Delete the spill folder. Call it once reconstruction ends, also after an error."""
         if self._folder is not None:
             shutil.rmtree(self._folder, ignore_errors=True)
             self._folder = None
@@ -73,14 +73,14 @@ class ActivationStore:
         self._budget = budget
         self._batches: list[torch.Tensor | Path] = []
         self._shapes: list[tuple[int, ...]] = []
-        self._held = 0
+        self._in_memory_bytes = 0
 
     def append(self, batch: torch.Tensor) -> None:
         batch = batch.detach()
         nbytes = batch.numel() * batch.element_size()
         if self._budget.reserve(nbytes):
             self._batches.append(batch.to("cpu", copy=True) if batch.device.type != "cpu" else batch.clone())
-            self._held += nbytes
+            self._in_memory_bytes += nbytes
         else:
             path = self._budget.spill_path()
             np.save(path, batch.cpu().numpy())
@@ -111,7 +111,7 @@ class ActivationStore:
         for item in self._batches:
             if isinstance(item, Path):
                 item.unlink(missing_ok=True)
-        self._budget.release(self._held)
-        self._held = 0
+        self._budget.release(self._in_memory_bytes)
+        self._in_memory_bytes = 0
         self._batches.clear()
         self._shapes.clear()

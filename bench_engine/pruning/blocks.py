@@ -1,8 +1,8 @@
 """Reconstruction units: the residual or transformer blocks of a model, found from one forward pass.
 
-Block-wise reconstruction fits one block at a time, and both granularities of reconstruction
-walk the model block by block so that each block's calibration inputs are computed once per
-pass from the previous block's outputs instead of re-running the whole model.
+Block-wise reconstruction fits one block at a time. Both granularities of reconstruction walk
+the model block by block, so each block's calibration inputs come from the previous block's
+outputs, computed once per pass, instead of from a new run of the whole model.
 
 A unit is a module called exactly once per forward pass with one tensor in and one tensor out.
 The units are found by walking the module tree from the root:
@@ -16,7 +16,7 @@ The units are found by walking the module tree from the root:
   block) is a unit, because its inner data flow is not a chain: it has a residual connection.
 
 Units are listed in execution order. A unit is `chained` when its input is the very tensor the
-previous unit returned, so its input can be computed from the previous unit alone; otherwise
+previous unit returned, with the same values (no in-place operation in between), so its input can be computed from the previous unit alone; otherwise
 (the stem before the first block, the pooling before a classifier) the inputs are captured by
 running the model up to the unit and stopping there.
 """
@@ -33,7 +33,7 @@ from bench_engine.pruning.layers import PrunableLayer
 
 @dataclass
 class Unit:
-    """A module reconstructed as a whole, with the target layers it holds in execution order."""
+    """A module reconstructed as a whole, with the target layers it contains in execution order."""
 
     name: str
     module: nn.Module
@@ -48,6 +48,14 @@ class _Call:
     single_tensor: bool
     input: torch.Tensor | None
     output: torch.Tensor | None
+    # Copies taken at call time: an in-place operation later (`x += shortcut`, ReLU(inplace=True))
+    # changes the recorded tensors' values but not their identity.
+    input_value: torch.Tensor | None = None
+    output_value: torch.Tensor | None = None
+
+
+def _keeps_values(module: nn.Module) -> bool:
+    return isinstance(module, (nn.Conv2d, nn.Linear)) or any(True for _ in module.children())
 
 
 def _trace_calls(model: nn.Module, example: torch.Tensor) -> dict[str, _Call]:
@@ -56,24 +64,28 @@ def _trace_calls(model: nn.Module, example: torch.Tensor) -> dict[str, _Call]:
     counter = [0]
     handles = []
 
-    def pre_hook(name):
+    def pre_hook(name, keep):
         def hook(_module, args, kwargs):
             call = calls.get(name)
             single = len(args) == 1 and not kwargs and isinstance(args[0], torch.Tensor)
             if call is None:
                 calls[name] = _Call(counter[0], 1, single, args[0] if single else None, None)
+                if single and keep:
+                    calls[name].input_value = args[0].detach().clone()
                 counter[0] += 1
             else:
                 call.count += 1
 
         return hook
 
-    def post_hook(name):
+    def post_hook(name, keep):
         def hook(_module, _args, output):
             call = calls[name]
             if call.count == 1:
                 if isinstance(output, torch.Tensor):
                     call.output = output
+                    if keep:
+                        call.output_value = output.detach().clone()
                 else:
                     call.single_tensor = False
 
@@ -81,8 +93,9 @@ def _trace_calls(model: nn.Module, example: torch.Tensor) -> dict[str, _Call]:
 
     for name, module in model.named_modules():
         if name:
-            handles.append(module.register_forward_pre_hook(pre_hook(name), with_kwargs=True))
-            handles.append(module.register_forward_hook(post_hook(name)))
+            keep = _keeps_values(module)
+            handles.append(module.register_forward_pre_hook(pre_hook(name, keep), with_kwargs=True))
+            handles.append(module.register_forward_hook(post_hook(name, keep)))
     try:
         with torch.no_grad():
             model(example)
@@ -98,22 +111,34 @@ def _is_chain(name: str, module: nn.Module, calls: dict[str, _Call]) -> bool:
     if own is None or own.count != 1 or not own.single_tensor or own.output is None:
         return False
     children = []
-    for child_name, _ in module.named_children():
+    for child_name, child in module.named_children():
         call = calls.get(f"{name}.{child_name}" if name else child_name)
         if call is None:
             continue  # not executed, for example an unused head
         if call.count != 1 or not call.single_tensor or call.output is None:
             return False
-        children.append(call)
+        children.append((call, child))
     if not children:
         return False
-    children.sort(key=lambda c: c.order)
+    children.sort(key=lambda pair: pair[0].order)
     current = own.input
-    for call in children:
+    for call, _ in children:
         if call.input is not current:
             return False
         current = call.output
-    return current is own.output
+    if current is not own.output:
+        return False
+    # The same tensor passing through is not enough: `x += shortcut` keeps its identity. Run the
+    # children one after another on the recorded input and compare with the recorded output.
+    value = own.input_value.clone()
+    with torch.no_grad():
+        for _, child in children:
+            value = child(value)
+    return _same(value, own.output_value)
+
+
+def _same(a: torch.Tensor | None, b: torch.Tensor | None) -> bool:
+    return a is not None and b is not None and a.shape == b.shape and torch.allclose(a, b, rtol=1e-4, atol=1e-5)
 
 
 def _holds_bare_layer(module: nn.Module) -> bool:
@@ -123,8 +148,8 @@ def _holds_bare_layer(module: nn.Module) -> bool:
 def find_units(model: nn.Module, layers: list[PrunableLayer], example: torch.Tensor) -> tuple[list[Unit], list[str]]:
     """Group the target layers into block units; return (units in execution order, layers left out).
 
-    Layers left out are called more than once per forward pass (shared weights) or inside a
-    module whose input is not a single tensor; they cannot be reconstructed one unit at a time.
+    Layers left out are called more than once per forward pass (shared weights) or sit inside a
+    module whose input is not a single tensor. They cannot be reconstructed one unit at a time.
     """
     calls = _trace_calls(model, example)
     targets = {layer.name: layer for layer in layers}
@@ -163,13 +188,14 @@ def find_units(model: nn.Module, layers: list[PrunableLayer], example: torch.Ten
             if _is_chain(name, child, calls) and not _holds_bare_layer(child) and not _chain_of_small(name, child):
                 walk(name, child)
             elif callable_once(name):
-                held = sorted((targets[n] for n in inside), key=lambda l: calls[l.name].order)
-                units.append(Unit(name, child, held, chained=False))
+                contained = sorted((targets[n] for n in inside), key=lambda l: calls[l.name].order)
+                units.append(Unit(name, child, contained, chained=False))
             else:
                 walk(name, child)
 
     walk("", model)
     units.sort(key=lambda u: calls[u.name].order)
     for previous, unit in zip(units, units[1:]):
-        unit.chained = calls[unit.name].input is calls[previous.name].output
+        current, before = calls[unit.name], calls[previous.name]
+        unit.chained = current.input is before.output and _same(current.input_value, before.output_value)
     return units, left_out

@@ -22,7 +22,7 @@ def correct_weights(dense_layers: list[PrunableLayer], sparse_layers: list[Pruna
     """Rescale each pruned output channel's kept weights to the dense channel's mean and std.
 
     Kept weights w become a·w + b, with a and b solved per output channel so that the channel's
-    weights (zeros included, over all K inputs) have the dense mean μ and variance σ²; pruned
+    weights (zeros included, over all K inputs) have the dense mean μ and variance σ². Pruned
     weights stay zero. With k of K weights kept, S1 and S2 the sum and sum of squares of the
     kept weights: a² = (K(σ² + μ²) − K²μ²/k) / (S2 − S1²/k) and b = (Kμ − a·S1)/k. A channel for
     which no positive a exists (a mean too large for its spread) is left as it is. Returns the
@@ -36,14 +36,14 @@ def correct_weights(dense_layers: list[PrunableLayer], sparse_layers: list[Pruna
         if bool(kept_mask.all()):
             continue
         total = original.shape[2]
-        kept = kept_mask.sum(dim=2).double()
+        kept_count = kept_mask.sum(dim=2).double()
         mean, variance = original.mean(dim=2), original.var(dim=2, unbiased=False)
         s1, s2 = pruned.sum(dim=2), pruned.square().sum(dim=2)
-        spread = s2 - s1.square() / kept.clamp(min=1)
-        numerator = total * (variance + mean.square()) - total**2 * mean.square() / kept.clamp(min=1)
-        valid = (kept > 0) & (kept < total) & (spread > 1e-30) & (numerator > 0)
+        spread = s2 - s1.square() / kept_count.clamp(min=1)
+        numerator = total * (variance + mean.square()) - total**2 * mean.square() / kept_count.clamp(min=1)
+        valid = (kept_count > 0) & (kept_count < total) & (spread > 1e-30) & (numerator > 0)
         scale = torch.where(valid, (numerator / spread.clamp(min=1e-30)).clamp(min=0).sqrt(), torch.ones_like(s1))
-        shift = torch.where(valid, (total * mean - scale * s1) / kept.clamp(min=1), torch.zeros_like(s1))
+        shift = torch.where(valid, (total * mean - scale * s1) / kept_count.clamp(min=1), torch.zeros_like(s1))
         corrected = torch.where(kept_mask, pruned * scale.unsqueeze(2) + shift.unsqueeze(2), torch.zeros_like(pruned))
         sparse.module.weight.copy_(matrix_to_weight(sparse.module, corrected.float()))
         changed += int(valid.sum())

@@ -10,9 +10,9 @@ cached once, the dense block's outputs become the targets, and the pruned copy i
 
 The inputs fed to the pruned weights are the dense model's (`input="dense"`) or the pruned
 model's own (`input="sparse"`, which also repairs the error of earlier blocks). The outputs of
-one block are the next block's inputs, so the calibration set runs through each model once;
-only blocks that do not follow the previous one directly (the first block after the stem, a
-classifier after pooling) run the model up to the block again and stop there.
+one block are the next block's inputs, so the calibration set runs through each model once.
+Only for a block that does not follow the previous one directly (the first block after the
+stem, a classifier after pooling) is the model run again, up to that block.
 
 Adam updates the weights of the pruned layers with the mask held fixed, so pruned weights stay
 zero; biases and normalisation layers are not changed. A fit that does not lower the error on
