@@ -32,6 +32,7 @@ from bench_engine.pruning.reconstruction import ReconstructionSettings, reconstr
 from bench_engine.pruning.recipe import resolve_recipe
 from bench_engine.pruning.prune import measure_sparsity
 from bench_engine.pruning.sensitivity import cached_sensitivity
+from bench_engine.storage import FORMATS, model_storage
 from db import DatabaseLockedError, Store
 
 log = logging.getLogger(__name__)
@@ -235,6 +236,7 @@ def bench_model(
             "achieved_sparsity_targeted": dense_sparsity.targeted,
             "layer_sparsity_json": json.dumps(dense_sparsity.per_layer),
             "skipped_layers_json": json.dumps(excluded),
+            "weight_bytes_json": weight_bytes_json(dense),
             "prune_seconds": 0.0,
         }
     )
@@ -280,6 +282,7 @@ def bench_model(
                 "achieved_sparsity_targeted": counted.targeted,
                 "layer_sparsity_json": json.dumps(counted.per_layer),
                 "skipped_layers_json": json.dumps({**excluded, **report.skipped}),
+                "weight_bytes_json": weight_bytes_json(sparse),
                 "prune_seconds": technique_seconds,
             }
         )
@@ -289,6 +292,12 @@ def bench_model(
 
     names = list(rows[0])
     return {name: [row[name] for row in rows] for name in names}
+
+
+def weight_bytes_json(model: torch.nn.Module) -> str:
+    """Return the model's Conv2d and Linear weight bytes per storage format, as stored JSON."""
+    storage = model_storage(model, value_bytes=4, index_bytes=4)
+    return json.dumps({name: storage.total(name) for name in FORMATS})
 
 
 def model_row(bundle: ModelBundle) -> dict[str, Any]:

@@ -95,4 +95,11 @@ MIGRATION_1 = [
 ]
 
 # Each entry moves the schema from version (index) to version (index + 1).
-MIGRATIONS: list[list[str]] = [MIGRATION_1]
+# Version 2: the weight bytes of each result's evaluated model in every storage format, as JSON
+# {"dense": ..., "csr": ..., "bitmask": ..., "semi_structured_2_4": ...}, counted at float32
+# values and int32 indices. Rows written before version 2 have NULL.
+MIGRATION_2 = [
+    "ALTER TABLE results ADD COLUMN weight_bytes_json VARCHAR",
+]
+
+MIGRATIONS: list[list[str]] = [MIGRATION_1, MIGRATION_2]

@@ -59,7 +59,10 @@ def test_bench_cli_stores_complete_rows(tiny_setup):
         assert row["eval_size"] == 6
         per_layer = json.loads(row["layer_sparsity_json"])
         assert len(per_layer) == model["num_conv_linear_layers"]
+        weight_bytes = json.loads(row["weight_bytes_json"])
+        assert weight_bytes["dense"] == 4 * model["conv_linear_param_count"]
         if row["criterion"] == "dense":
+            assert weight_bytes["csr"] > weight_bytes["dense"]  # no zeros to leave out
             assert row["top1_agreement"] == 100.0
             assert row["kl_divergence"] == pytest.approx(0, abs=1e-6)
         elif row["pattern"] == "unstructured":
@@ -71,6 +74,7 @@ def test_bench_cli_stores_complete_rows(tiny_setup):
         else:
             assert row["pattern"] == "2:4"
             assert row["requested_sparsity"] == 0.5
+            assert weight_bytes["semi_structured_2_4"] < weight_bytes["dense"]
     skipped = json.loads(rows[0]["skipped_layers_json"])
     assert "first layer" in skipped["conv1.0"]
 

@@ -124,3 +124,24 @@ def test_run_lifecycle(tmp_path):
     assert run["status"] == "failed"
     assert run["error"] == "boom"
     assert run["finished_at"] is not None
+
+
+def test_version_1_file_migrates_on_write_open(tmp_path):
+    import duckdb
+
+    from db.migrations import MIGRATION_1
+
+    path = tmp_path / "v1.duckdb"
+    con = duckdb.connect(str(path))
+    con.execute("CREATE TABLE schema_version (version INTEGER NOT NULL, applied_at TIMESTAMP NOT NULL)")
+    for statement in MIGRATION_1:
+        con.execute(statement)
+    con.execute("INSERT INTO schema_version VALUES (1, now())")
+    con.close()
+    with pytest.raises(DatabaseError, match="needs migration"):
+        Store.open(path, read_only=True)
+    with Store.open(path) as store:
+        assert store.schema_version() == SCHEMA_VERSION
+        assert "weight_bytes_json" in store.columns("results")
+        insert_rows(store, [make_result(weight_bytes_json='{"dense": 16}')])
+        assert store.query("SELECT weight_bytes_json FROM results")[0]["weight_bytes_json"] == '{"dense": 16}'
