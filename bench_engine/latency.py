@@ -1,7 +1,14 @@
-"""Batch latency of a model on the CPU with PyTorch eager execution."""
+"""Batch latency of a model on the CPU with PyTorch eager execution.
+
+The protocol: untimed warm-up passes until the pass time is stable, then timed repeats bounded
+by a count and by a time limit. It reports the median (p50), p90 and p99, the spread (IQR
+divided by the median) and the throughput at the median. Callers warn when the spread is above
+SPREAD_WARNING.
+"""
 
 from __future__ import annotations
 
+import logging
 import statistics
 import time
 from dataclasses import asdict, dataclass
@@ -9,7 +16,11 @@ from dataclasses import asdict, dataclass
 import torch
 from torch import nn
 
+log = logging.getLogger(__name__)
+
 RUNTIME = "torch-eager"
+# Above this spread (IQR / median) the timings are too noisy for small differences to count.
+SPREAD_WARNING = 0.10
 
 
 @dataclass
@@ -20,6 +31,9 @@ class LatencyResult:
     batch_size: int
     p50_ms: float
     p90_ms: float
+    p99_ms: float
+    spread: float  # interquartile range divided by the median
+    throughput: float  # inputs per second at the median latency
     warmup: int
     repeats: int
     num_threads: int
@@ -39,6 +53,33 @@ def percentile(samples: list[float], q: float) -> float:
     return ordered[low] + (ordered[high] - ordered[low]) * (position - low)
 
 
+def _timed(model: nn.Module, x: torch.Tensor) -> float:
+    start = time.perf_counter()
+    model(x)
+    return (time.perf_counter() - start) * 1000
+
+
+def warm_up(model: nn.Module, x: torch.Tensor, minimum: int, maximum: int, max_seconds: float,
+            tolerance: float = 0.05, window: int = 3) -> int:
+    """Run untimed passes until the median of the last `window` passes moves by less than
+    `tolerance` from the window before; return the passes run.
+
+    At least `minimum` and at most `maximum` passes run, and no more once `max_seconds` have
+    passed (after `minimum`).
+    """
+    times: list[float] = []
+    deadline = time.perf_counter() + max_seconds
+    while len(times) < maximum:
+        times.append(_timed(model, x))
+        if len(times) < max(minimum, 2 * window):
+            continue
+        current = statistics.median(times[-window:])
+        previous = statistics.median(times[-2 * window : -window])
+        if abs(current - previous) <= tolerance * previous or time.perf_counter() >= deadline:
+            break
+    return len(times)
+
+
 @torch.inference_mode()
 def measure_latency(
     model: nn.Module,
@@ -47,28 +88,33 @@ def measure_latency(
     warmup: int = 5,
     repeats: int = 30,
     max_seconds: float = 5.0,
+    max_warmup: int = 50,
 ) -> LatencyResult:
-    """Time `repeats` forward passes after `warmup` untimed ones; stop early after `max_seconds`.
+    """Warm up until stable, then time up to `repeats` forward passes within `max_seconds`.
 
-    The thread count is whatever torch is set to (`torch.set_num_threads`); it is recorded.
-    At least 5 timed repeats are always taken, so p90 is meaningful even for slow models.
+    `warmup` is the minimum number of warm-up passes and `max_warmup` the maximum. The thread
+    count is whatever torch is set to (`torch.set_num_threads`); it is recorded. At least 5
+    timed repeats are always taken, so p90 is meaningful even for slow models.
     """
     model.eval()
     x = torch.randn(batch_size, *input_shape)
-    for _ in range(warmup):
-        model(x)
+    warmup_passes = warm_up(model, x, minimum=warmup, maximum=max(warmup, max_warmup), max_seconds=max_seconds / 4)
     samples: list[float] = []
     deadline = time.perf_counter() + max_seconds
     while len(samples) < repeats and (len(samples) < 5 or time.perf_counter() < deadline):
-        start = time.perf_counter()
-        model(x)
-        samples.append((time.perf_counter() - start) * 1000)
+        samples.append(_timed(model, x))
+    median = statistics.median(samples)
+    spread = (percentile(samples, 75) - percentile(samples, 25)) / median if median > 0 else 0.0
+    log.debug("latency p50 %.3f ms, spread %.1f %% over %d repeats", median, spread * 100, len(samples))
     return LatencyResult(
         runtime=RUNTIME,
         batch_size=batch_size,
-        p50_ms=statistics.median(samples),
+        p50_ms=median,
         p90_ms=percentile(samples, 90),
-        warmup=warmup,
+        p99_ms=percentile(samples, 99),
+        spread=spread,
+        throughput=batch_size / (median / 1000) if median > 0 else 0.0,
+        warmup=warmup_passes,
         repeats=len(samples),
         num_threads=torch.get_num_threads(),
     )

@@ -19,7 +19,7 @@ from bench_engine import __version__
 from bench_engine.data import DataSplits
 from bench_engine.environment import environment_key, environment_profile
 from bench_engine.errors import DataError, InvalidConfigError
-from bench_engine.latency import measure_latency
+from bench_engine.latency import SPREAD_WARNING, measure_latency
 from bench_engine.metrics import predict, score
 from bench_engine.models import ModelBundle, architecture_features
 from bench_engine.paths import data_dir
@@ -214,6 +214,9 @@ def bench_model(
             "latency_batch_size": result.batch_size,
             "latency_p50_ms": result.p50_ms,
             "latency_p90_ms": result.p90_ms,
+            "latency_p99_ms": result.p99_ms,
+            "latency_spread": result.spread,
+            "throughput_per_s": result.throughput,
             "latency_warmup": result.warmup,
             "latency_repeats": result.repeats,
             "num_threads": result.num_threads,
@@ -290,6 +293,14 @@ def bench_model(
             progress.update(1)
         del sparse
 
+    noisy = [row for row in rows if row["latency_spread"] > SPREAD_WARNING]
+    if noisy:
+        worst = max(row["latency_spread"] for row in noisy)
+        log.warning(
+            "%s: %d of %d latency measurements have a spread (IQR / median) above %.0f %%, up to %.0f %%; "
+            "the machine may have been busy, so small latency differences between these rows are noise",
+            bundle.model_key, len(noisy), len(rows), SPREAD_WARNING * 100, worst * 100,
+        )
     names = list(rows[0])
     return {name: [row[name] for row in rows] for name in names}
 

@@ -98,8 +98,13 @@ MIGRATION_1 = [
 # Version 2: the weight bytes of each result's evaluated model in every storage format, as JSON
 # {"dense": ..., "csr": ..., "bitmask": ..., "semi_structured_2_4": ...}, counted at float32
 # values and int32 indices. Rows written before version 2 have NULL.
+# The latency columns added with it: p99, the spread (interquartile range / median) and the
+# throughput in inputs per second at the median.
 MIGRATION_2 = [
     "ALTER TABLE results ADD COLUMN weight_bytes_json VARCHAR",
+    "ALTER TABLE results ADD COLUMN latency_p99_ms DOUBLE",
+    "ALTER TABLE results ADD COLUMN latency_spread DOUBLE",
+    "ALTER TABLE results ADD COLUMN throughput_per_s DOUBLE",
 ]
 
 MIGRATIONS: list[list[str]] = [MIGRATION_1, MIGRATION_2]

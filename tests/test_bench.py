@@ -53,6 +53,9 @@ def test_bench_cli_stores_complete_rows(tiny_setup):
         assert row["top5"] is not None
         assert row["latency_p50_ms"] > 0
         assert row["latency_p90_ms"] >= row["latency_p50_ms"]
+        assert row["latency_p99_ms"] >= row["latency_p90_ms"]
+        assert row["latency_spread"] >= 0
+        assert row["throughput_per_s"] == pytest.approx(1000 / row["latency_p50_ms"])
         assert row["num_threads"] == 1
         assert row["latency_batch_size"] == 1
         assert row["calibration_size"] == 8
