@@ -1,0 +1,233 @@
+"""Runtimes that execute a pruned model, dense or sparse, behind one small interface.
+
+Each runtime turns a PyTorch model into a callable for one input shape and says whether a
+sparse kernel runs. A runtime that is not installed, or not supported on this hardware, gives
+the reason instead of a result. Before any timing counts, `check_outputs` compares a runtime's
+outputs with the dense-with-zeros PyTorch model. Adding a runtime is one subclass of `Runtime`
+registered in RUNTIMES.
+"""
+
+from __future__ import annotations
+
+import importlib.util
+import io
+import logging
+import warnings
+from collections.abc import Callable
+from dataclasses import dataclass
+
+import torch
+from torch import nn
+
+from bench_engine.errors import BenchError
+
+log = logging.getLogger(__name__)
+
+
+class RuntimeUnavailableError(BenchError):
+    """The runtime is not installed or does not support this hardware or model."""
+
+
+class OutputMismatchError(BenchError):
+    """A runtime's outputs differ from the PyTorch model's, so its timings would mean nothing."""
+
+
+@dataclass
+class PreparedModel:
+    """A model ready to run on one runtime, with the sparse kernels it uses."""
+
+    runtime: str
+    run: Callable[[torch.Tensor], torch.Tensor]
+    sparse_kernel: str | None  # None when every layer runs a dense kernel
+    sparse_layers: int = 0
+
+
+class Runtime:
+    """A way to execute a model; subclasses set `name` and implement `prepare`."""
+
+    name = ""
+
+    def unavailable_reason(self) -> str | None:
+        """Return why this runtime cannot run here, or None when it can."""
+        return None
+
+    def prepare(self, model: nn.Module, example: torch.Tensor) -> PreparedModel:
+        raise NotImplementedError
+
+    def require(self) -> None:
+        reason = self.unavailable_reason()
+        if reason:
+            raise RuntimeUnavailableError(f"runtime {self.name} is unavailable: {reason}")
+
+
+class TorchEager(Runtime):
+    """PyTorch eager execution with dense kernels: pruned weights are multiplied as zeros."""
+
+    name = "torch-eager"
+
+    def prepare(self, model: nn.Module, example: torch.Tensor) -> PreparedModel:
+        model.eval()
+        return PreparedModel(self.name, model, sparse_kernel=None)
+
+
+class CsrLinear(nn.Module):
+    """A Linear layer whose weight is stored in CSR and multiplied with torch.sparse.mm."""
+
+    def __init__(self, linear: nn.Linear):
+        super().__init__()
+        self.in_features, self.out_features = linear.in_features, linear.out_features
+        self.weight = linear.weight.detach().to_sparse_csr()
+        self.bias = None if linear.bias is None else linear.bias.detach().clone()
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        flat = x.reshape(-1, self.in_features)
+        # (out, in) sparse × (in, rows) dense, transposed back to (rows, out).
+        out = torch.sparse.mm(self.weight, flat.t()).t()
+        if self.bias is not None:
+            out = out + self.bias
+        return out.reshape(*x.shape[:-1], self.out_features)
+
+
+class TorchSparseCsr(Runtime):
+    """PyTorch with every sparse enough Linear layer in CSR; convolutions stay dense.
+
+    A Linear layer is converted when at least `min_sparsity` of its weights are zero.
+    """
+
+    name = "torch-sparse-csr"
+
+    def __init__(self, min_sparsity: float = 0.3):
+        self.min_sparsity = min_sparsity
+
+    def prepare(self, model: nn.Module, example: torch.Tensor) -> PreparedModel:
+        import copy
+
+        converted = copy.deepcopy(model).eval()
+        count = 0
+        for parent in list(converted.modules()):
+            for child_name, child in list(parent.named_children()):
+                if isinstance(child, nn.Linear):
+                    sparsity = float((child.weight == 0).double().mean())
+                    if sparsity >= self.min_sparsity:
+                        setattr(parent, child_name, CsrLinear(child))
+                        count += 1
+        kernel = f"torch.sparse.mm CSR × dense for {count} Linear layers" if count else None
+        return PreparedModel(self.name, converted, sparse_kernel=kernel, sparse_layers=count)
+
+
+class OnnxRuntimeCpu(Runtime):
+    """ONNX Runtime with its CPU execution provider; the exported graph has dense weights."""
+
+    name = "onnxruntime-cpu"
+
+    def unavailable_reason(self) -> str | None:
+        missing = [m for m in ("onnx", "onnxruntime") if importlib.util.find_spec(m) is None]
+        if missing:
+            return f"Python package {' and '.join(missing)} not installed; pip install onnx onnxruntime"
+        return None
+
+    def prepare(self, model: nn.Module, example: torch.Tensor) -> PreparedModel:
+        self.require()
+        import onnxruntime
+
+        model.eval()
+        buffer = io.BytesIO()
+        # NOTE: the TorchScript-based exporter (dynamo=False) is deprecated since PyTorch 2.9, but
+        # the torch.export-based one needs onnxscript, which is not a dependency.
+        with warnings.catch_warnings():
+            # The tracer warns about Python branches on tensor values (timm's attention masks);
+            # check_outputs catches any graph that does not match the model.
+            warnings.simplefilter("ignore", torch.jit.TracerWarning)
+            warnings.simplefilter("ignore", DeprecationWarning)
+            torch.onnx.export(
+                model, (example,), buffer, dynamo=False, input_names=["input"], output_names=["output"],
+                dynamic_axes={"input": {0: "batch"}, "output": {0: "batch"}},
+            )
+        options = onnxruntime.SessionOptions()
+        options.intra_op_num_threads = torch.get_num_threads()
+        session = onnxruntime.InferenceSession(buffer.getvalue(), options, providers=["CPUExecutionProvider"])
+
+        def run(x: torch.Tensor) -> torch.Tensor:
+            return torch.from_numpy(session.run(None, {"input": x.detach().numpy()})[0])
+
+        return PreparedModel(self.name, run, sparse_kernel=None)
+
+
+class TorchSemiStructuredCuda(Runtime):
+    """PyTorch 2:4 semi-structured sparsity for Linear layers on a CUDA GPU (compute capability 8.0+)."""
+
+    name = "torch-2:4-cuda"
+
+    def unavailable_reason(self) -> str | None:
+        if not torch.cuda.is_available():
+            return "no CUDA device; 2:4 semi-structured kernels run only on NVIDIA GPUs"
+        major, _ = torch.cuda.get_device_capability()
+        if major < 8:
+            return f"GPU {torch.cuda.get_device_name()} has compute capability {major}.x; 2:4 kernels need 8.0 or newer"
+        return None
+
+    def prepare(self, model: nn.Module, example: torch.Tensor) -> PreparedModel:
+        self.require()
+        # NOTE: written to PyTorch's documented API, but never run here: this machine has no GPU.
+        from torch.sparse import to_sparse_semi_structured
+
+        converted = model.half().cuda().eval()
+        count = 0
+        for module in converted.modules():
+            if isinstance(module, nn.Linear):
+                groups = (module.weight != 0).reshape(module.out_features, -1, 4).sum(dim=2)
+                if module.in_features % 4 == 0 and bool((groups <= 2).all()):
+                    module.weight = nn.Parameter(to_sparse_semi_structured(module.weight.detach()))
+                    count += 1
+
+        def run(x: torch.Tensor) -> torch.Tensor:
+            return converted(x.half().cuda()).float().cpu()
+
+        kernel = f"2:4 semi-structured for {count} Linear layers" if count else None
+        return PreparedModel(self.name, run, sparse_kernel=kernel, sparse_layers=count)
+
+
+RUNTIMES: dict[str, Runtime] = {
+    runtime.name: runtime for runtime in (TorchEager(), TorchSparseCsr(), OnnxRuntimeCpu(), TorchSemiStructuredCuda())
+}
+
+
+def get_runtime(name: str) -> Runtime:
+    try:
+        return RUNTIMES[name]
+    except KeyError:
+        raise RuntimeUnavailableError(f"unknown runtime {name!r}; choose from {', '.join(RUNTIMES)}.") from None
+
+
+@torch.inference_mode()
+def check_outputs(reference: nn.Module, prepared: PreparedModel, example: torch.Tensor,
+                  rtol: float = 1e-3, atol: float = 1e-4) -> float:
+    """Compare a prepared model's outputs with the PyTorch model's; return the max abs difference.
+
+    Raises OutputMismatchError when they differ by more than the tolerances.
+    """
+    expected = reference.eval()(example).float()
+    actual = prepared.run(example).float()
+    if actual.shape != expected.shape:
+        raise OutputMismatchError(
+            f"runtime {prepared.runtime} returned shape {tuple(actual.shape)}, expected {tuple(expected.shape)}"
+        )
+    difference = float((actual - expected).abs().max())
+    if not torch.allclose(actual, expected, rtol=rtol, atol=atol):
+        raise OutputMismatchError(
+            f"runtime {prepared.runtime} outputs differ from PyTorch's by up to {difference:.3g} "
+            f"(tolerance rtol={rtol:g}, atol={atol:g}); its timings are not recorded."
+        )
+    return difference
+
+
+def speedup_verdict(dense_ms: float, sparse_ms: float, sparse_kernel: str | None) -> str:
+    """Say in one line whether a sparse result is faster than dense on the same runtime and batch."""
+    ratio = dense_ms / sparse_ms if sparse_ms > 0 else float("nan")
+    if sparse_kernel is None:
+        return f"no sparse kernel ran: zeros are multiplied like other weights ({ratio:.2f}× dense speed)"
+    if ratio >= 1.05:
+        return f"{sparse_kernel}: {ratio:.2f}× faster than dense"
+    if ratio <= 0.95:
+        return f"{sparse_kernel}: {1 / ratio:.2f}× slower than dense"
+    return f"{sparse_kernel}: no measurable change ({ratio:.2f}× dense speed)"
