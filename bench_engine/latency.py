@@ -11,6 +11,7 @@ from __future__ import annotations
 import logging
 import statistics
 import time
+from collections.abc import Callable
 from dataclasses import asdict, dataclass
 
 import torch
@@ -82,7 +83,7 @@ def warm_up(model: nn.Module, x: torch.Tensor, minimum: int, maximum: int, max_s
 
 @torch.inference_mode()
 def measure_latency(
-    model: nn.Module,
+    model: nn.Module | Callable[[torch.Tensor], object],
     input_shape: tuple[int, ...],
     batch_size: int = 1,
     warmup: int = 5,
@@ -92,11 +93,13 @@ def measure_latency(
 ) -> LatencyResult:
     """Warm up until stable, then time up to `repeats` forward passes within `max_seconds`.
 
+    `model` is a module or any callable taking one input batch, such as a prepared runtime.
     `warmup` is the minimum number of warm-up passes and `max_warmup` the maximum. The thread
     count is whatever torch is set to (`torch.set_num_threads`); it is recorded. At least 5
     timed repeats are always taken, so p90 is meaningful even for slow models.
     """
-    model.eval()
+    if isinstance(model, nn.Module):
+        model.eval()
     x = torch.randn(batch_size, *input_shape)
     warmup_passes = warm_up(model, x, minimum=warmup, maximum=max(warmup, max_warmup), max_seconds=max_seconds / 4)
     samples: list[float] = []
