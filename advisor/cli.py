@@ -198,6 +198,70 @@ def bench(obj: dict[str, Any], model: str, weights: Path | None, data_spec: str,
     click.echo(f"run {run_id}: stored {rows[0]['n']} results for {bundle.model_key} in {obj['db']}")
 
 
+# -- latency -----------------------------------------------------------------------------------
+
+
+def _comma_list(value: str | None) -> list[str]:
+    return [part.strip() for part in (value or "").split(",") if part.strip()]
+
+
+@main.command()
+@click.argument("model")
+@click.option("--weights", type=click.Path(path_type=Path), default=None,
+              help="Local .safetensors or PyTorch state dict file; not needed for named models.")
+@click.option("--runtime", "runtimes", default="torch-eager,torch-sparse-csr,onnxruntime-cpu", show_default=True,
+              help="Comma-separated runtimes: torch-eager, torch-sparse-csr, onnxruntime-cpu, torch-2:4-cuda.")
+@click.option("--batch", "batches", default="1,16", show_default=True, help="Comma-separated batch sizes.")
+@click.option("--sparsity", "sparsities", default="0.5,0.7,0.9", show_default=True,
+              help="Comma-separated sparsities (fractions) or N:M patterns such as 2:4; dense is always timed too.")
+@click.option("--repeats", type=click.IntRange(min=5), default=30, show_default=True, help="Timed passes at most, per measurement.")
+@click.option("--max-seconds", type=click.FloatRange(min=0.1), default=5.0, show_default=True,
+              help="Time limit for the timed passes of one measurement (at least 5 passes always run).")
+@click.option("--threads", type=click.IntRange(min=1), default=None, help="torch and ONNX Runtime threads; recorded.")
+@click.option("--num-classes", type=click.IntRange(min=1), default=None, help="Override the class count read from the weights.")
+@click.option("--in-chans", type=click.IntRange(min=1), default=None, help="Override the input channel count read from the weights.")
+@click.option("--input-size", type=click.IntRange(min=8), default=None, help="Square input size in pixels. Default: the model's.")
+@click.option("--json", "as_json", is_flag=True, help="Print the measurements as JSON on stdout.")
+@click.pass_obj
+@handle_errors
+def latency(obj: dict[str, Any], model: str, weights: Path | None, runtimes: str, batches: str, sparsities: str,
+            repeats: int, max_seconds: float, threads: int | None, num_classes: int | None, in_chans: int | None,
+            input_size: int | None, as_json: bool) -> None:
+    """Time MODEL dense and magnitude-pruned on each runtime and batch size, with a verdict per result.
+
+    Every runtime's outputs are checked against PyTorch's before its timings count. A runtime
+    that is not installed or not supported here is reported on stderr and skipped.
+    """
+    from bench_engine.errors import InvalidConfigError
+    from bench_engine.latency_bench import LatencyPlan, run_latency
+    from bench_engine.models import load_model
+
+    try:
+        batch_sizes = [int(b) for b in _comma_list(batches)]
+    except ValueError:
+        raise InvalidConfigError(f"invalid --batch {batches!r}: give comma-separated integers such as 1,16.") from None
+    plan = LatencyPlan(runtimes=_comma_list(runtimes), batch_sizes=batch_sizes, sparsities=_comma_list(sparsities),
+                       repeats=repeats, max_seconds=max_seconds)
+    plan.configs()  # validate before loading anything heavy
+    if threads is not None:
+        import torch
+
+        torch.set_num_threads(threads)
+    if model.startswith("mnist/") and weights is None:
+        from bench_engine.suite import train_missing_baselines
+
+        train_missing_baselines([model], show_progress=False)
+    bundle = load_model(model, weights, num_classes=num_classes, in_chans=in_chans, input_size=input_size)
+    run_id, rows, unavailable = run_latency(obj["db"], bundle, plan, _command_line())
+    for name, reason in unavailable.items():
+        click.echo(f"runtime {name} skipped: {reason}", err=True)
+    if as_json:
+        click.echo(json.dumps({"run_id": run_id, "unavailable": unavailable, "measurements": rows}, indent=2, default=str))
+        return
+    click.echo(formatting.latency_table(rows))
+    click.echo(f"run {run_id}: stored {len(rows)} latency measurements for {bundle.model_key} in {obj['db']}")
+
+
 # -- recommend ---------------------------------------------------------------------------------
 
 

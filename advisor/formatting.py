@@ -110,3 +110,26 @@ def recommendation_text(result: Recommendation, limit: int = 10) -> str:
             rows.append([*candidate_cells(c), misses])
         parts.append(_table(rows, [*HEADERS, "why it fails"]))
     return "\n".join(parts)
+
+
+LATENCY_HEADERS = ["runtime", "batch", "sparsity", "p50 ms", "p90 ms", "spread", "speedup", "verdict"]
+
+
+def latency_table(rows: list[dict]) -> str:
+    """Return `ptsa latency` measurements as a plain table, one line per runtime, batch and sparsity."""
+    cells = []
+    for row in rows:
+        sparsity = "dense" if row["criterion"] == "dense" else (
+            row["pattern"] if row["pattern"] != "unstructured" else f"{row['requested_sparsity']:.0%}"
+        )
+        cells.append([
+            row["runtime"],
+            str(row["batch_size"]),
+            sparsity,
+            number(row["p50_ms"], 2),
+            number(row["p90_ms"], 2),
+            number(row["spread"] * 100, 0, " %"),
+            "-" if row["speedup"] is None else f"{row['speedup']:.2f}×",
+            row["verdict"] or "baseline",
+        ])
+    return _table(cells, LATENCY_HEADERS)

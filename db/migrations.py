@@ -105,6 +105,38 @@ MIGRATION_2 = [
     "ALTER TABLE results ADD COLUMN latency_p99_ms DOUBLE",
     "ALTER TABLE results ADD COLUMN latency_spread DOUBLE",
     "ALTER TABLE results ADD COLUMN throughput_per_s DOUBLE",
+    # One row per timing of a model on one runtime and batch size (`ptsa latency`). Dense rows
+    # have sparsity 0; a sparse row's speedup and verdict compare it with the dense row of the
+    # same model, runtime, batch size and run.
+    """
+    CREATE TABLE latency (
+        latency_id VARCHAR PRIMARY KEY,
+        run_id VARCHAR NOT NULL,
+        model_key VARCHAR NOT NULL,
+        env_key VARCHAR NOT NULL,
+        runtime VARCHAR NOT NULL,         -- 'torch-eager', 'torch-sparse-csr', 'onnxruntime-cpu', ...
+        batch_size INTEGER NOT NULL,
+        criterion VARCHAR NOT NULL,       -- 'dense' or the criterion that pruned the timed model
+        requested_sparsity DOUBLE NOT NULL,
+        pattern VARCHAR NOT NULL,         -- 'dense', 'unstructured' or N:M such as '2:4'
+        achieved_sparsity DOUBLE NOT NULL, -- over the layers the policy targets
+        sparse_kernel VARCHAR,            -- the sparse kernel that ran; NULL when only dense kernels ran
+        sparse_layers INTEGER NOT NULL,
+        max_abs_diff DOUBLE NOT NULL,     -- largest output difference from the PyTorch model
+        p50_ms DOUBLE NOT NULL,
+        p90_ms DOUBLE NOT NULL,
+        p99_ms DOUBLE NOT NULL,
+        spread DOUBLE NOT NULL,           -- interquartile range / median
+        throughput_per_s DOUBLE NOT NULL,
+        warmup INTEGER NOT NULL,
+        repeats INTEGER NOT NULL,
+        num_threads INTEGER NOT NULL,
+        speedup DOUBLE,                   -- dense p50 / this p50; NULL for dense rows
+        verdict VARCHAR,
+        weight_bytes_json VARCHAR NOT NULL,
+        created_at TIMESTAMP NOT NULL
+    )
+    """,
 ]
 
 MIGRATIONS: list[list[str]] = [MIGRATION_1, MIGRATION_2]

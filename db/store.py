@@ -239,34 +239,41 @@ class Store:
         `columns` maps column names to equal-length sequences. `created_at` is filled in when
         absent. Returns the number of rows inserted; on any error nothing is inserted.
         """
-        self._require_writable()
-        known = self.columns("results")
-        unknown = sorted(set(columns) - set(known))
-        if unknown:
-            raise InvalidRowsError(f"unknown results columns: {unknown}; known columns: {known}")
-        lengths = {name: len(values) for name, values in columns.items()}
-        if len(set(lengths.values())) > 1:
-            raise InvalidRowsError(f"results columns have unequal lengths: {lengths}")
-        n_rows = next(iter(lengths.values()), 0)
-        if n_rows == 0:
-            return 0
         bad = sorted({p for p in columns.get("provenance", []) if p not in PROVENANCES})
         if bad:
             raise InvalidRowsError(f"invalid provenance {bad}; use one of {list(PROVENANCES)}")
+        return self._insert_columns("results", columns)
+
+    def insert_latency(self, columns: Mapping[str, Sequence[Any]]) -> int:
+        """Insert latency rows given column-wise, like `insert_results`."""
+        return self._insert_columns("latency", columns)
+
+    def _insert_columns(self, table: str, columns: Mapping[str, Sequence[Any]]) -> int:
+        self._require_writable()
+        known = self.columns(table)
+        unknown = sorted(set(columns) - set(known))
+        if unknown:
+            raise InvalidRowsError(f"unknown {table} columns: {unknown}; known columns: {known}")
+        lengths = {name: len(values) for name, values in columns.items()}
+        if len(set(lengths.values())) > 1:
+            raise InvalidRowsError(f"{table} columns have unequal lengths: {lengths}")
+        n_rows = next(iter(lengths.values()), 0)
+        if n_rows == 0:
+            return 0
 
         batch = {name: np.array(list(values), dtype=object) for name, values in columns.items()}
         if "created_at" not in batch:
             batch["created_at"] = np.array([_now()] * n_rows, dtype=object)
         names = list(batch)
-        view = "_results_batch"
+        view = f"_{table}_batch"
         self._con.register(view, batch)
         try:
             with self.transaction():
                 self._con.execute(
-                    f"INSERT INTO results ({', '.join(names)}) SELECT {', '.join(names)} FROM {view}"
+                    f"INSERT INTO {table} ({', '.join(names)}) SELECT {', '.join(names)} FROM {view}"
                 )
         except duckdb.ConstraintException as exc:
-            raise InvalidRowsError(f"results rejected by the schema: {exc}") from exc
+            raise InvalidRowsError(f"{table} rows rejected by the schema: {exc}") from exc
         finally:
             self._con.unregister(view)
         return n_rows
@@ -284,6 +291,6 @@ class Store:
         return [dict(zip(names, row)) for row in cursor.fetchall()]
 
     def count(self, table: str) -> int:
-        if table not in {"results", "runs", "models", "environments"}:
+        if table not in {"results", "runs", "models", "environments", "latency"}:
             raise ValueError(f"unknown table {table!r}")
         return int(self._con.execute(f"SELECT count(*) FROM {table}").fetchone()[0])

@@ -1,0 +1,83 @@
+"""`ptsa latency`: measurements stored with verdicts, unavailable runtimes reported, bad input rejected."""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+import torch
+from click.testing import CliRunner
+
+from advisor.cli import main
+from db import Store
+from test_inputs import save_tiny_resnet
+
+
+@pytest.fixture()
+def weights(tmp_path):
+    path = tmp_path / "w.safetensors"
+    save_tiny_resnet(path)
+    return path
+
+
+def latency_args(db_path, weights, *extra):
+    return ["--db", str(db_path), "latency", "resnet10t", "--weights", str(weights), "--input-size", "32",
+            "--repeats", "5", "--max-seconds", "0.2", "--threads", "1", *extra]
+
+
+def test_latency_stores_dense_and_sparse_rows(tmp_path, weights):
+    db_path = tmp_path / "lat.duckdb"
+    args = latency_args(db_path, weights, "--runtime", "torch-eager,torch-sparse-csr,torch-2:4-cuda",
+                        "--batch", "1,2", "--sparsity", "0.5,2:4", "--json")
+    result = CliRunner().invoke(main, args)
+    assert result.exit_code == 0, result.output
+    report = json.loads(result.stdout)
+    if not torch.cuda.is_available():
+        assert "no CUDA device" in report["unavailable"]["torch-2:4-cuda"]
+        assert "runtime torch-2:4-cuda skipped: no CUDA device" in result.stderr
+    with Store.open(db_path, read_only=True) as store:
+        rows = store.query("SELECT * FROM latency ORDER BY runtime, batch_size, requested_sparsity, pattern")
+        run = store.query("SELECT status FROM runs")[0]
+    assert run["status"] == "finished"
+    assert len(rows) == 2 * 2 * 3  # runtimes × batch sizes × (dense, 50 %, 2:4)
+    for row in rows:
+        assert row["p50_ms"] <= row["p90_ms"] <= row["p99_ms"]
+        assert row["max_abs_diff"] < 1e-3
+        assert json.loads(row["weight_bytes_json"])["dense"] > 0
+        if row["criterion"] == "dense":
+            assert row["speedup"] is None and row["achieved_sparsity"] == 0.0
+        else:
+            assert row["achieved_sparsity"] == pytest.approx(0.5, abs=1e-3)
+            assert row["speedup"] > 0
+            # resnet10t's only Linear layer is the classifier, left dense, so no sparse kernel runs.
+            assert row["sparse_kernel"] is None
+            assert row["verdict"].startswith("no sparse kernel ran")
+    two_four = [r for r in rows if r["pattern"] == "2:4"]
+    assert len(two_four) == 4
+    assert all(json.loads(r["weight_bytes_json"])["semi_structured_2_4"] < json.loads(r["weight_bytes_json"])["dense"]
+               for r in two_four)
+
+
+@pytest.mark.parametrize("extra, message", [
+    (["--runtime", "tensorrt"], "unknown runtime 'tensorrt'"),
+    (["--batch", "0"], "batch sizes must be at least 1"),
+    (["--batch", "one"], "invalid --batch 'one'"),
+    (["--sparsity", "1.5"], "sparsity '1.5' is out of range"),
+    (["--sparsity", "3:2"], "invalid pattern '3:2'"),
+])
+def test_latency_bad_input_exits_2_and_writes_nothing(tmp_path, weights, extra, message):
+    db_path = tmp_path / "lat.duckdb"
+    result = CliRunner().invoke(main, latency_args(db_path, weights, *extra))
+    assert result.exit_code == 2
+    assert message in result.stderr
+    assert not db_path.exists()
+
+
+def test_latency_with_no_usable_runtime_exits_2(tmp_path, weights):
+    if torch.cuda.is_available():
+        pytest.skip("this machine has a CUDA device, so torch-2:4-cuda may run")
+    db_path = tmp_path / "lat.duckdb"
+    result = CliRunner().invoke(main, latency_args(db_path, weights, "--runtime", "torch-2:4-cuda"))
+    assert result.exit_code == 2
+    assert "none of the requested runtimes can run here (torch-2:4-cuda: no CUDA device" in result.stderr
+    assert not db_path.exists()
