@@ -181,6 +181,9 @@ def bench(obj: dict[str, Any], model: str, weights: Path | None, data_spec: str,
         activation_memory_gib=activation_memory,
     )
     plan.configs()  # validate before loading anything heavy
+    if not recipes and allocation != "uniform" and any(p is not None for p in plan.patterns):
+        click.echo(f"warning: allocation {allocation!r} applies to the unstructured rows only; N:M pattern rows "
+                   "use uniform, because the pattern fixes every layer's sparsity.", err=True)
     if model.startswith("mnist/") and weights is None:
         from bench_engine.suite import train_missing_baselines
 

@@ -7,6 +7,8 @@ constraint that failed and the nearest candidates.
 
 from __future__ import annotations
 
+import json
+
 import math
 from dataclasses import asdict, dataclass, field
 from typing import Any
@@ -94,12 +96,18 @@ class Candidate:
         return min(self.margins, key=self.margins.get)
 
     def to_dict(self, rank: int | None = None) -> dict[str, Any]:
+        from advisor.formatting import method_label  # formatting imports this module
+
         row = self.row
+        recipe = json.loads(row.get("recipe_json") or "{}")
         data = {
             "rank": rank,
             "model_key": row["model_key"],
             "architecture": row.get("architecture"),
             "dataset": row["dataset"],
+            "method": method_label(row),
+            # The canonical recipe with every parameter; 'dense' for the dense model.
+            "recipe": "dense" if row["criterion"] == "dense" else recipe.get("recipe"),
             "criterion": row["criterion"],
             "allocation": row["allocation"],
             "pattern": row["pattern"],

@@ -114,10 +114,16 @@ def train_baseline(spec: BaselineSpec, data: DataSplits, progress: Callable[[int
     return model, info
 
 
+def is_cached(spec: BaselineSpec) -> bool:
+    """True when the baseline's weights and metadata are in the data folder."""
+    weights_path, meta_path = _paths(spec)
+    return weights_path.exists() and meta_path.exists()
+
+
 def ensure_baseline(spec: BaselineSpec, data: DataSplits | None = None, progress: Callable[[int, int], None] | None = None) -> Path:
     """Return the cached weights of a baseline, training and caching it first if needed."""
     weights_path, meta_path = _paths(spec)
-    if weights_path.exists() and meta_path.exists():
+    if is_cached(spec):
         return weights_path
     data = data or load_mnist(MNIST_PREPROCESS)
     log.info("training MNIST baseline %s", spec.name)

@@ -27,7 +27,7 @@ from bench_engine.models import ModelBundle
 from bench_engine.pruning import LayerPolicy, PruneConfig, find_prunable_layers, prune_model
 from bench_engine.pruning.config import check_sparsity, format_pattern, parse_pattern
 from bench_engine.pruning.prune import measure_sparsity
-from bench_engine.runner import model_row, open_for_write, weight_bytes_json
+from bench_engine.runner import failure_text, model_row, open_for_write, weight_bytes_json
 from bench_engine.runtimes import RuntimeUnavailableError, check_outputs, get_runtime, speedup_verdict
 
 log = logging.getLogger(__name__)
@@ -147,7 +147,7 @@ def run_latency(
             store.insert_latency({name: [row[name] for row in rows] for name in rows[0]})
     except BaseException as exc:
         with open_for_write(db_path) as store:
-            store.finish_run(run_id, "failed", f"{type(exc).__name__}: {exc}")
+            store.finish_run(run_id, "failed", failure_text(exc))
         raise
     with open_for_write(db_path) as store:
         store.finish_run(run_id, "finished")

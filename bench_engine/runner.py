@@ -79,6 +79,12 @@ class BenchPlan:
         extra = [resolve_recipe(recipe, sparsity, self.policy) for recipe, sparsity in self.extra_recipes]
         if self.recipes:
             return self._recipe_configs() + extra
+        if self.allocation != "uniform" and all(p is not None for p in self.patterns):
+            patterns = ", ".join(format_pattern(p) for p in self.patterns)
+            raise InvalidConfigError(
+                f"allocation {self.allocation!r} cannot be combined with pattern {patterns}; an N:M pattern fixes "
+                "every layer's sparsity, so use allocation 'uniform' or add --pattern unstructured."
+            )
         configs = []
         for pattern in self.patterns:
             if pattern is None:
@@ -116,16 +122,20 @@ class BenchPlan:
         return configs
 
     def to_dict(self) -> dict[str, Any]:
-        return {
-            "recipes": list(self.recipes),
-            "extra_recipes": [list(pair) for pair in self.extra_recipes],
+        # With recipes, the grid options below are not used, so they are not stored.
+        grid = {} if self.recipes else {
             "criteria": list(self.criteria),
-            "sparsities": list(self.sparsities),
             "allocation": self.allocation,
             "erk_power": self.erk_power,
             "max_layer_sparsity": self.max_layer_sparsity,
             "corrections": list(self.corrections),
             "patterns": [format_pattern(p) for p in self.patterns],
+        }
+        return {
+            "recipes": list(self.recipes),
+            "extra_recipes": [list(pair) for pair in self.extra_recipes],
+            "sparsities": list(self.sparsities),
+            **grid,
             "policy": self.policy.to_dict(),
             "calibration_size": self.calibration_size,
             "seed": self.seed,
@@ -305,6 +315,13 @@ def bench_model(
     return {name: [row[name] for row in rows] for name in names}
 
 
+def failure_text(exc: BaseException) -> str:
+    """Return the error stored with a failed run; an interrupt has no message of its own."""
+    if isinstance(exc, KeyboardInterrupt):
+        return "KeyboardInterrupt: interrupted by the user (Ctrl-C)"
+    return f"{type(exc).__name__}: {exc}"
+
+
 def weight_bytes_json(model: torch.nn.Module) -> str:
     """Return the model's Conv2d and Linear weight bytes per storage format, as stored JSON."""
     storage = model_storage(model, value_bytes=4, index_bytes=4)
@@ -401,7 +418,7 @@ def run_jobs(
     except BaseException as exc:
         try:
             with open_for_write(db_path) as store:
-                store.finish_run(run_id, "failed", f"{type(exc).__name__}: {exc}")
+                store.finish_run(run_id, "failed", failure_text(exc))
         except DatabaseLockedError:
             log.error("could not mark run %s as failed: database %s stayed locked", run_id, db_path)
         raise

@@ -9,7 +9,7 @@ from pathlib import Path
 from tqdm import tqdm
 
 from assets import read_json
-from bench_engine.baselines import MNIST_BASELINES, MNIST_PREPROCESS, ensure_baseline, load_baseline
+from bench_engine.baselines import MNIST_BASELINES, MNIST_PREPROCESS, ensure_baseline, is_cached, load_baseline
 from bench_engine.data import DataSplits, load_mnist, load_photos
 from bench_engine.models import load_efficientnet_lite0
 from bench_engine.pruning import parse_pattern
@@ -64,6 +64,8 @@ def train_missing_baselines(models: list[str] | None = None, show_progress: bool
     """Train (and cache) the MNIST baselines that are not cached yet, with a progress bar each."""
     for name in models or list(MNIST_BASELINES):
         spec = MNIST_BASELINES[name]
+        if is_cached(spec):
+            continue
         bar = tqdm(desc=f"train {name}", unit="step", disable=not show_progress, dynamic_ncols=True, leave=False)
 
         def report(step: int, total: int, bar: tqdm = bar) -> None:

@@ -66,7 +66,8 @@ def make_result(**overrides):
     }
     row.update(overrides)
     if "recipe_json" not in overrides:
-        recipe = {"criterion": row["criterion"], "sparsity": row["requested_sparsity"], "pattern": row["pattern"]}
+        recipe = {"criterion": row["criterion"], "sparsity": row["requested_sparsity"], "pattern": row["pattern"],
+                  "recipe": f"{row['allocation']}+{row['criterion']}+{row['pattern']}"}
         row["recipe_json"] = json.dumps(recipe, sort_keys=True)
     return row
 

@@ -193,3 +193,15 @@ def test_bench_unknown_correction(tiny_setup):
     assert result.exit_code == 2
     assert "unknown correction 'adaround'" in result.stderr
     assert not db_path.exists()
+
+
+def test_flag_allocation_with_only_a_pattern_is_rejected():
+    from bench_engine.errors import InvalidConfigError
+    from bench_engine.runner import BenchPlan
+
+    with pytest.raises(InvalidConfigError, match="allocation 'learned' cannot be combined with pattern 2:4"):
+        BenchPlan(criteria=["magnitude"], allocation="learned", patterns=[(2, 4)]).configs()
+    mixed = BenchPlan(criteria=["magnitude"], sparsities=[0.5], allocation="erk", patterns=[None, (2, 4)]).configs()
+    assert [(c.allocation, c.pattern_name) for c in mixed] == [("erk", "unstructured"), ("uniform", "2:4")]
+    stored = BenchPlan(recipes=["wanda"], sparsities=[0.5]).to_dict()
+    assert stored["recipes"] == ["wanda"] and "criteria" not in stored

@@ -27,6 +27,10 @@ def test_recommend_json(runner, fixture_db):
     assert first["rank"] == 1
     assert first["model_key"] == "mnist/resnet10t"
     assert first["criterion"] == "dense"
+    assert first["method"] == "dense" and first["recipe"] == "dense"
+    pruned = next(c for c in payload["candidates"] if c["criterion"] != "dense")
+    assert pruned["method"].startswith(pruned["criterion"])
+    assert pruned["recipe"].endswith("+unstructured") or pruned["recipe"].endswith("+2:4")
     assert set(first["evidence"]) >= {"provenance", "env_key", "run_id", "result_id", "runtime", "num_threads"}
     assert first["evidence"]["provenance"] == "measured"
     assert first["binding_constraint"] == "max_latency_ms"
@@ -108,7 +112,7 @@ def test_recommend_empty_database(runner, tmp_path):
     [
         (["not_a_model", "--data", "mnist"], "unknown model 'not_a_model'"),
         (["mnist/resnet10t", "--data", "mnist", "--sparsity", "1.5"], "sparsity 1.5 is out of range"),
-        (["mnist/resnet10t", "--data", "mnist", "--sparsity", "50"], "Did you mean 0.5"),
+        (["mnist/resnet10t", "--data", "mnist", "--sparsity", "50"], "is a percentage, use 0.5"),
         (["mnist/resnet10t", "--data", "mnist", "--criterion", "obs"], "unknown criterion 'obs'"),
         (["mnist/resnet10t", "--data", "mnist", "--pattern", "2-4"], "invalid pattern '2-4'"),
         (["resnet18", "--data", "mnist"], "needs weights"),

@@ -214,7 +214,7 @@ def test_mnist_builtin_is_stratified():
 # -- pruning settings --------------------------------------------------------------------------
 
 
-@pytest.mark.parametrize("value, hint", [(1.5, "out of range"), (50, "Did you mean 0.5"), (0, "out of range"),
+@pytest.mark.parametrize("value, hint", [(1.5, "out of range"), (50, "is a percentage, use 0.5"), (0, "out of range"),
                                          (-0.1, "out of range"), (float("nan"), "out of range"), ("half", "invalid sparsity")])
 def test_sparsity_out_of_range(value, hint):
     with pytest.raises(InvalidConfigError, match=hint):

@@ -241,3 +241,25 @@ def test_bench_negative_activation_memory(tmp_path):
     assert result.exit_code == 2
     assert "--activation-memory" in result.stderr
     assert not db_path.exists()
+
+
+@pytest.mark.parametrize("body, message", [
+    ('criterion = "wanda"\nreconstruction = "block"\nrecon_steps = "abc"\n', "recon_steps = 'abc' is not an integer"),
+    ('criterion = "wanda"\nallocation = "erk"\nerk_power = "high"\n', "erk_power = 'high' is not a number"),
+    ('criterion = "wanda"\ncorrections = "bias_correction"\n', "corrections must be a list of names"),
+    ('criterion = "wanda"\nrecon_steps = 30\n', "recon_steps is set but reconstruction is 'none'"),
+    ('criterion = "wanda"\nallocation = "erk"\nlearned_steps = 30\n', "learned_steps is set but allocation is 'erk'"),
+    ('criterion = "magnitude"\nsparsegpt_damping = 0.1\n', "sparsegpt_damping is set but criterion is 'magnitude'"),
+])
+def test_toml_recipe_errors(tmp_path, body, message):
+    path = tmp_path / "bad.toml"
+    path.write_text("[recipe]\n" + body)
+    with pytest.raises(InvalidConfigError, match=re.escape(message)):
+        resolve_recipe(str(path), 0.5, POLICY)
+
+
+def test_recipe_line_rejects_repeats():
+    with pytest.raises(InvalidConfigError, match="recipe term 'block_recon' sets steps twice; give it once"):
+        resolve_recipe("magnitude+block_recon(steps=5, steps=6)", 0.5, POLICY)
+    with pytest.raises(InvalidConfigError, match=r"more than one reconstruction \('layer_recon' and 'block_recon'\); keep one"):
+        resolve_recipe("magnitude+layer_recon+block_recon", 0.5, POLICY)

@@ -52,7 +52,7 @@ def check_sparsity(value: float) -> float:
             f"invalid sparsity {value!r}: give a fraction between 0 and 1, for example 0.5."
         ) from None
     if sparsity != sparsity or not 0.0 < sparsity < 1.0:
-        hint = f" Did you mean {sparsity / 100:g}?" if 1.0 < sparsity < 100.0 else ""
+        hint = f" If {value} is a percentage, use {sparsity / 100:g}." if 1.0 < sparsity < 100.0 else ""
         raise InvalidConfigError(
             f"sparsity {value!r} is out of range: it is the fraction of weights set to zero and "
             f"must be greater than 0 and less than 1, for example 0.5.{hint}"

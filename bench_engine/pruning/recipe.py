@@ -79,6 +79,7 @@ def parse_recipe_line(text: str) -> dict[str, Any]:
     if not text.strip():
         raise InvalidConfigError("recipe is empty; give for example 'uniform+wanda'.")
     fields: dict[str, Any] = {"corrections": []}
+    terms: dict[str, str] = {}  # slot -> the term that filled it, for error messages
     for term in _split_terms(text):
         match = _TERM.match(term)
         if not match:
@@ -100,16 +101,23 @@ def parse_recipe_line(text: str) -> dict[str, Any]:
             raise InvalidConfigError(f"unknown recipe term {name!r}; known terms: {known}.")
         if slot is not None:
             if slot in fields:
-                raise InvalidConfigError(f"recipe {text!r} names more than one {slot} ({fields[slot]!r} and {name!r}).")
+                raise InvalidConfigError(
+                    f"recipe {text!r} names more than one {slot} ({terms[slot]!r} and {name!r}); keep one of them."
+                )
             fields[slot] = _RECONSTRUCTION_TERMS[name] if slot == "reconstruction" else name
+            terms[slot] = name
         if arguments is not None and arguments.strip():
             allowed = _PARAMETERS.get(name, {})
+            given: set[str] = set()
             for pair in arguments.split(","):
                 key, sep, raw = pair.partition("=")
                 key = key.strip()
                 if not sep or key not in allowed:
                     options = ", ".join(allowed) or "none"
                     raise InvalidConfigError(f"recipe term {name!r} has no parameter {key!r}; its parameters: {options}.")
+                if key in given:
+                    raise InvalidConfigError(f"recipe term {name!r} sets {key} twice; give it once.")
+                given.add(key)
                 fields[allowed[key]] = _parse_value(name, key, raw.strip(), allowed[key])
     if "criterion" not in fields:
         raise InvalidConfigError(f"recipe {text!r} names no criterion; add one of {', '.join(CRITERIA)}.")
@@ -131,10 +139,64 @@ def parse_recipe_file(path: Path) -> dict[str, Any]:
     if unknown:
         raise InvalidConfigError(f"recipe file {path}: unknown key {unknown[0]!r}; known keys: {', '.join(sorted(_TOML_KEYS))}.")
     fields = dict(table)
+    if not isinstance(fields.get("corrections", []), list):
+        raise InvalidConfigError(
+            f"recipe file {path}: corrections must be a list of names, got {fields['corrections']!r}; "
+            'write for example corrections = ["bias_correction"].'
+        )
     fields["corrections"] = list(fields.get("corrections", []))
     if "criterion" not in fields:
         raise InvalidConfigError(f"recipe file {path} names no criterion; add criterion = \"wanda\" for example.")
+    _check_toml_types(path, fields)
+    _check_toml_parameters_used(path, fields)
     return fields
+
+
+def _check_toml_types(path: Path, fields: dict[str, Any]) -> None:
+    for key, value in fields.items():
+        if key == "corrections":
+            if not all(isinstance(item, str) for item in value):
+                raise InvalidConfigError(f"recipe file {path}: corrections must be a list of names, got {value!r}.")
+        elif key in _INTEGER_FIELDS:
+            if isinstance(value, bool) or not isinstance(value, int):
+                raise InvalidConfigError(f"recipe file {path}: {key} = {value!r} is not an integer.")
+        elif key in _STRING_FIELDS or key in ("criterion", "allocation", "pattern", "reconstruction"):
+            if not isinstance(value, str):
+                raise InvalidConfigError(f"recipe file {path}: {key} = {value!r} is not a string; write it in quotes.")
+        elif isinstance(value, bool) or not isinstance(value, (int, float)):
+            raise InvalidConfigError(f"recipe file {path}: {key} = {value!r} is not a number.")
+
+
+# TOML parameter keys and the setting they belong to: (key of that setting, values that use them).
+_PARAMETER_OWNERS: dict[str, tuple[str, tuple[str, ...]]] = {
+    "erk_power": ("allocation", ("erk",)),
+    "max_layer_sparsity": ("allocation", ("global_magnitude", "l2_global")),
+    "owl_band": ("allocation", ("owl",)),
+    "owl_threshold": ("allocation", ("owl",)),
+    "learned_steps": ("allocation", ("learned",)),
+    "learned_lr": ("allocation", ("learned",)),
+    "learned_penalty": ("allocation", ("learned",)),
+    "sparsegpt_blocksize": ("criterion", ("sparsegpt",)),
+    "sparsegpt_damping": ("criterion", ("sparsegpt",)),
+    "recon_input": ("reconstruction", ("layer", "block")),
+    "recon_steps": ("reconstruction", ("layer", "block")),
+    "recon_lr": ("reconstruction", ("layer", "block")),
+    "recon_batch": ("reconstruction", ("layer", "block")),
+    "recon_early_stop": ("reconstruction", ("layer", "block")),
+}
+_DEFAULTS = {"allocation": "uniform", "reconstruction": "none"}
+
+
+def _check_toml_parameters_used(path: Path, fields: dict[str, Any]) -> None:
+    """Reject a parameter whose technique the file does not select; it would be ignored."""
+    for key, (owner, users) in _PARAMETER_OWNERS.items():
+        if key in fields:
+            selected = fields.get(owner, _DEFAULTS.get(owner))
+            if selected not in users:
+                raise InvalidConfigError(
+                    f"recipe file {path}: {key} is set but {owner} is {selected!r}, so it would be ignored; "
+                    f"set {owner} = \"{users[0]}\" or remove {key}."
+                )
 
 
 def resolve_recipe(recipe: str, sparsity: float | None, policy: LayerPolicy) -> PruneConfig:
