@@ -76,7 +76,9 @@ class CsrLinear(nn.Module):
     def __init__(self, linear: nn.Linear):
         super().__init__()
         self.in_features, self.out_features = linear.in_features, linear.out_features
-        self.weight = linear.weight.detach().to_sparse_csr()
+        with warnings.catch_warnings():
+            warnings.filterwarnings("ignore", message="Sparse CSR tensor support is in beta state")
+            self.weight = linear.weight.detach().to_sparse_csr()
         self.bias = None if linear.bias is None else linear.bias.detach().clone()
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
@@ -103,6 +105,8 @@ class TorchSparseCsr(Runtime):
         import copy
 
         converted = copy.deepcopy(model).eval()
+        if isinstance(converted, nn.Linear):  # a bare layer has no parent to replace it in
+            converted = nn.Sequential(converted)
         count = 0
         for parent in list(converted.modules()):
             for child_name, child in list(parent.named_children()):

@@ -90,14 +90,19 @@ def test_toml_recipe(tmp_path):
         resolve_recipe(str(tmp_path / "missing.toml"), 0.5, POLICY)
 
 
-def test_bench_with_recipes_stores_the_canonical_form(tmp_path):
+def tiny_bench_inputs(tmp_path):
+    """Write a random resnet10t weights file and 3 classes of 6 images; return (weights, db path)."""
     from test_inputs import save_tiny_resnet, write_images
 
     weights = tmp_path / "w.safetensors"
     save_tiny_resnet(weights)
     for index, name in enumerate(("a", "b", "c")):
         write_images(tmp_path / "data" / name, 6, seed=index)
-    db_path = tmp_path / "r.duckdb"
+    return weights, tmp_path / "r.duckdb"
+
+
+def test_bench_with_recipes_stores_the_canonical_form(tmp_path):
+    weights, db_path = tiny_bench_inputs(tmp_path)
     result = CliRunner().invoke(main, [
         "--db", str(db_path), "bench", "resnet10t", "--weights", str(weights), "--data", str(tmp_path / "data"),
         "--input-size", "32", "--calibration-size", "4", "--no-progress",
@@ -135,13 +140,7 @@ def test_owl_recipe_parameters():
 
 
 def test_bench_sensitivity_recipe(tmp_path, isolated_data_dir):
-    from test_inputs import save_tiny_resnet, write_images
-
-    weights = tmp_path / "w.safetensors"
-    save_tiny_resnet(weights)
-    for index, name in enumerate(("a", "b", "c")):
-        write_images(tmp_path / "data" / name, 6, seed=index)
-    db_path = tmp_path / "r.duckdb"
+    weights, db_path = tiny_bench_inputs(tmp_path)
     args = ["--db", str(db_path), "bench", "resnet10t", "--weights", str(weights), "--data", str(tmp_path / "data"),
             "--input-size", "32", "--calibration-size", "4", "--no-progress", "--recipe", "sensitivity+magnitude",
             "--sparsity", "0.5"]
@@ -203,13 +202,7 @@ def test_toml_recipe_with_block_reconstruction(tmp_path):
 
 
 def test_bench_recipe_grid(tmp_path):
-    from test_inputs import save_tiny_resnet, write_images
-
-    weights = tmp_path / "w.safetensors"
-    save_tiny_resnet(weights)
-    for index, name in enumerate(("a", "b", "c")):
-        write_images(tmp_path / "data" / name, 6, seed=index)
-    db_path = tmp_path / "r.duckdb"
+    weights, db_path = tiny_bench_inputs(tmp_path)
     recipes = [
         "learned(steps=5)+magnitude",
         "wanda+weight_correction+block_recon(input=sparse, steps=5, batch=2)",

@@ -90,3 +90,12 @@ def test_speedup_verdict_wording():
     assert speedup_verdict(10.0, 5.0, "CSR") == "CSR: 2.00× faster than dense"
     assert speedup_verdict(10.0, 20.0, "CSR") == "CSR: 2.00× slower than dense"
     assert "no measurable change" in speedup_verdict(10.0, 10.1, "CSR")
+
+
+def test_csr_runtime_converts_a_bare_linear_layer():
+    layer = torch.nn.Linear(16, 8)
+    with torch.no_grad():
+        layer.weight[:, ::2] = 0
+    prepared = get_runtime("torch-sparse-csr").prepare(layer, torch.randn(3, 16))
+    assert prepared.sparse_layers == 1
+    assert check_outputs(layer, prepared, torch.randn(3, 16)) < 1e-5
