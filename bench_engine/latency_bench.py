@@ -1,7 +1,7 @@
 """Time a model dense and pruned on several runtimes and batch sizes, and store the verdicts.
 
 For each sparsity (and always 0, the dense baseline) the model is pruned with magnitude, which
-needs no calibration data; latency depends on where the zeros are, not on how they were chosen.
+needs no calibration data. Latency depends on where the zeros are, not on how they were chosen.
 Each runtime prepares the model, its outputs are checked against PyTorch's, and only then is it
 timed at each batch size. A sparse row's speedup is the dense row's p50 on the same runtime and
 batch size divided by its own p50.

@@ -1,7 +1,7 @@
 """Runtimes that execute a pruned model, dense or sparse, behind one small interface.
 
-Each runtime turns a PyTorch model into a callable for one input shape and says whether a
-sparse kernel runs. A runtime that is not installed, or not supported on this hardware, gives
+Each runtime turns a PyTorch model into a callable for one input shape and reports which
+sparse kernel, if any, runs. A runtime that is not installed, or not supported on this hardware, gives
 the reason instead of a result. Before any timing counts, `check_outputs` compares a runtime's
 outputs with the dense-with-zeros PyTorch model. Adding a runtime is one subclass of `Runtime`
 registered in RUNTIMES.

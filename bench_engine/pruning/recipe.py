@@ -108,16 +108,16 @@ def parse_recipe_line(text: str) -> dict[str, Any]:
             terms[slot] = name
         if arguments is not None and arguments.strip():
             allowed = _PARAMETERS.get(name, {})
-            given: set[str] = set()
+            seen_keys: set[str] = set()
             for pair in arguments.split(","):
                 key, sep, raw = pair.partition("=")
                 key = key.strip()
                 if not sep or key not in allowed:
                     options = ", ".join(allowed) or "none"
                     raise InvalidConfigError(f"recipe term {name!r} has no parameter {key!r}; its parameters: {options}.")
-                if key in given:
+                if key in seen_keys:
                     raise InvalidConfigError(f"recipe term {name!r} sets {key} twice; give it once.")
-                given.add(key)
+                seen_keys.add(key)
                 fields[allowed[key]] = _parse_value(name, key, raw.strip(), allowed[key])
     if "criterion" not in fields:
         raise InvalidConfigError(f"recipe {text!r} names no criterion; add one of {', '.join(CRITERIA)}.")
