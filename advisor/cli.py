@@ -224,12 +224,15 @@ def _comma_list(value: str | None) -> list[str]:
 @click.option("--num-classes", type=click.IntRange(min=1), default=None, help="Override the class count read from the weights.")
 @click.option("--in-chans", type=click.IntRange(min=1), default=None, help="Override the input channel count read from the weights.")
 @click.option("--input-size", type=click.IntRange(min=8), default=None, help="Square input size in pixels. Default: the model's.")
+@click.option("--random-init", is_flag=True,
+              help="Time a timm architecture with random weights instead of --weights; latency does not depend on "
+                   "the weight values.")
 @click.option("--json", "as_json", is_flag=True, help="Print the measurements as JSON on stdout.")
 @click.pass_obj
 @handle_errors
 def latency(obj: dict[str, Any], model: str, weights: Path | None, runtimes: str, batches: str, sparsities: str,
             repeats: int, max_seconds: float, threads: int | None, num_classes: int | None, in_chans: int | None,
-            input_size: int | None, as_json: bool) -> None:
+            input_size: int | None, random_init: bool, as_json: bool) -> None:
     """Time MODEL dense and magnitude-pruned on each runtime and batch size, with a verdict per result.
 
     Every runtime's outputs are checked against PyTorch's before its timings count. A runtime
@@ -250,11 +253,18 @@ def latency(obj: dict[str, Any], model: str, weights: Path | None, runtimes: str
         import torch
 
         torch.set_num_threads(threads)
-    if model.startswith("mnist/") and weights is None:
-        from bench_engine.suite import train_missing_baselines
+    if random_init:
+        from bench_engine.models import random_init_model
 
-        train_missing_baselines([model], show_progress=False)
-    bundle = load_model(model, weights, num_classes=num_classes, in_chans=in_chans, input_size=input_size)
+        if weights is not None:
+            raise InvalidConfigError("pass either --weights or --random-init, not both.")
+        bundle = random_init_model(model, num_classes=num_classes, in_chans=in_chans, input_size=input_size)
+    else:
+        if model.startswith("mnist/") and weights is None:
+            from bench_engine.suite import train_missing_baselines
+
+            train_missing_baselines([model], show_progress=False)
+        bundle = load_model(model, weights, num_classes=num_classes, in_chans=in_chans, input_size=input_size)
     run_id, rows, unavailable = run_latency(obj["db"], bundle, plan, _command_line())
     for name, reason in unavailable.items():
         click.echo(f"runtime {name} skipped: {reason}", err=True)

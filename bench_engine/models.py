@@ -130,6 +130,29 @@ def _suggest(name: str, choices: list[str]) -> str:
     return f" Did you mean {', '.join(close)}?" if close else ""
 
 
+def random_init_model(name: str, num_classes: int | None = None, in_chans: int | None = None,
+                      input_size: int | None = None) -> ModelBundle:
+    """Build a timm architecture with random weights, for timing only: its accuracy means nothing."""
+    if not timm.is_model(name):
+        raise UnknownModelError(f"unknown timm architecture {name!r}.{_suggest(name, timm.list_models())}")
+    kwargs: dict[str, Any] = {}
+    if num_classes is not None:
+        kwargs["num_classes"] = num_classes
+    if in_chans is not None:
+        kwargs["in_chans"] = in_chans
+    torch.manual_seed(0)
+    model = timm.create_model(name, pretrained=False, **kwargs).eval()
+    return ModelBundle(
+        model_key=f"{name}@random-init",
+        architecture=name,
+        model=model,
+        preprocess=Preprocess.from_timm(model, input_size=input_size),
+        weights_source="random initialisation (timing only)",
+        weights_sha256=None,
+        num_classes=model.num_classes,
+    )
+
+
 def load_model(
     name: str,
     weights: str | Path | None = None,

@@ -81,3 +81,18 @@ def test_latency_with_no_usable_runtime_exits_2(tmp_path, weights):
     assert result.exit_code == 2
     assert "none of the requested runtimes can run here (torch-2:4-cuda: no CUDA device" in result.stderr
     assert not db_path.exists()
+
+
+def test_latency_random_init_needs_no_weights(tmp_path):
+    db_path = tmp_path / "lat.duckdb"
+    args = ["--db", str(db_path), "latency", "resnet10t", "--random-init", "--input-size", "32", "--repeats", "5",
+            "--max-seconds", "0.1", "--runtime", "torch-eager", "--batch", "1", "--sparsity", "0.5"]
+    result = CliRunner().invoke(main, args)
+    assert result.exit_code == 0, result.output
+    with Store.open(db_path, read_only=True) as store:
+        model = store.query("SELECT model_key, weights_source FROM models")[0]
+        assert store.count("latency") == 2
+    assert model["model_key"] == "resnet10t@random-init"
+    assert "timing only" in model["weights_source"]
+    both = CliRunner().invoke(main, args + ["--weights", str(tmp_path / "w.safetensors")])
+    assert both.exit_code == 2 and "either --weights or --random-init" in both.stderr
