@@ -254,6 +254,7 @@ def bench_model(
         }
     )
 
+    learned_counts: dict[tuple[float, LearnedSettings], dict[str, int]] = {}
     for config in configs:
         if progress is not None:
             progress.set_postfix_str(f"{bundle.model_key} · {config.criterion} · {config.pattern_name} · {config.sparsity:.0%}")
@@ -262,8 +263,12 @@ def bench_model(
         started = time.perf_counter()
         counts = None
         if config.allocation == "learned":
+            # The learned counts depend on the sparsity and settings only, not on the criterion.
             learned = LearnedSettings(steps=config.learned_steps, learning_rate=config.learned_lr, penalty=config.learned_penalty)
-            counts, _ = learned_allocation(dense, layers, calibration, config.sparsity, learned)
+            key = (config.sparsity, learned)
+            if key not in learned_counts:
+                learned_counts[key], _ = learned_allocation(dense, layers, calibration, config.sparsity, learned)
+            counts = learned_counts[key]
         report = prune_model(sparse_layers, config, stats, sensitivity_table, counts=counts)
         if config.reconstruction != "none":
             settings = ReconstructionSettings(
