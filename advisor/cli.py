@@ -239,7 +239,7 @@ def latency(obj: dict[str, Any], model: str, weights: Path | None, runtimes: str
     that is not installed or not supported here is reported on stderr and skipped.
     """
     from bench_engine.errors import InvalidConfigError
-    from bench_engine.latency_bench import LatencyPlan, run_latency
+    from bench_engine.latency_bench import LatencyPlan, break_even, run_latency
     from bench_engine.models import load_model
 
     try:
@@ -268,10 +268,15 @@ def latency(obj: dict[str, Any], model: str, weights: Path | None, runtimes: str
     run_id, rows, unavailable = run_latency(obj["db"], bundle, plan, _command_line())
     for name, reason in unavailable.items():
         click.echo(f"runtime {name} skipped: {reason}", err=True)
+    even = break_even(rows)
     if as_json:
-        click.echo(json.dumps({"run_id": run_id, "unavailable": unavailable, "measurements": rows}, indent=2, default=str))
+        click.echo(json.dumps({"run_id": run_id, "unavailable": unavailable, "break_even_sparsity": even,
+                               "measurements": rows}, indent=2, default=str))
         return
     click.echo(formatting.latency_table(rows))
+    for key, sparsity in even.items():
+        timed = "none of the timed sparsities" if sparsity is None else f"{sparsity:.0%}"
+        click.echo(f"break-even with a sparse kernel, {key}: {timed}")
     click.echo(f"run {run_id}: stored {len(rows)} latency measurements for {bundle.model_key} in {obj['db']}")
 
 

@@ -19,7 +19,7 @@ from typing import Any
 
 import torch
 
-from bench_engine import __version__
+from bench_engine import __version__, memory
 from bench_engine.environment import environment_key, environment_profile
 from bench_engine.errors import InvalidConfigError
 from bench_engine.latency import measure_latency
@@ -106,8 +106,10 @@ def run_latency(
                 prepared = runtime.prepare(model, example[:1])
                 difference = check_outputs(model, prepared, example)
                 for batch in plan.batch_sizes:
+                    memory.reset_peak()
                     timing = measure_latency(prepared.run, shape, batch_size=batch, repeats=plan.repeats,
                                              max_seconds=plan.max_seconds)
+                    peak_rss, peak_cuda = memory.peak_resident_bytes(), memory.peak_cuda_bytes()
                     key = (runtime.name, batch)
                     speedup = verdict = None
                     if config is None:
@@ -140,6 +142,8 @@ def run_latency(
                         "speedup": speedup,
                         "verdict": verdict,
                         "weight_bytes_json": weight_bytes_json(model),
+                        "peak_rss_bytes": peak_rss,
+                        "peak_cuda_bytes": peak_cuda,
                     })
                     log.info("%s %s batch %d: p50 %.3f ms", bundle.model_key, runtime.name, batch, timing.p50_ms)
         with open_for_write(db_path) as store:
@@ -152,3 +156,21 @@ def run_latency(
     with open_for_write(db_path) as store:
         store.finish_run(run_id, "finished")
     return run_id, rows, unavailable
+
+
+def break_even(rows: list[dict[str, Any]]) -> dict[str, float | None]:
+    """Return, per 'runtime batch N', the lowest timed sparsity at which a sparse kernel beat dense.
+
+    Only unstructured rows where a sparse kernel ran count; None means no timed sparsity did.
+    Runtime and batch pairs that never ran a sparse kernel are left out.
+    """
+    found: dict[str, float | None] = {}
+    for row in sorted(rows, key=lambda r: r["requested_sparsity"]):
+        if row["sparse_kernel"] is None or row["pattern"] != "unstructured":
+            continue
+        key = f"{row['runtime']} batch {row['batch_size']}"
+        found.setdefault(key, None)
+        if found[key] is None and row["speedup"] >= 1.0:
+            found[key] = row["requested_sparsity"]
+    return found
+

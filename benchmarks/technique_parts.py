@@ -48,23 +48,12 @@ PARTS = (
 )
 
 
-def _status_kib(field: str) -> int:
-    for line in Path("/proc/self/status").read_text().splitlines():
-        if line.startswith(field + ":"):
-            return int(line.split()[1])
-    raise RuntimeError(f"{field} not in /proc/self/status")
-
-
-def _reset_peak() -> None:
-    # Writing 5 to clear_refs resets VmHWM to the current RSS (Linux 4.0 and later).
-    Path("/proc/self/clear_refs").write_text("5")
-
-
 def run_part(model_name: str, part: str, calibration_size: int, steps: int, threads: int) -> dict:
     """Run one part in this process; return seconds and peak memory above the start of the part."""
     import timm
     import torch
 
+    from bench_engine import memory
     from bench_engine.pruning import LayerPolicy, PruneConfig, collect_stats, find_prunable_layers, prune_model
     from bench_engine.pruning.allocation import ALLOCATORS
     from bench_engine.pruning.correction import correct_bias, correct_weights, reestimate_batchnorm
@@ -93,8 +82,8 @@ def run_part(model_name: str, part: str, calibration_size: int, steps: int, thre
         sparse_layers = rebind_layers(layers, sparse)
         prune_model(sparse_layers, config)
 
-    rss_before = _status_kib("VmRSS")
-    _reset_peak()
+    rss_before = memory.resident_bytes()
+    memory.reset_peak()
     started = time.perf_counter()
     detail = ""
     if part in ("statistics", "hessians"):
@@ -126,13 +115,13 @@ def run_part(model_name: str, part: str, calibration_size: int, steps: int, thre
     else:
         raise ValueError(f"unknown part {part!r}")
     seconds = time.perf_counter() - started
-    peak = _status_kib("VmHWM")
+    peak = memory.peak_resident_bytes()
     return {
         "model": model_name,
         "part": part,
         "seconds": round(seconds, 3),
-        "peak_rss_mib": round(peak / 1024, 1),
-        "peak_above_start_mib": round((peak - rss_before) / 1024, 1),
+        "peak_rss_mib": round(peak / 1024**2, 1),
+        "peak_above_start_mib": round((peak - rss_before) / 1024**2, 1),
         "layers": len(layers),
         "detail": detail,
     }
@@ -142,6 +131,7 @@ def memory_check(calibration_size: int, budget_gib: float, steps: int, threads: 
     import timm
     import torch
 
+    from bench_engine import memory
     from bench_engine.pruning import LayerPolicy, PruneConfig, find_prunable_layers, prune_model
     from bench_engine.pruning.layers import rebind_layers
     from bench_engine.pruning.reconstruction import ReconstructionSettings, reconstruct
@@ -165,7 +155,7 @@ def memory_check(calibration_size: int, budget_gib: float, steps: int, threads: 
         "steps_per_block": steps,
         "budget_gib": budget_gib,
         "seconds": round(time.perf_counter() - started, 1),
-        "peak_rss_gib": round(_status_kib("VmHWM") / 1024**2, 2),
+        "peak_rss_gib": round(memory.peak_resident_bytes() / 1024**3, 2),
         "activations_in_memory_peak_gib": round(report.peak_memory_bytes / 1024**3, 2),
         "activations_spilled_gib": round(report.spilled_bytes / 1024**3, 2),
         "blocks_fitted": len(report.errors),

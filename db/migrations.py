@@ -134,6 +134,8 @@ MIGRATION_2 = [
         speedup DOUBLE,                   -- dense p50 / this p50; NULL for dense rows
         verdict VARCHAR,
         weight_bytes_json VARCHAR NOT NULL,
+        peak_rss_bytes BIGINT,            -- process peak during the timed passes; NULL off Linux
+        peak_cuda_bytes BIGINT,           -- CUDA allocator peak; NULL without a GPU
         created_at TIMESTAMP NOT NULL
     )
     """,

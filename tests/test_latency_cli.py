@@ -35,6 +35,7 @@ def test_latency_stores_dense_and_sparse_rows(tmp_path, weights):
     if not torch.cuda.is_available():
         assert "no CUDA device" in report["unavailable"]["torch-2:4-cuda"]
         assert "runtime torch-2:4-cuda skipped: no CUDA device" in result.stderr
+    assert report["break_even_sparsity"] == {}  # no sparse kernel ran on resnet10t
     with Store.open(db_path, read_only=True) as store:
         rows = store.query("SELECT * FROM latency ORDER BY runtime, batch_size, requested_sparsity, pattern")
         run = store.query("SELECT status FROM runs")[0]
@@ -44,6 +45,7 @@ def test_latency_stores_dense_and_sparse_rows(tmp_path, weights):
         assert row["p50_ms"] <= row["p90_ms"] <= row["p99_ms"]
         assert row["max_abs_diff"] < 1e-3
         assert json.loads(row["weight_bytes_json"])["dense"] > 0
+        assert row["peak_rss_bytes"] > 0  # Linux CI; None only where /proc is missing
         if row["criterion"] == "dense":
             assert row["speedup"] is None and row["achieved_sparsity"] == 0.0
         else:
@@ -96,3 +98,18 @@ def test_latency_random_init_needs_no_weights(tmp_path):
     assert "timing only" in model["weights_source"]
     both = CliRunner().invoke(main, args + ["--weights", str(tmp_path / "w.safetensors")])
     assert both.exit_code == 2 and "either --weights or --random-init" in both.stderr
+
+
+def test_break_even_takes_lowest_winning_sparsity():
+    from bench_engine.latency_bench import break_even
+
+    def row(runtime, batch, sparsity, speedup, kernel="CSR", pattern="unstructured"):
+        return {"runtime": runtime, "batch_size": batch, "requested_sparsity": sparsity, "speedup": speedup,
+                "sparse_kernel": kernel, "pattern": pattern}
+
+    rows = [
+        row("torch-sparse-csr", 1, 0.9, 2.1), row("torch-sparse-csr", 1, 0.5, 0.6), row("torch-sparse-csr", 1, 0.7, 1.0),
+        row("torch-sparse-csr", 16, 0.5, 0.3), row("torch-sparse-csr", 16, 0.9, 0.9),
+        row("torch-eager", 1, 0.9, 1.2, kernel=None), row("torch-2:4-cuda", 1, 0.5, 1.4, pattern="2:4"),
+    ]
+    assert break_even(rows) == {"torch-sparse-csr batch 1": 0.7, "torch-sparse-csr batch 16": None}
