@@ -50,6 +50,7 @@ async def test_row_highlight_shows_its_evidence(fixture_db):
         assert "sparsegpt" in evidence
         assert "requested 70%" in evidence
         assert "Test CPU" in evidence
+        assert "recipe: uniform+sparsegpt+unstructured" in evidence
 
 
 async def test_missing_database_is_reported_in_the_app(tmp_path):

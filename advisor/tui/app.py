@@ -9,6 +9,8 @@ torch and timm are never imported here, so the first screen paints without them.
 
 from __future__ import annotations
 
+import json
+
 import math
 from pathlib import Path
 
@@ -245,6 +247,7 @@ class PTSAdvisorApp(App):
         lines = [
             f"[b]{row['model_key']}[/b] · {method_label(row)} · requested {row['requested_sparsity']:.0%}, "
             f"achieved {row['achieved_sparsity'] or 0:.1%} of Conv/Linear weights",
+            *self._recipe_lines(row),
             f"{METRIC_LABELS[candidate.metric]} {number(candidate.accuracy)} % "
             f"(dense {number(candidate.dense_accuracy)} %)",
             f"{row['provenance']} on {row['dataset']} ({row.get('eval_size')} eval inputs, "
@@ -255,9 +258,16 @@ class PTSAdvisorApp(App):
         ]
         if row.get("kl_divergence") is not None:
             lines.append(f"agreement with dense {row.get('top1_agreement') or 0:.1f} %, KL {row['kl_divergence']:.4f}")
+
         for constraint, amount in candidate.violations.items():
             lines.append(describe_violation(constraint, amount, candidate))
         panel.update("\n".join(lines))
+
+    @staticmethod
+    def _recipe_lines(row: dict) -> list[str]:
+        # The method label leaves parameters out; the canonical recipe tells such rows apart.
+        recipe = json.loads(row.get("recipe_json") or "{}").get("recipe")
+        return [f"recipe: {recipe}"] if recipe and row["criterion"] != "dense" else []
 
     def action_reload(self) -> None:
         self._load()
