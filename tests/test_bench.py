@@ -204,4 +204,5 @@ def test_flag_allocation_with_only_a_pattern_is_rejected():
     mixed = BenchPlan(criteria=["magnitude"], sparsities=[0.5], allocation="erk", patterns=[None, (2, 4)]).configs()
     assert [(c.allocation, c.pattern_name) for c in mixed] == [("erk", "unstructured"), ("uniform", "2:4")]
     stored = BenchPlan(recipes=["wanda"], sparsities=[0.5]).to_dict()
-    assert stored["recipes"] == ["wanda"] and "criteria" not in stored
+    assert stored["recipes"] == ["wanda"]
+    assert "criteria" not in stored

@@ -27,7 +27,8 @@ def test_recommend_json(runner, fixture_db):
     assert first["rank"] == 1
     assert first["model_key"] == "mnist/resnet10t"
     assert first["criterion"] == "dense"
-    assert first["method"] == "dense" and first["recipe"] == "dense"
+    assert first["method"] == "dense"
+    assert first["recipe"] == "dense"
     pruned = next(c for c in payload["candidates"] if c["criterion"] != "dense")
     assert pruned["method"].startswith(pruned["criterion"])
     assert pruned["recipe"].endswith("+unstructured") or pruned["recipe"].endswith("+2:4")

@@ -32,6 +32,7 @@ def test_latency_stores_dense_and_sparse_rows(tmp_path, weights):
     result = CliRunner().invoke(main, args)
     assert result.exit_code == 0, result.output
     report = json.loads(result.stdout)
+
     if not torch.cuda.is_available():
         assert "no CUDA device" in report["unavailable"]["torch-2:4-cuda"]
         assert "runtime torch-2:4-cuda skipped: no CUDA device" in result.stderr
@@ -40,6 +41,7 @@ def test_latency_stores_dense_and_sparse_rows(tmp_path, weights):
         rows = store.query("SELECT * FROM latency ORDER BY runtime, batch_size, requested_sparsity, pattern")
         run = store.query("SELECT status FROM runs")[0]
     assert run["status"] == "finished"
+
     assert len(rows) == 2 * 2 * 3  # runtimes × batch sizes × (dense, 50 %, 2:4)
     for row in rows:
         assert row["p50_ms"] <= row["p90_ms"] <= row["p99_ms"]
@@ -47,13 +49,15 @@ def test_latency_stores_dense_and_sparse_rows(tmp_path, weights):
         assert json.loads(row["weight_bytes_json"])["dense"] > 0
         assert row["peak_rss_bytes"] > 0  # Linux CI; None only where /proc is missing
         if row["criterion"] == "dense":
-            assert row["speedup"] is None and row["achieved_sparsity"] == 0.0
+            assert row["speedup"] is None
+            assert row["achieved_sparsity"] == 0.0
         else:
             assert row["achieved_sparsity"] == pytest.approx(0.5, abs=1e-3)
             assert row["speedup"] > 0
             # resnet10t's only Linear layer is the classifier, left dense, so no sparse kernel runs.
             assert row["sparse_kernel"] is None
             assert row["verdict"].startswith("no sparse kernel ran")
+
     two_four = [r for r in rows if r["pattern"] == "2:4"]
     assert len(two_four) == 4
     assert all(json.loads(r["weight_bytes_json"])["semi_structured_2_4"] < json.loads(r["weight_bytes_json"])["dense"]
@@ -97,7 +101,8 @@ def test_latency_random_init_needs_no_weights(tmp_path):
     assert model["model_key"] == "resnet10t@random-init"
     assert "timing only" in model["weights_source"]
     both = CliRunner().invoke(main, args + ["--weights", str(tmp_path / "w.safetensors")])
-    assert both.exit_code == 2 and "either --weights or --random-init" in both.stderr
+    assert both.exit_code == 2
+    assert "either --weights or --random-init" in both.stderr
 
 
 def test_break_even_takes_lowest_winning_sparsity():

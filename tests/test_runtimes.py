@@ -44,7 +44,8 @@ def test_csr_runtime_matches_and_reports_kernel(sparse_vit):
 def test_csr_runtime_leaves_dense_model_alone():
     model = timm.create_model("vit_tiny_patch16_224", num_classes=10, img_size=32, patch_size=8, depth=1).eval()
     prepared = get_runtime("torch-sparse-csr").prepare(model, torch.randn(1, 3, 32, 32))
-    assert prepared.sparse_kernel is None and prepared.sparse_layers == 0
+    assert prepared.sparse_kernel is None
+    assert prepared.sparse_layers == 0
 
 
 def test_onnxruntime_matches_pytorch(sparse_vit):

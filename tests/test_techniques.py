@@ -73,7 +73,8 @@ def test_units_cover_targets_in_order(name, kwargs, size, first_block):
     assert sorted(covered) == sorted(layer.name for layer in layers)
     order = execution_order(model, x[:1])
     assert covered == sorted(covered, key=order.index)
-    assert units[0].name == first_block and len(units[0].layers) >= 2  # a block, not one layer
+    assert units[0].name == first_block
+    assert len(units[0].layers) >= 2  # a block, not one layer
     assert units[-1].layers[-1].name in {"fc", "head", "head.fc", "classifier"}
     assert any(unit.chained for unit in units[1:])
 
@@ -88,14 +89,16 @@ def test_activation_store_spills_and_cleans():
         store = ActivationStore(budget)
         for batch in batches:
             store.append(batch)
-        assert budget.used_bytes == 2 * nbytes and budget.peak_bytes == 2 * nbytes
+        assert budget.used_bytes == 2 * nbytes
+        assert budget.peak_bytes == 2 * nbytes
         assert budget.spilled_bytes == 3 * nbytes
         folder = budget.spill_path().parent
         assert len(list(folder.glob("*.npy"))) == 3
         assert all(torch.equal(a, b) for a, b in zip(store, batches))
         assert store.count == 20
         store.clear()
-        assert budget.used_bytes == 0 and list(folder.glob("*.npy")) == []
+        assert budget.used_bytes == 0
+        assert list(folder.glob("*.npy")) == []
     assert not folder.exists()
 
 
@@ -134,7 +137,8 @@ def test_reconstruction_lowers_error_keeps_mask(granularity, source):
     assert list(report.errors) == fitted
     assert all(after <= before for before, after in report.errors.values())
     assert sum(after < before for before, after in report.errors.values()) >= len(fitted) - 1
-    assert report.spilled_bytes > 0 and report.peak_memory_bytes <= 1_000_000
+    assert report.spilled_bytes > 0
+    assert report.peak_memory_bytes <= 1_000_000
     for layer in sparse_layers:
         assert bool((layer.module.weight[masks[layer.name]] == 0).all())  # mask unchanged
     assert measure_sparsity(sparse, [l.name for l in layers]).targeted == pytest.approx(0.6, abs=1e-4)
@@ -198,9 +202,9 @@ def test_learned_allocation_exact_on_lite0(lite0):
 
 
 def test_learned_allocation_spares_shortcut():
-    # timm initialises the last BatchNorm of every residual branch to zero, so in a fresh
-    # ResNet only the shortcut's downsample convolutions reach the output; pruning the branch
-    # convolutions costs nothing. Learned allocation must find that out from the loss.
+    # timm initialises the last BatchNorm of every residual branch to zero. In a fresh ResNet
+    # only the shortcut's downsample convolutions reach the output, so pruning the branch
+    # convolutions costs nothing, and learned allocation must find that out from the loss.
     model = small_model("resnet10t")
     x = torch.randn(32, 3, 32, 32)
     layers, _ = find_prunable_layers(model, LayerPolicy(), x[:1])
@@ -208,7 +212,9 @@ def test_learned_allocation_spares_shortcut():
     ratios = {l.name: counts[l.name] / l.numel for l in layers}
     shortcut = [r for name, r in ratios.items() if "downsample" in name]
     branch = [r for name, r in ratios.items() if name.startswith("layer") and "downsample" not in name]
-    assert len(shortcut) == 3 and max(shortcut) < 0.4 < 0.5 <= min(branch)
+    assert len(shortcut) == 3
+    assert max(shortcut) < 0.4
+    assert min(branch) >= 0.5
 
 
 def test_sensitivity_prunes_coupled_layers():

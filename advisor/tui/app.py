@@ -265,7 +265,7 @@ class PTSAdvisorApp(App):
 
     @staticmethod
     def _recipe_lines(row: dict) -> list[str]:
-        # The method label leaves parameters out; the canonical recipe tells such rows apart.
+        # The method label leaves parameters out, so rows that differ only in them need the recipe.
         recipe = json.loads(row.get("recipe_json") or "{}").get("recipe")
         return [f"recipe: {recipe}"] if recipe and row["criterion"] != "dense" else []
 

@@ -1,9 +1,9 @@
 """Cached calibration activations within a memory budget, spilled to disk beyond it.
 
 Reconstruction keeps a unit's inputs and targets for the whole calibration set. They grow fast
-(ResNet-50's first stage outputs 256×56×56 floats per image, 3.2 MB, so 3.3 GB for 1,024 images),
-so every store draws on one shared `MemoryBudget`: batches stay in memory while the budget
-allows and are written to a temporary folder beyond it, then read back one batch at a time.
+(ResNet-50's first stage outputs 256×56×56 floats per image, 3.2 MB, so 3.3 GB for 1,024 images).
+Every store therefore draws on one shared `MemoryBudget`. Batches stay in memory while the
+budget allows, are written to a temporary folder beyond it, and are read back one at a time.
 """
 
 from __future__ import annotations

@@ -88,8 +88,8 @@ class PruneConfig:
     corrections: tuple[str, ...] = ()
     # Reconstruction after pruning: 'none', 'layer' (each layer alone) or 'block' (each residual
     # or transformer block), fed with the dense model's inputs ('dense') or the pruned model's
-    # ('sparse'). Steps are per layer or block; a batch is calibration images per step; a fit
-    # stops early once its loss falls below recon_early_stop × its first loss.
+    # ('sparse'). Steps count per layer or block, and a batch is calibration images per step.
+    # A fit stops early once its loss falls below recon_early_stop × its first loss.
     reconstruction: str = "none"
     recon_input: str = "dense"
     recon_steps: int = 200

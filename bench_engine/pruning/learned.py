@@ -2,7 +2,7 @@
 
 FCPTS (Gong et al., AAAI 2024) makes each layer's sparsity a differentiable function of a
 learnable threshold, through a kernel density estimate of the weight distribution, and trains
-the thresholds with a reconstruction loss plus a penalty that holds global sparsity at target.
+the thresholds with a reconstruction loss plus a penalty that keeps global sparsity at target.
 
 Here the threshold of layer l lives in quantile space: t_l = sigmoid(θ_l) is the fraction of
 the layer's weights, ranked by |w|, that fall below it, so the layer's sparsity is t_l itself
