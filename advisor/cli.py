@@ -136,7 +136,15 @@ def _parse_patterns(values: tuple[str, ...]) -> list[tuple[int, int] | None]:
 @click.option("--seed", default=0, show_default=True, help="Seed of the calibration sampler and data split.")
 @click.option("--threads", type=click.IntRange(min=1), default=None,
               help="torch threads for pruning and latency; recorded. Default: torch's default.")
-@click.option("--latency-batch-size", type=click.IntRange(min=1), default=1, show_default=True, help="Batch size of the latency measurement.")
+@click.option("--latency-batch-size", type=click.IntRange(min=1), default=1, show_default=True,
+              help="Batch size of the torch-eager latency stored with each result.")
+@click.option("--runtime", "runtimes", default=None,
+              help="Also time every result on these comma-separated runtimes (torch-eager, torch-sparse-csr, "
+                   "onnxruntime-cpu, ...) against the dense model, stored as latency rows with verdicts.")
+@click.option("--batch", "batches", default="1", show_default=True, help="Comma-separated batch sizes for --runtime.")
+@click.option("--repeats", type=click.IntRange(min=5), default=50, show_default=True, help="Timed passes at most, per latency measurement.")
+@click.option("--max-seconds", type=click.FloatRange(min=0.1), default=5.0, show_default=True,
+              help="Time limit for the timed passes of one latency measurement, per model timed.")
 @click.option("--prune-first-layer", is_flag=True, help="Also prune the first layer (left dense by default).")
 @click.option("--prune-classifier", is_flag=True, help="Also prune the classifier (left dense by default).")
 @click.option("--skip-depthwise", is_flag=True, help="Leave depthwise convolutions dense.")
@@ -153,7 +161,7 @@ def bench(obj: dict[str, Any], model: str, weights: Path | None, data_spec: str,
           max_layer_sparsity: float, never_prune: tuple[str, ...], recipes: tuple[str, ...],
           corrections: tuple[str, ...], patterns: tuple[str, ...],
           calibration_size: int, seed: int, threads: int | None, latency_batch_size: int,
-          prune_first_layer: bool, prune_classifier: bool, skip_depthwise: bool, num_classes: int | None,
+          runtimes: str | None, batches: str, repeats: int, max_seconds: float, prune_first_layer: bool, prune_classifier: bool, skip_depthwise: bool, num_classes: int | None,
           in_chans: int | None, input_size: int | None, activation_memory: float, no_progress: bool) -> None:
     """Prune MODEL with each criterion × sparsity, measure it, and store the results.
 
@@ -178,9 +186,14 @@ def bench(obj: dict[str, Any], model: str, weights: Path | None, data_spec: str,
         calibration_size=calibration_size,
         seed=seed,
         latency_batch_size=latency_batch_size,
+        latency_repeats=repeats,
+        latency_max_seconds=max_seconds,
+        runtimes=_comma_list(runtimes),
+        runtime_batch_sizes=_batch_sizes(batches),
         activation_memory_gib=activation_memory,
     )
     plan.configs()  # validate before loading anything heavy
+    _report_unavailable(plan.runtimes)
     if not recipes and allocation != "uniform" and any(p is not None for p in plan.patterns):
         click.echo(f"warning: allocation {allocation!r} applies to the unstructured rows only; N:M pattern rows "
                    "use uniform, because the pattern fixes every layer's sparsity.", err=True)
@@ -198,7 +211,19 @@ def bench(obj: dict[str, Any], model: str, weights: Path | None, data_spec: str,
     run_id = run_jobs(obj["db"], [job], _command_line(), threads, not no_progress)
     with Store.open(obj["db"], read_only=True) as store:
         rows = store.query("SELECT count(*) AS n FROM results WHERE run_id = ?", [run_id])
+        timings = store.query("SELECT * FROM latency WHERE run_id = ? ORDER BY runtime, batch_size, created_at", [run_id])
+    if timings:
+        _print_latency(timings)
     click.echo(f"run {run_id}: stored {rows[0]['n']} results for {bundle.model_key} in {obj['db']}")
+
+
+def _print_latency(rows: list[dict[str, Any]]) -> None:
+    from bench_engine.latency_bench import break_even
+
+    click.echo(formatting.latency_table(rows))
+    for key, sparsity in break_even(rows).items():
+        timed = "none of the timed sparsities" if sparsity is None else f"{sparsity:.0%}"
+        click.echo(f"break-even with a sparse kernel, {key}: {timed}")
 
 
 # -- latency -----------------------------------------------------------------------------------
@@ -206,6 +231,25 @@ def bench(obj: dict[str, Any], model: str, weights: Path | None, data_spec: str,
 
 def _comma_list(value: str | None) -> list[str]:
     return [part.strip() for part in (value or "").split(",") if part.strip()]
+
+
+def _batch_sizes(value: str) -> list[int]:
+    from bench_engine.errors import InvalidConfigError
+
+    try:
+        return [int(b) for b in _comma_list(value)]
+    except ValueError:
+        raise InvalidConfigError(f"invalid --batch {value!r}: give comma-separated integers such as 1,16.") from None
+
+
+def _report_unavailable(names: list[str]) -> None:
+    """Say on stderr which requested runtimes cannot run here and will be skipped."""
+    if not names:
+        return
+    from bench_engine.timing import usable_runtimes
+
+    for name, reason in usable_runtimes(names)[1].items():
+        click.echo(f"runtime {name} skipped: {reason}", err=True)
 
 
 @main.command()
@@ -242,11 +286,7 @@ def latency(obj: dict[str, Any], model: str, weights: Path | None, runtimes: str
     from bench_engine.latency_bench import LatencyPlan, break_even, run_latency
     from bench_engine.models import load_model
 
-    try:
-        batch_sizes = [int(b) for b in _comma_list(batches)]
-    except ValueError:
-        raise InvalidConfigError(f"invalid --batch {batches!r}: give comma-separated integers such as 1,16.") from None
-    plan = LatencyPlan(runtimes=_comma_list(runtimes), batch_sizes=batch_sizes, sparsities=_comma_list(sparsities),
+    plan = LatencyPlan(runtimes=_comma_list(runtimes), batch_sizes=_batch_sizes(batches), sparsities=_comma_list(sparsities),
                        repeats=repeats, max_seconds=max_seconds)
     plan.configs()  # validate before loading anything heavy
     if threads is not None:
@@ -273,10 +313,7 @@ def latency(obj: dict[str, Any], model: str, weights: Path | None, runtimes: str
         click.echo(json.dumps({"run_id": run_id, "unavailable": unavailable, "break_even_sparsity": even,
                                "measurements": rows}, indent=2, default=str))
         return
-    click.echo(formatting.latency_table(rows))
-    for key, sparsity in even.items():
-        timed = "none of the timed sparsities" if sparsity is None else f"{sparsity:.0%}"
-        click.echo(f"break-even with a sparse kernel, {key}: {timed}")
+    _print_latency(rows)
     click.echo(f"run {run_id}: stored {len(rows)} latency measurements for {bundle.model_key} in {obj['db']}")
 
 

@@ -112,11 +112,11 @@ def recommendation_text(result: Recommendation, limit: int = 10) -> str:
     return "\n".join(parts)
 
 
-LATENCY_HEADERS = ["runtime", "batch", "sparsity", "p50 ms", "p90 ms", "spread", "speedup", "verdict"]
+LATENCY_HEADERS = ["runtime", "batch", "criterion", "sparsity", "p50 ms", "p90 ms", "spread", "speedup", "verdict"]
 
 
 def latency_table(rows: list[dict]) -> str:
-    """Return `ptsa latency` measurements as a plain table, one line per runtime, batch and sparsity."""
+    """Return latency measurements as a plain table, one line per runtime, batch and timed model."""
     cells = []
     for row in rows:
         sparsity = "dense" if row["criterion"] == "dense" else (
@@ -125,6 +125,7 @@ def latency_table(rows: list[dict]) -> str:
         cells.append([
             row["runtime"],
             str(row["batch_size"]),
+            row["criterion"],
             sparsity,
             number(row["p50_ms"], 2),
             number(row["p90_ms"], 2),

@@ -4,6 +4,11 @@ The protocol: untimed warm-up passes until the pass time is stable, then timed r
 by a count and by a time limit. It reports the median (p50), p90 and p99, the spread (IQR
 divided by the median) and the throughput at the median. Callers warn when the spread is above
 SPREAD_WARNING.
+
+To compare models (dense against pruned), `measure_interleaved` times them in rounds, one pass
+of each per round in a rotating order. A slow drift of the machine (another tenant, the CPU
+clock) then falls on every model alike instead of on whichever was timed during it, so the
+ratio of their medians stays meaningful even when each median moves.
 """
 
 from __future__ import annotations
@@ -11,7 +16,7 @@ from __future__ import annotations
 import logging
 import statistics
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Hashable, Mapping
 from dataclasses import asdict, dataclass
 
 import torch
@@ -81,6 +86,24 @@ def warm_up(model: nn.Module, x: torch.Tensor, minimum: int, maximum: int, max_s
     return len(times)
 
 
+def _result(samples: list[float], batch_size: int, warmup_passes: int) -> LatencyResult:
+    median = statistics.median(samples)
+    spread = (percentile(samples, 75) - percentile(samples, 25)) / median if median > 0 else 0.0
+    log.debug("latency p50 %.3f ms, spread %.1f %% over %d repeats", median, spread * 100, len(samples))
+    return LatencyResult(
+        runtime=RUNTIME,
+        batch_size=batch_size,
+        p50_ms=median,
+        p90_ms=percentile(samples, 90),
+        p99_ms=percentile(samples, 99),
+        spread=spread,
+        throughput=batch_size / (median / 1000) if median > 0 else 0.0,
+        warmup=warmup_passes,
+        repeats=len(samples),
+        num_threads=torch.get_num_threads(),
+    )
+
+
 @torch.inference_mode()
 def measure_latency(
     model: nn.Module | Callable[[torch.Tensor], object],
@@ -106,18 +129,43 @@ def measure_latency(
     deadline = time.perf_counter() + max_seconds
     while len(samples) < repeats and (len(samples) < 5 or time.perf_counter() < deadline):
         samples.append(_timed(model, x))
-    median = statistics.median(samples)
-    spread = (percentile(samples, 75) - percentile(samples, 25)) / median if median > 0 else 0.0
-    log.debug("latency p50 %.3f ms, spread %.1f %% over %d repeats", median, spread * 100, len(samples))
-    return LatencyResult(
-        runtime=RUNTIME,
-        batch_size=batch_size,
-        p50_ms=median,
-        p90_ms=percentile(samples, 90),
-        p99_ms=percentile(samples, 99),
-        spread=spread,
-        throughput=batch_size / (median / 1000) if median > 0 else 0.0,
-        warmup=warmup_passes,
-        repeats=len(samples),
-        num_threads=torch.get_num_threads(),
-    )
+    return _result(samples, batch_size, warmup_passes)
+
+
+@torch.inference_mode()
+def measure_interleaved(
+    models: Mapping[Hashable, Callable[[torch.Tensor], object]],
+    input_shape: tuple[int, ...],
+    batch_size: int = 1,
+    warmup: int = 5,
+    repeats: int = 30,
+    max_seconds: float = 5.0,
+    max_warmup: int = 50,
+) -> dict[Hashable, LatencyResult]:
+    """Time several models on the same input in rounds; return each model's result by its key.
+
+    Each model is warmed up until stable, as in `measure_latency`. Then every round times one
+    pass of each model, starting one model later than the round before. Rounds stop when each
+    model has `repeats` passes or when `max_seconds` per model have passed in total (after at
+    least 5 rounds).
+    """
+    if not models:
+        return {}
+    for model in models.values():
+        if isinstance(model, nn.Module):
+            model.eval()
+    x = torch.randn(batch_size, *input_shape)
+    keys = list(models)
+    warmups = {
+        key: warm_up(models[key], x, minimum=warmup, maximum=max(warmup, max_warmup), max_seconds=max_seconds / 4)
+        for key in keys
+    }
+    samples: dict[Hashable, list[float]] = {key: [] for key in keys}
+    deadline = time.perf_counter() + max_seconds * len(keys)
+    rounds = 0
+    while rounds < repeats and (rounds < 5 or time.perf_counter() < deadline):
+        start = rounds % len(keys)
+        for key in keys[start:] + keys[:start]:
+            samples[key].append(_timed(models[key], x))
+        rounds += 1
+    return {key: _result(samples[key], batch_size, warmups[key]) for key in keys}

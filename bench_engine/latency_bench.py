@@ -2,9 +2,12 @@
 
 For each sparsity (and always 0, the dense baseline) the model is pruned with magnitude, which
 needs no calibration data. Latency depends on where the zeros are, not on how they were chosen.
-Each runtime prepares the model, its outputs are checked against PyTorch's, and only then is it
-timed at each batch size. A sparse row's speedup is the dense row's p50 on the same runtime and
-batch size divided by its own p50.
+Each runtime prepares every model, its outputs are checked against PyTorch's, and only then are
+the models timed, at each batch size, in interleaved rounds (`measure_interleaved`). A sparse
+row's speedup is the dense p50 of the same rounds divided by its own p50, so drift of the
+machine during the measurement cancels out of the ratio.
+
+The timing itself is `bench_engine.timing.RuntimeTimer`, shared with `ptsa bench --runtime`.
 """
 
 from __future__ import annotations
@@ -19,16 +22,16 @@ from typing import Any
 
 import torch
 
-from bench_engine import __version__, memory
+from bench_engine import __version__
 from bench_engine.environment import environment_key, environment_profile
 from bench_engine.errors import InvalidConfigError
-from bench_engine.latency import measure_latency
 from bench_engine.models import ModelBundle
 from bench_engine.pruning import LayerPolicy, PruneConfig, find_prunable_layers, prune_model
 from bench_engine.pruning.config import check_sparsity, format_pattern, parse_pattern
 from bench_engine.pruning.prune import measure_sparsity
-from bench_engine.runner import failure_text, model_row, open_for_write, weight_bytes_json
-from bench_engine.runtimes import RuntimeUnavailableError, check_outputs, get_runtime, speedup_verdict
+from bench_engine.runner import failure_text, model_row, open_for_write
+from bench_engine.runtimes import RuntimeUnavailableError, get_runtime
+from bench_engine.timing import RuntimeTimer, TimedModel, as_columns, usable_runtimes
 
 log = logging.getLogger(__name__)
 
@@ -80,9 +83,7 @@ def run_latency(
 ) -> tuple[str, list[dict[str, Any]], dict[str, str]]:
     """Time the plan and store it as one run; return (run id, rows, {unavailable runtime: reason})."""
     configs = plan.configs()
-    runtimes = [get_runtime(name) for name in plan.runtimes]
-    unavailable = {r.name: r.unavailable_reason() for r in runtimes if r.unavailable_reason()}
-    usable = [r for r in runtimes if r.name not in unavailable]
+    usable, unavailable = usable_runtimes(plan.runtimes)
     if not usable:
         reasons = "; ".join(f"{name}: {reason}" for name, reason in unavailable.items())
         raise RuntimeUnavailableError(f"none of the requested runtimes can run here ({reasons}).")
@@ -97,58 +98,18 @@ def run_latency(
         store.upsert_environment(env_key, profile)
         store.start_run(run_id, command, {"latency": {"runtimes": list(plan.runtimes), "batch_sizes": list(plan.batch_sizes),
                                                       "sparsities": list(plan.sparsities)}}, env_key, __version__)
-    rows: list[dict[str, Any]] = []
-    dense_p50: dict[tuple[str, int], float] = {}
     try:
-        for config in [None, *configs]:
+        dense, _ = _pruned(bundle.model, None, example)
+        pruned = []
+        for config in configs:
             model, achieved = _pruned(bundle.model, config, example)
-            for runtime in usable:
-                prepared = runtime.prepare(model, example[:1])
-                difference = check_outputs(model, prepared, example)
-                for batch in plan.batch_sizes:
-                    memory.reset_peak()
-                    timing = measure_latency(prepared.run, shape, batch_size=batch, repeats=plan.repeats,
-                                             max_seconds=plan.max_seconds)
-                    peak_rss, peak_cuda = memory.peak_resident_bytes(), memory.peak_cuda_bytes()
-                    key = (runtime.name, batch)
-                    speedup = verdict = None
-                    if config is None:
-                        dense_p50[key] = timing.p50_ms
-                    else:
-                        speedup = dense_p50[key] / timing.p50_ms
-                        verdict = speedup_verdict(dense_p50[key], timing.p50_ms, prepared.sparse_kernel)
-                    rows.append({
-                        "latency_id": uuid.uuid4().hex,
-                        "run_id": run_id,
-                        "model_key": bundle.model_key,
-                        "env_key": env_key,
-                        "runtime": runtime.name,
-                        "batch_size": batch,
-                        "criterion": "dense" if config is None else config.criterion,
-                        "requested_sparsity": 0.0 if config is None else config.sparsity,
-                        "pattern": "dense" if config is None else format_pattern(config.pattern),
-                        "achieved_sparsity": achieved,
-                        "sparse_kernel": prepared.sparse_kernel,
-                        "sparse_layers": prepared.sparse_layers,
-                        "max_abs_diff": difference,
-                        "p50_ms": timing.p50_ms,
-                        "p90_ms": timing.p90_ms,
-                        "p99_ms": timing.p99_ms,
-                        "spread": timing.spread,
-                        "throughput_per_s": timing.throughput,
-                        "warmup": timing.warmup,
-                        "repeats": timing.repeats,
-                        "num_threads": timing.num_threads,
-                        "speedup": speedup,
-                        "verdict": verdict,
-                        "weight_bytes_json": weight_bytes_json(model),
-                        "peak_rss_bytes": peak_rss,
-                        "peak_cuda_bytes": peak_cuda,
-                    })
-                    log.info("%s %s batch %d: p50 %.3f ms", bundle.model_key, runtime.name, batch, timing.p50_ms)
+            pruned.append(TimedModel(model, config.criterion, config.sparsity, format_pattern(config.pattern), achieved))
+        timer = RuntimeTimer(usable, plan.batch_sizes, shape, plan.repeats, plan.max_seconds,
+                             {"run_id": run_id, "model_key": bundle.model_key, "env_key": env_key})
+        rows = timer.time(TimedModel(dense, "dense", 0.0, "dense", 0.0), pruned)
         with open_for_write(db_path) as store:
             store.upsert_model(model_row(bundle))
-            store.insert_latency({name: [row[name] for row in rows] for name in rows[0]})
+            store.insert_latency(as_columns(rows))
     except BaseException as exc:
         with open_for_write(db_path) as store:
             store.finish_run(run_id, "failed", failure_text(exc))

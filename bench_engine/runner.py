@@ -32,7 +32,9 @@ from bench_engine.pruning.reconstruction import ReconstructionSettings, reconstr
 from bench_engine.pruning.recipe import resolve_recipe
 from bench_engine.pruning.prune import measure_sparsity
 from bench_engine.pruning.sensitivity import cached_sensitivity
-from bench_engine.storage import FORMATS, model_storage
+from bench_engine.runtimes import RuntimeUnavailableError
+from bench_engine.storage import weight_bytes_json
+from bench_engine.timing import RuntimeTimer, TimedModel, as_columns, usable_runtimes
 from db import DatabaseLockedError, Store
 
 log = logging.getLogger(__name__)
@@ -63,6 +65,11 @@ class BenchPlan:
     latency_warmup: int = 10
     latency_repeats: int = 50
     latency_max_seconds: float = 5.0
+    # Runtimes to time every evaluated model on, each against the dense model in interleaved
+    # rounds, at each of `runtime_batch_sizes` (stored in the latency table). Runtimes that
+    # cannot run here are skipped.
+    runtimes: Sequence[str] = ()
+    runtime_batch_sizes: Sequence[int] = (1,)
 
     def configs(self) -> list[PruneConfig]:
         """Expand the grid into validated configurations; raises InvalidConfigError early."""
@@ -76,6 +83,7 @@ class BenchPlan:
             )
         if self.latency_batch_size < 1:
             raise InvalidConfigError(f"latency batch size must be at least 1, got {self.latency_batch_size}.")
+        self._check_runtimes()
         extra = [resolve_recipe(recipe, sparsity, self.policy) for recipe, sparsity in self.extra_recipes]
         if self.recipes:
             return self._recipe_configs() + extra
@@ -109,6 +117,21 @@ class BenchPlan:
                     )
         return configs + extra
 
+    def _check_runtimes(self) -> None:
+        if not self.runtimes:
+            return
+        if not self.runtime_batch_sizes or min(self.runtime_batch_sizes) < 1:
+            raise InvalidConfigError(
+                f"batch sizes must be at least 1, got {list(self.runtime_batch_sizes)}; for example --batch 1,16."
+            )
+        try:
+            usable, unavailable = usable_runtimes(self.runtimes)
+        except RuntimeUnavailableError as exc:
+            raise InvalidConfigError(str(exc)) from None
+        if not usable:
+            reasons = "; ".join(f"{name}: {reason}" for name, reason in unavailable.items())
+            raise InvalidConfigError(f"none of the requested runtimes can run here ({reasons}).")
+
     def _recipe_configs(self) -> list[PruneConfig]:
         configs = []
         for recipe in self.recipes:
@@ -141,6 +164,10 @@ class BenchPlan:
             "seed": self.seed,
             "activation_memory_gib": self.activation_memory_gib,
             "latency_batch_size": self.latency_batch_size,
+            "latency_repeats": self.latency_repeats,
+            "latency_max_seconds": self.latency_max_seconds,
+            "runtimes": list(self.runtimes),
+            "runtime_batch_sizes": list(self.runtime_batch_sizes) if self.runtimes else [],
         }
 
 
@@ -162,10 +189,11 @@ def bench_model(
     run_id: str,
     env_key: str,
     progress: tqdm | None = None,
-) -> dict[str, list[Any]]:
+) -> tuple[dict[str, list[Any]], list[dict[str, Any]]]:
     """Prune and measure one model with every configuration of the plan.
 
-    Returns the result rows column-wise (dense row first), ready for `Store.insert_results`.
+    Returns the result rows column-wise (dense row first), ready for `Store.insert_results`,
+    and the latency rows of the plan's runtimes (empty without runtimes), each naming its result.
     """
     check_compatible(bundle, data)
     configs = plan.configs()
@@ -232,14 +260,24 @@ def bench_model(
             "num_threads": result.num_threads,
         }
 
+    timer = None
+    latency_rows: list[dict[str, Any]] = []
+    if plan.runtimes:
+        usable, _ = usable_runtimes(plan.runtimes)
+        timer = RuntimeTimer(usable, plan.runtime_batch_sizes, input_shape, plan.latency_repeats,
+                             plan.latency_max_seconds, {"run_id": run_id, "model_key": bundle.model_key, "env_key": env_key})
+
     target_names = [layer.name for layer in layers]
     dense_sparsity = measure_sparsity(dense, target_names)
+    dense_timed = TimedModel(dense, "dense", 0.0, "dense", 0.0, result_id=uuid.uuid4().hex)
+    if timer is not None:
+        latency_rows += timer.time(dense_timed, [])
     rows.append(
         {
             **base,
             **dense_scores,
             **latency_columns(dense),
-            "result_id": uuid.uuid4().hex,
+            "result_id": dense_timed.result_id,
             "criterion": "dense",
             "allocation": "none",
             "pattern": "dense",
@@ -285,12 +323,16 @@ def bench_model(
         technique_seconds = time.perf_counter() - started
         counted = measure_sparsity(sparse, target_names)
         logits, _ = predict(sparse, data.evaluation_batches())
+        result_id = uuid.uuid4().hex
+        if timer is not None:
+            timed = TimedModel(sparse, config.criterion, config.sparsity, config.pattern_name, counted.targeted, result_id)
+            latency_rows += timer.time(dense_timed, [timed], baseline_rows=False)
         rows.append(
             {
                 **base,
                 **score(logits, labels, dense_logits, data.labelled),
                 **latency_columns(sparse),
-                "result_id": uuid.uuid4().hex,
+                "result_id": result_id,
                 "criterion": config.criterion,
                 "allocation": config.allocation,
                 "pattern": config.pattern_name,
@@ -317,7 +359,7 @@ def bench_model(
             bundle.model_key, len(noisy), len(rows), SPREAD_WARNING * 100, worst * 100,
         )
     names = list(rows[0])
-    return {name: [row[name] for row in rows] for name in names}
+    return {name: [row[name] for row in rows] for name in names}, latency_rows
 
 
 def failure_text(exc: BaseException) -> str:
@@ -325,12 +367,6 @@ def failure_text(exc: BaseException) -> str:
     if isinstance(exc, KeyboardInterrupt):
         return "KeyboardInterrupt: interrupted by the user (Ctrl-C)"
     return f"{type(exc).__name__}: {exc}"
-
-
-def weight_bytes_json(model: torch.nn.Module) -> str:
-    """Return the model's Conv2d and Linear weight bytes per storage format, as stored JSON."""
-    storage = model_storage(model, value_bytes=4, index_bytes=4)
-    return json.dumps({name: storage.total(name) for name in FORMATS})
 
 
 def model_row(bundle: ModelBundle) -> dict[str, Any]:
@@ -415,10 +451,11 @@ def run_jobs(
         for job in jobs:
             bar.set_postfix_str(f"{job.label} · loading")
             bundle, data = job.load()
-            columns = bench_model(bundle, data, job.plan, run_id, env_key, progress=bar)
-            with open_for_write(db_path) as store:
+            columns, latency_rows = bench_model(bundle, data, job.plan, run_id, env_key, progress=bar)
+            with open_for_write(db_path) as store, store.transaction():
                 store.upsert_model(model_row(bundle))
                 store.insert_results(columns)
+                store.insert_latency(as_columns(latency_rows))
             log.info("stored %d results for %s", len(columns["result_id"]), bundle.model_key)
     except BaseException as exc:
         try:

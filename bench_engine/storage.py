@@ -16,6 +16,7 @@ them (alignment, padding, kernel workspaces) is not included.
 
 from __future__ import annotations
 
+import json
 import math
 from dataclasses import dataclass, field
 
@@ -107,3 +108,9 @@ def model_storage(model: nn.Module, value_bytes: int = 4, index_bytes: int = 4) 
         if isinstance(module, (nn.Conv2d, nn.Linear))
     ]
     return ModelStorage(layers, value_bytes, index_bytes)
+
+
+def weight_bytes_json(model: torch.nn.Module) -> str:
+    """Return the model's Conv2d and Linear weight bytes per storage format, as stored JSON."""
+    storage = model_storage(model, value_bytes=4, index_bytes=4)
+    return json.dumps({name: storage.total(name) for name in FORMATS})

@@ -141,4 +141,15 @@ MIGRATION_2 = [
     """,
 ]
 
-MIGRATIONS: list[list[str]] = [MIGRATION_1, MIGRATION_2]
+# Version 3: latency rows measured inside `ptsa bench` name the result they time (result_id).
+# `protocol` says how the row was timed: 'interleaved' when the models of one comparison were
+# timed in alternating rounds (rows written before version 3 were timed one after another and
+# have NULL). `baseline_p50_ms` is the dense p50 timed in the same comparison, the denominator
+# of `speedup`.
+MIGRATION_3 = [
+    "ALTER TABLE latency ADD COLUMN result_id VARCHAR",
+    "ALTER TABLE latency ADD COLUMN protocol VARCHAR",
+    "ALTER TABLE latency ADD COLUMN baseline_p50_ms DOUBLE",
+]
+
+MIGRATIONS: list[list[str]] = [MIGRATION_1, MIGRATION_2, MIGRATION_3]

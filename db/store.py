@@ -58,6 +58,7 @@ class Store:
         self.path = path
         self.read_only = read_only
         self._con = connection
+        self._in_transaction = False
 
     # -- opening and closing --------------------------------------------------------------
 
@@ -153,8 +154,15 @@ class Store:
 
     @contextmanager
     def transaction(self) -> Iterator[None]:
-        """Run the block in one transaction: all of its writes land, or none do."""
+        """Run the block in one transaction: all of its writes land, or none do.
+
+        Nested blocks join the outermost transaction, so several inserts can land together.
+        """
+        if self._in_transaction:
+            yield
+            return
         self._con.execute("BEGIN TRANSACTION")
+        self._in_transaction = True
         try:
             yield
         except BaseException:
@@ -162,6 +170,8 @@ class Store:
             raise
         else:
             self._con.execute("COMMIT")
+        finally:
+            self._in_transaction = False
 
     def columns(self, table: str) -> list[str]:
         rows = self._con.execute(

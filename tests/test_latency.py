@@ -8,7 +8,7 @@ import pytest
 import torch
 from torch import nn
 
-from bench_engine.latency import measure_latency, percentile, warm_up
+from bench_engine.latency import measure_interleaved, measure_latency, percentile, warm_up
 
 
 class ScriptedDelay(nn.Module):
@@ -56,3 +56,55 @@ def test_measure_latency_reports_protocol_fields():
     assert 5 <= result.repeats <= 20
     assert result.warmup >= 3
     assert result.num_threads == torch.get_num_threads()
+
+
+class SharedClock:
+    """Counts calls across models; calls in the middle half of all calls are slowed down 4×."""
+
+    def __init__(self, total_calls: int):
+        self.calls = 0
+        self.total = total_calls
+
+    def factor(self) -> float:
+        self.calls += 1
+        return 4.0 if self.total / 4 <= self.calls < 3 * self.total / 4 else 1.0
+
+
+class Drifting(nn.Module):
+    def __init__(self, clock: SharedClock, base_ms: float):
+        super().__init__()
+        self.clock, self.base_ms = clock, base_ms
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        time.sleep(self.base_ms * self.clock.factor() / 1000)
+        return x
+
+
+def test_interleaved_rounds_keep_the_ratio_under_drift():
+    # Warm-up passes also count on the clock; the drift window falls inside the timed rounds.
+    clock = SharedClock(total_calls=2 * (6 + 30))
+    models = {"dense": Drifting(clock, 2.0), "sparse": Drifting(clock, 4.0)}
+    results = measure_interleaved(models, (1,), warmup=6, max_warmup=6, repeats=30, max_seconds=60.0)
+    assert results["dense"].repeats == results["sparse"].repeats == 30
+    # Each model had the same share of slow calls, so the ratio of medians is the true 2×.
+    # Timed one after the other, dense would take most of the slow calls and the ratio would be 0.5.
+    assert results["sparse"].p50_ms / results["dense"].p50_ms == pytest.approx(2.0, rel=0.15)
+
+
+def test_interleaved_rounds_rotate_the_starting_model():
+    order: list[str] = []
+
+    class Named(nn.Module):
+        def __init__(self, name: str):
+            super().__init__()
+            self.name = name
+
+        def forward(self, x: torch.Tensor) -> torch.Tensor:
+            order.append(self.name)
+            return x
+
+    models = {name: Named(name) for name in "abc"}
+    measure_interleaved(models, (1,), warmup=1, max_warmup=1, repeats=6, max_seconds=10.0)
+    timed = order[-18:]  # 6 rounds of 3 models after the warm-up passes
+    firsts = [timed[i] for i in range(0, 18, 3)]
+    assert firsts == ["a", "b", "c", "a", "b", "c"]

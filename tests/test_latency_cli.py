@@ -48,12 +48,15 @@ def test_latency_stores_dense_and_sparse_rows(tmp_path, weights):
         assert row["max_abs_diff"] < 1e-3
         assert json.loads(row["weight_bytes_json"])["dense"] > 0
         assert row["peak_rss_bytes"] > 0  # Linux CI; None only where /proc is missing
+        assert row["protocol"] == "interleaved"
+        assert row["result_id"] is None  # timed by `ptsa latency`, not as a bench result
         if row["criterion"] == "dense":
             assert row["speedup"] is None
             assert row["achieved_sparsity"] == 0.0
+            assert row["baseline_p50_ms"] == row["p50_ms"]
         else:
             assert row["achieved_sparsity"] == pytest.approx(0.5, abs=1e-3)
-            assert row["speedup"] > 0
+            assert row["speedup"] == pytest.approx(row["baseline_p50_ms"] / row["p50_ms"])
             # resnet10t's only Linear layer is the classifier, left dense, so no sparse kernel runs.
             assert row["sparse_kernel"] is None
             assert row["verdict"].startswith("no sparse kernel ran")
@@ -118,3 +121,60 @@ def test_break_even_takes_lowest_winning_sparsity():
         row("torch-eager", 1, 0.9, 1.2, kernel=None), row("torch-2:4-cuda", 1, 0.5, 1.4, pattern="2:4"),
     ]
     assert break_even(rows) == {"torch-sparse-csr batch 1": 0.7, "torch-sparse-csr batch 16": None}
+
+
+def bench_args(tmp_path, weights, *extra):
+    from test_inputs import write_images
+
+    for name in ("a", "b"):
+        write_images(tmp_path / "data" / name, 4)
+    return ["--db", str(tmp_path / "bench.duckdb"), "bench", "resnet10t", "--weights", str(weights),
+            "--data", str(tmp_path / "data"), "--unlabelled", "--input-size", "32", "--calibration-size", "4",
+            "--criterion", "magnitude", "--criterion", "wanda", "--sparsity", "0.5", "--repeats", "5",
+            "--max-seconds", "0.1", "--no-progress", *extra]
+
+
+def test_bench_times_every_result_on_each_runtime(tmp_path, weights):
+    args = bench_args(tmp_path, weights, "--runtime", "torch-eager,torch-sparse-csr,torch-2:4-cuda", "--batch", "1,2")
+    result = CliRunner().invoke(main, args)
+    assert result.exit_code == 0, result.output
+    if not torch.cuda.is_available():
+        assert "runtime torch-2:4-cuda skipped: no CUDA device" in result.stderr
+    assert "break-even" not in result.stdout  # no sparse kernel ran on resnet10t
+    with Store.open(tmp_path / "bench.duckdb", read_only=True) as store:
+        results = {r["result_id"]: r for r in store.query("SELECT * FROM results")}
+        timings = store.query("SELECT * FROM latency")
+    assert len(results) == 3  # dense, magnitude, wanda
+    assert len(timings) == 3 * 2 * 2  # results × runtimes × batch sizes
+    assert {t["result_id"] for t in timings} == set(results)
+    for timing in timings:
+        result_row = results[timing["result_id"]]
+        assert timing["criterion"] == result_row["criterion"]
+        assert timing["run_id"] == result_row["run_id"]
+        assert timing["env_key"] == result_row["env_key"]
+        assert timing["protocol"] == "interleaved"
+        if timing["criterion"] != "dense":
+            assert timing["speedup"] == pytest.approx(timing["baseline_p50_ms"] / timing["p50_ms"])
+            assert timing["achieved_sparsity"] == pytest.approx(result_row["achieved_sparsity_targeted"])
+    assert "torch-sparse-csr" in result.stdout  # the latency table is printed after the run
+
+
+@pytest.mark.parametrize("extra, message", [
+    (["--runtime", "tensorrt"], "unknown runtime 'tensorrt'"),
+    (["--runtime", "torch-eager", "--batch", "0"], "batch sizes must be at least 1"),
+    (["--runtime", "torch-eager", "--batch", "x"], "invalid --batch 'x'"),
+])
+def test_bench_bad_runtime_input_exits_2_and_writes_nothing(tmp_path, weights, extra, message):
+    result = CliRunner().invoke(main, bench_args(tmp_path, weights, *extra))
+    assert result.exit_code == 2
+    assert message in result.stderr
+    assert not (tmp_path / "bench.duckdb").exists()
+
+
+def test_bench_with_no_usable_runtime_exits_2(tmp_path, weights):
+    if torch.cuda.is_available():
+        pytest.skip("this machine has a CUDA device, so torch-2:4-cuda may run")
+    result = CliRunner().invoke(main, bench_args(tmp_path, weights, "--runtime", "torch-2:4-cuda"))
+    assert result.exit_code == 2
+    assert "none of the requested runtimes can run here" in result.stderr
+    assert not (tmp_path / "bench.duckdb").exists()

@@ -145,3 +145,16 @@ def test_version_1_file_migrates_on_write_open(tmp_path):
         assert "weight_bytes_json" in store.columns("results")
         insert_rows(store, [make_result(weight_bytes_json='{"dense": 16}')])
         assert store.query("SELECT weight_bytes_json FROM results")[0]["weight_bytes_json"] == '{"dense": 16}'
+        assert {"result_id", "protocol", "baseline_p50_ms"} <= set(store.columns("latency"))
+
+
+def test_nested_transaction_lands_all_or_nothing(tmp_path):
+    with Store.open(tmp_path / "r.duckdb") as store:
+        with pytest.raises(InvalidRowsError, match="unknown latency columns"):
+            with store.transaction():
+                insert_rows(store, [make_result()])
+                store.insert_latency({"no_such_column": [1]})
+        assert store.count("results") == 0  # the results insert was rolled back with the latency one
+        with store.transaction():
+            insert_rows(store, [make_result()])
+        assert store.count("results") == 1
