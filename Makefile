@@ -9,7 +9,7 @@ export HF_HUB_OFFLINE := 1
 # that fails to import). On this workplace pip takes both from the local disk.
 TORCH_PINS ?= torch==2.14.1 torchvision==0.29.1
 
-.PHONY: demo test setup lint clean-venv
+.PHONY: demo test setup lint clean-venv latency-evidence
 
 $(VENV)/.installed: pyproject.toml
 	$(PYTHON) -m venv $(VENV)
@@ -31,3 +31,9 @@ test: lint
 
 clean-venv:
 	rm -rf $(VENV)
+
+# Time resnet18, mobilenetv3_large_100 and vit_small at 0/50/70/90 % and 2:4 on every runtime
+# available here, into the default database (LATENCY_ARGS="--db FILE" for another), and print
+# the table of p50s. On a GPU server: LATENCY_ARGS="--batch 1,64".
+latency-evidence: $(VENV)/.installed
+	$(VENV)/bin/python benchmarks/latency_evidence.py $(LATENCY_ARGS)

@@ -23,7 +23,16 @@ import click
 
 from advisor import formatting
 from bench_engine.errors import BenchError  # light: no torch import
-from advisor.recommend import LATENCY_STATS, OBJECTIVES, Budget, BudgetError, load_candidates, recommend
+from advisor.recommend import (
+    LATENCY_STATS,
+    OBJECTIVES,
+    Budget,
+    BudgetError,
+    load_candidates,
+    load_profiles,
+    load_timings,
+    recommend,
+)
 from db import DatabaseError, Store, default_db_path
 
 log = logging.getLogger("ptsa")
@@ -333,14 +342,22 @@ def budget_options(func: Callable[..., Any]) -> Callable[..., Any]:
         click.option("--objective", type=click.Choice(OBJECTIVES), default="accuracy", show_default=True,
                      help="What to maximise among candidates that fit: accuracy, lowest latency, or sparsity."),
         click.option("--sparse-only", is_flag=True, help="Leave the dense models out of the ranking."),
+        click.option("--runtime", default="torch-eager", show_default=True,
+                     help="Runtime whose measured latency counts (torch-eager, torch-sparse-csr, onnxruntime-cpu, ...)."),
+        click.option("--profile", default=None,
+                     help="Hardware profile (environment key or a unique prefix; see `ptsa profiles`) whose "
+                          "timings count. Default: the one with the most recent timing on --runtime."),
     ]
     for option in reversed(options):
         func = option(func)
     return func
 
 
-def _budget(max_latency_ms, latency_stat, batch_size, min_accuracy, max_drop, dataset, objective, sparse_only) -> Budget:
+def _budget(max_latency_ms, latency_stat, batch_size, min_accuracy, max_drop, dataset, objective, sparse_only,
+            runtime, profile) -> Budget:
     return Budget(
+        runtime=runtime,
+        profile=profile,
         max_latency_ms=max_latency_ms,
         latency_stat=latency_stat,
         batch_size=batch_size,
@@ -359,11 +376,17 @@ def _budget(max_latency_ms, latency_stat, batch_size, min_accuracy, max_drop, da
 @click.pass_obj
 @handle_errors
 def recommend_command(obj: dict[str, Any], max_latency_ms, latency_stat, batch_size, min_accuracy, max_drop,
-                      dataset, objective, sparse_only, limit: int, as_json: bool) -> None:
-    """Rank stored candidates (model × method × sparsity) that meet a budget."""
-    budget = _budget(max_latency_ms, latency_stat, batch_size, min_accuracy, max_drop, dataset, objective, sparse_only)
+                      dataset, objective, sparse_only, runtime, profile, limit: int, as_json: bool) -> None:
+    """Rank stored candidates (model × method × sparsity) that meet a budget.
+
+    Latency is the measured latency on one hardware profile, runtime and batch size; see
+    `ptsa profiles`. It is never estimated from FLOPs or parameter counts.
+    """
+    budget = _budget(max_latency_ms, latency_stat, batch_size, min_accuracy, max_drop, dataset, objective, sparse_only,
+                     runtime, profile)
     with Store.open(obj["db"], read_only=True) as store:
         rows = load_candidates(store, budget.dataset)
+        timings, profiles = load_timings(store), load_profiles(store)
         datasets = [r["dataset"] for r in store.query("SELECT DISTINCT dataset FROM results ORDER BY dataset")]
     if not rows and budget.dataset and datasets:
         _fail(f"database {obj['db']} has no results for dataset {budget.dataset!r}; it has results for "
@@ -373,7 +396,16 @@ def recommend_command(obj: dict[str, Any], max_latency_ms, latency_stat, batch_s
     if budget.dataset is None and len(datasets) > 1:
         log.warning("results span datasets %s with different data and metrics; pass --dataset to "
                     "compare like with like", ", ".join(datasets))
-    result = recommend(rows, budget)
+    result = recommend(rows, budget, timings=timings, profiles=profiles)
+    if result.profile is None:
+        runtimes = sorted({(t.runtime, t.batch_size) for t in timings})
+        measured = ", ".join(f"{name} at batch {batch}" for name, batch in runtimes) or "nothing"
+        message = (f"no latency measured on runtime {budget.runtime!r} at batch {budget.batch_size}; the database "
+                   f"has timings for {measured}. Pass one of those with --runtime and --batch-size, or time it with "
+                   f"`ptsa latency MODEL --runtime {budget.runtime} --batch {budget.batch_size}`.")
+        if budget.max_latency_ms is not None or budget.objective == "latency":
+            _fail(message)
+        log.warning("%s", message)
     if as_json:
         click.echo(json.dumps(result.to_dict(limit), indent=2, default=_json_default))
     else:
@@ -416,9 +448,57 @@ def demo(obj: dict[str, Any], no_tui: bool, threads: int | None, skip_lite0: boo
     if no_tui or not sys.stdout.isatty():
         with Store.open(obj["db"], read_only=True) as store:
             rows = load_candidates(store, budget.dataset)
-        click.echo(formatting.recommendation_text(recommend(rows, budget), 10))
+            timings, profiles = load_timings(store), load_profiles(store)
+        click.echo(formatting.recommendation_text(recommend(rows, budget, timings=timings, profiles=profiles), 10))
     else:
         _open_tui(obj["db"], budget)
+
+
+# -- profiles ----------------------------------------------------------------------------------
+
+
+@main.command()
+@click.option("--json", "as_json", is_flag=True, help="Print machine-readable JSON on stdout.")
+@click.pass_obj
+@handle_errors
+def profiles(obj: dict[str, Any], as_json: bool) -> None:
+    """List the hardware profiles in the database and the timings each one holds.
+
+    A profile is the environment a measurement ran in (CPU, GPU, threads, library versions);
+    `ptsa recommend --profile KEY` uses one profile's timings only.
+    """
+    with Store.open(obj["db"], read_only=True) as store:
+        known = store.query("SELECT * FROM environments ORDER BY first_seen, env_key")
+        timings = load_timings(store)
+    counts: dict[str, dict[str, int]] = {}
+    for timing in timings:
+        per_runtime = counts.setdefault(timing.env_key, {})
+        label = f"{timing.runtime} batch {timing.batch_size}"
+        per_runtime[label] = per_runtime.get(label, 0) + 1
+    entries = []
+    for env in known:
+        profile = json.loads(env.get("profile_json") or "{}")
+        entries.append({
+            "profile": env["env_key"],
+            "cpu_model": env["cpu_model"],
+            "num_threads": env["num_threads"],
+            "device": env["device"],
+            "gpu": profile.get("gpu_name"),
+            "torch_version": env["torch_version"],
+            "timings": counts.get(env["env_key"], {}),
+        })
+    if as_json:
+        click.echo(json.dumps(entries, indent=2))
+        return
+    if not entries:
+        click.echo(f"database {obj['db']} has no profiles yet; `ptsa bench` or `ptsa latency` records one.")
+        return
+    for entry in entries:
+        gpu = f", GPU {entry['gpu']}" if entry["gpu"] else ""
+        click.echo(f"{entry['profile']}  {entry['cpu_model']}{gpu}, {entry['num_threads']} threads, "
+                   f"torch {entry['torch_version']}")
+        for label, n in sorted(entry["timings"].items()):
+            click.echo(f"    {label}: {n} timings")
 
 
 # -- models ------------------------------------------------------------------------------------

@@ -5,7 +5,7 @@ from __future__ import annotations
 import json
 import math
 
-from advisor.recommend import Candidate, Recommendation
+from advisor.recommend import LATENCY_SOURCES, Candidate, Recommendation
 
 CONSTRAINT_LABELS = {
     "max_latency_ms": "max latency",
@@ -45,11 +45,20 @@ def candidate_cells(candidate: Candidate) -> list[str]:
         f"{number(candidate.accuracy, 1)} {METRIC_LABELS[candidate.metric]}",
         number(candidate.drop, 1),
         number(candidate.latency_ms, 2),
+        speedup_cell(candidate),
         row["provenance"],
     ]
 
 
-HEADERS = ["model", "method", "sparsity", "accuracy", "drop", "latency ms", "evidence"]
+def speedup_cell(candidate: Candidate) -> str:
+    """The measured speedup against dense on the same runtime; '-' for dense or when unmeasured."""
+    timing = candidate.timing
+    if timing is None or candidate.row["criterion"] == "dense" or timing.speedup is None:
+        return "-"
+    return f"{timing.speedup:.2f}×"
+
+
+HEADERS = ["model", "method", "sparsity", "accuracy", "drop", "latency ms", "speedup", "evidence"]
 
 
 def _table(rows: list[list[str]], headers: list[str]) -> str:
@@ -65,23 +74,48 @@ def describe_violation(constraint: str, amount: float, candidate: Candidate) -> 
     label = CONSTRAINT_LABELS.get(constraint, constraint)
     if math.isinf(amount):
         if constraint == "max_latency_ms":
-            measured = candidate.row.get("latency_batch_size")
-            where = f" (measured at batch {measured} only)" if measured else ""
-            return f"{label}: not measured at the budget's batch size{where}"
+            return f"{label}: not measured on this profile, runtime and batch size"
         return f"{label}: not measured"
     unit = " ms" if constraint == "max_latency_ms" else " points"
     return f"{label} missed by {amount:.2f}{unit}"
 
 
+def profile_text(result: Recommendation) -> str:
+    """One line naming the latency evidence: statistic, runtime, batch size and hardware profile."""
+    budget = result.budget
+    where = f"latency {budget.latency_stat} on {budget.runtime} at batch {budget.batch_size}"
+    profile = result.profile
+    if profile is None:
+        return f"{where}: not measured"
+    described = ", ".join(str(x) for x in (profile.cpu_model, profile.num_threads and f"{profile.num_threads} threads") if x)
+    return f"{where}, profile {profile.env_key}" + (f" ({described})" if described else "")
+
+
+def source_notes(candidates: list[Candidate]) -> list[str]:
+    """Say how many shown rows take their latency from another timing than their own."""
+    notes = []
+    counts: dict[str, int] = {}
+    for c in candidates:
+        if c.timing is not None and c.row["criterion"] != "dense":
+            counts[c.timing.source] = counts.get(c.timing.source, 0) + 1
+    for source in ("same_sparsity", "dense_kernels"):
+        if counts.get(source):
+            notes.append(f"{counts[source]} of the rows shown use {LATENCY_SOURCES[source]}.")
+    sparse = [c for c in candidates if c.row["criterion"] != "dense" and c.timing is not None]
+    if sparse and all(c.timing.sparse_kernel is None for c in sparse):
+        notes.append(f"No sparse kernel ran on {sparse[0].timing.runtime}: the zeros save storage once "
+                     "compressed, not time; speedups are measured, never estimated from FLOPs.")
+    return notes
+
+
 def recommendation_text(result: Recommendation, limit: int = 10) -> str:
     budget = result.budget
-    stat = budget.latency_stat
     parts = []
     if result.found:
         rows = [[str(i + 1), *candidate_cells(c)] for i, c in enumerate(result.ranked[:limit])]
         parts.append(
             f"{len(result.ranked)} of {result.total} candidates meet the budget "
-            f"(objective: {budget.objective}; latency {stat} at batch {budget.batch_size}):"
+            f"(objective: {budget.objective}; {profile_text(result)}):"
         )
         parts.append(_table(rows, ["#", *HEADERS]))
         best = result.ranked[0]
@@ -92,18 +126,14 @@ def recommendation_text(result: Recommendation, limit: int = 10) -> str:
                 f"Top candidate: the tightest constraint is {CONSTRAINT_LABELS[binding]}, with "
                 f"{best.margins[binding]:.2f} {unit} of headroom."
             )
-        if any(c.row["criterion"] != "dense" and c.row.get("runtime") == "torch-eager" for c in result.ranked[:limit]):
-            parts.append(
-                "Latency was measured with dense kernels (torch-eager): the zeros save storage "
-                "once compressed, not time."
-            )
+        parts.extend(source_notes(result.ranked[:limit]))
     else:
         binding = result.binding_constraint()
         parts.append(
             f"No candidate meets the budget: {CONSTRAINT_LABELS.get(binding, binding)} rules out "
             f"{result.failing_counts.get(binding, 0)} of {result.total} candidates."
         )
-        parts.append("Nearest candidates:")
+        parts.append(f"Nearest candidates ({profile_text(result)}):")
         rows = []
         for c in result.nearest:
             misses = "; ".join(describe_violation(k, v, c) for k, v in c.violations.items())

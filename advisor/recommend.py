@@ -3,14 +3,27 @@
 This module is the headless core shared by the CLI and the TUI. It reads rows from the store,
 checks each against the budget and ranks the ones that fit. When none fits, it names the
 constraint that failed and the nearest candidates.
+
+Accuracy comes from each result row. Latency comes from timings on one hardware profile (an
+environment key), one runtime and one batch size, never mixed, and never estimated from FLOPs
+or parameter counts: a candidate without a measured timing on that profile has no latency.
+`LatencyEvidence` picks, for each candidate, the timing that applies, in this order:
+
+1. a timing of this very result (`ptsa bench`, or `ptsa bench --runtime`);
+2. a timing of the same model at the same sparsity and pattern (`ptsa latency`, magnitude
+   mask), for results with uniform allocation: on a given runtime the latency depends on how
+   many zeros each layer has and where, hardly on which criterion chose them;
+3. the dense model's timing, when every sparse timing of this model on this runtime ran dense
+   kernels only, since then the zeros are multiplied like any other weight.
+
+Each candidate says which of these it used.
 """
 
 from __future__ import annotations
 
 import json
-
 import math
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass, field, replace
 from typing import Any
 
 from db import Store
@@ -39,6 +52,10 @@ class Budget:
     dataset: str | None = None
     objective: str = "accuracy"
     include_dense: bool = True
+    # Latency evidence: the runtime, and the hardware profile (environment key, or a unique
+    # prefix of one). None picks the profile with the most recent timing on this runtime.
+    runtime: str = "torch-eager"
+    profile: str | None = None
 
     def __post_init__(self) -> None:
         if self.max_latency_ms is not None and not (self.max_latency_ms > 0 and math.isfinite(self.max_latency_ms)):
@@ -78,6 +95,7 @@ class Candidate:
     latency_ms: float | None
     violations: dict[str, float] = field(default_factory=dict)  # constraint -> shortfall
     margins: dict[str, float] = field(default_factory=dict)  # constraint -> headroom
+    timing: Timing | None = None  # the timing behind latency_ms
 
     @property
     def drop(self) -> float | None:
@@ -120,6 +138,7 @@ class Candidate:
             "top5": row.get("top5"),
             "kl_divergence": row.get("kl_divergence"),
             "latency_ms": self.latency_ms,
+            "latency": None if self.timing is None else self.timing.to_dict(),
             "binding_constraint": self.binding(),
             "margins": self.margins,
             "violations": self.violations,
@@ -150,6 +169,7 @@ class Recommendation:
     nearest: list[Candidate]
     failing_counts: dict[str, int]  # constraint -> candidates it rules out
     total: int
+    profile: Profile | None = None  # the hardware profile whose timings were used
 
     @property
     def found(self) -> bool:
@@ -166,6 +186,7 @@ class Recommendation:
         return {
             "status": "ok" if self.found else "no_candidate",
             "budget": self.budget.to_dict(),
+            "latency_profile": None if self.profile is None else asdict(self.profile),
             "candidates_considered": self.total,
             "candidates_meeting_budget": len(self.ranked),
             "candidates": [c.to_dict(rank=i + 1) for i, c in enumerate(ranked)],
@@ -173,6 +194,172 @@ class Recommendation:
             "failing_counts": self.failing_counts,
             "nearest": [] if self.found else [c.to_dict() for c in self.nearest],
         }
+
+
+LATENCY_SOURCES = {
+    "result": "measured for this result",
+    "same_sparsity": "measured for the same model, sparsity and pattern (magnitude mask)",
+    "dense_kernels": "the dense model's timing: this runtime ran dense kernels only, so zeros do not change it",
+    "dense": "measured for the dense model",
+}
+
+
+@dataclass(frozen=True)
+class Timing:
+    """One latency measurement of a model on a profile, runtime and batch size."""
+
+    model_key: str
+    env_key: str
+    runtime: str
+    batch_size: int
+    criterion: str
+    pattern: str
+    requested_sparsity: float
+    p50_ms: float
+    p90_ms: float
+    sparse_kernel: str | None
+    speedup: float | None  # dense p50 / this p50, timed together; None for dense rows
+    result_id: str | None
+    source: str = "result"  # a key of LATENCY_SOURCES, set when a candidate takes it
+
+    def stat(self, name: str) -> float:
+        return self.p50_ms if name == "p50" else self.p90_ms
+
+    def to_dict(self) -> dict[str, Any]:
+        return {
+            "runtime": self.runtime,
+            "batch_size": self.batch_size,
+            "profile": self.env_key,
+            "p50_ms": self.p50_ms,
+            "p90_ms": self.p90_ms,
+            "sparse_kernel": self.sparse_kernel,
+            "speedup_vs_dense": self.speedup,
+            "source": LATENCY_SOURCES[self.source],
+        }
+
+
+@dataclass(frozen=True)
+class Profile:
+    """A hardware profile: the environment key and what it describes."""
+
+    env_key: str
+    cpu_model: str | None
+    num_threads: int | None
+    device: str | None
+
+
+_TIMINGS_SQL = """
+SELECT model_key, env_key, runtime, batch_size, criterion, pattern, requested_sparsity, p50_ms, p90_ms,
+       sparse_kernel, speedup, result_id, created_at
+FROM latency
+UNION ALL
+SELECT model_key, env_key, runtime, latency_batch_size, criterion, pattern, requested_sparsity,
+       latency_p50_ms, latency_p90_ms, NULL, NULL, result_id, created_at
+FROM results
+WHERE provenance = 'measured' AND latency_p50_ms IS NOT NULL AND env_key IS NOT NULL
+ORDER BY created_at
+"""
+
+
+def load_timings(store: Store) -> list[Timing]:
+    """Read every measured timing: the latency table and each bench result's own latency."""
+    rows = store.query(_TIMINGS_SQL)
+    return [Timing(**{k: v for k, v in row.items() if k != "created_at"}) for row in rows]
+
+
+def load_profiles(store: Store) -> dict[str, Profile]:
+    rows = store.query("SELECT env_key, cpu_model, num_threads, device FROM environments")
+    return {row["env_key"]: Profile(**row) for row in rows}
+
+
+def timings_from_rows(rows: list[dict[str, Any]]) -> list[Timing]:
+    """Return the timings held in result rows themselves (when no latency table was read)."""
+    timings = []
+    for row in sorted(rows, key=lambda r: str(r.get("created_at"))):
+        if row.get("latency_p50_ms") is None or row.get("env_key") is None or row.get("provenance") != "measured":
+            continue
+        timings.append(Timing(
+            row["model_key"], row["env_key"], row["runtime"], row["latency_batch_size"], row["criterion"],
+            row["pattern"], row["requested_sparsity"], row["latency_p50_ms"], row["latency_p90_ms"], None, None,
+            row["result_id"],
+        ))
+    return timings
+
+
+def _sparsity_key(value: float) -> float:
+    return round(float(value), 4)
+
+
+class LatencyEvidence:
+    """Timings indexed for lookup; later timings replace earlier ones of the same configuration."""
+
+    def __init__(self, timings: list[Timing]):
+        self.timings = timings
+        self._by_result: dict[tuple, Timing] = {}
+        self._by_config: dict[tuple, Timing] = {}
+        self._dense: dict[tuple, Timing] = {}
+        self._kernels: dict[tuple, set[bool]] = {}
+        for t in timings:  # oldest first
+            where = (t.model_key, t.env_key, t.runtime, t.batch_size)
+            if t.criterion == "dense":
+                self._dense[where] = t
+                continue
+            if t.result_id is not None:
+                self._by_result[(t.result_id, *where[1:])] = t
+            if t.criterion == "magnitude" or t.result_id is None:
+                self._by_config[(*where, t.pattern, _sparsity_key(t.requested_sparsity))] = t
+            self._kernels.setdefault(where[:3], set()).add(t.sparse_kernel is not None)
+
+    def profiles(self, runtime: str, batch_size: int) -> list[str]:
+        """Return the profiles with timings on this runtime and batch size, most recent first."""
+        seen: list[str] = []
+        for t in reversed(self.timings):
+            if t.runtime == runtime and t.batch_size == batch_size and t.env_key not in seen:
+                seen.append(t.env_key)
+        return seen
+
+    def lookup(self, row: dict[str, Any], env_key: str, runtime: str, batch_size: int) -> Timing | None:
+        """Return the timing that applies to a result row on this profile, runtime and batch."""
+        where = (row["model_key"], env_key, runtime, batch_size)
+        dense = self._dense.get(where)
+        if row["criterion"] == "dense":
+            return None if dense is None else replace(dense, source="dense")
+        found = self._by_result.get((row["result_id"], env_key, runtime, batch_size))
+        if found is not None:
+            return replace(found, source="result", speedup=self._speedup(found, dense))
+        # Another allocation puts the zeros in other layers, so a sparse kernel's time would differ.
+        same_layout = row.get("allocation") == "uniform"
+        found = self._by_config.get((*where, row["pattern"], _sparsity_key(row["requested_sparsity"])))
+        if found is not None and same_layout:
+            return replace(found, source="same_sparsity", speedup=self._speedup(found, dense))
+        if dense is not None and self._kernels.get(where[:3]) == {False}:
+            return replace(dense, source="dense_kernels", speedup=1.0, criterion=row["criterion"])
+        return None
+
+    @staticmethod
+    def _speedup(timing: Timing, dense: Timing | None) -> float | None:
+        """The speedup timed with the dense model, else against the latest dense timing."""
+        if timing.speedup is not None:
+            return timing.speedup
+        return None if dense is None else dense.p50_ms / timing.p50_ms
+
+
+def resolve_profile(evidence: LatencyEvidence, budget: Budget, known: dict[str, Profile]) -> str | None:
+    """Return the environment key whose timings the budget uses; raises BudgetError for an unknown profile."""
+    if budget.profile is None:
+        measured = evidence.profiles(budget.runtime, budget.batch_size)
+        return measured[0] if measured else None
+    matches = [key for key in known if key.startswith(budget.profile)]
+    if len(matches) == 1:
+        return matches[0]
+    listed = ", ".join(sorted(known)) or "none"
+    if not matches:
+        raise BudgetError(
+            f"profile {budget.profile!r} is not in the database; known profiles: {listed}. "
+            "Run `ptsa profiles` to see what each one is."
+        )
+    raise BudgetError(f"profile {budget.profile!r} matches {len(matches)} profiles ({', '.join(sorted(matches))}); "
+                      "give more characters.")
 
 
 _CANDIDATE_SQL = """
@@ -202,16 +389,14 @@ def load_candidates(store: Store, dataset: str | None = None, latest_only: bool 
     return store.query(_LATEST_SQL if latest_only else _CANDIDATE_SQL, [dataset, dataset])
 
 
-def evaluate(row: dict[str, Any], budget: Budget) -> Candidate:
-    """Check one row against the budget: fill in its violations and margins."""
+def evaluate(row: dict[str, Any], budget: Budget, timing: Timing | None = None) -> Candidate:
+    """Check one row, with the timing that applies to it, against the budget."""
     labelled = bool(row.get("labelled"))
     metric = "top1" if labelled else "top1_agreement"
     accuracy = row.get(metric)
     dense_accuracy = row.get("dense_top1") if labelled else 100.0
-    latency = None
-    if row.get("latency_batch_size") == budget.batch_size:
-        latency = row.get(f"latency_{budget.latency_stat}_ms")
-    candidate = Candidate(row, metric, accuracy, dense_accuracy, latency)
+    latency = None if timing is None else timing.stat(budget.latency_stat)
+    candidate = Candidate(row, metric, accuracy, dense_accuracy, latency, timing=timing)
 
     if budget.max_latency_ms is not None:
         if latency is None:
@@ -260,13 +445,25 @@ def _sort_key(candidate: Candidate, objective: str) -> tuple:
     return (-accuracy, latency, -sparsity, *identity)
 
 
-def recommend(rows: list[dict[str, Any]], budget: Budget, nearest: int = 3) -> Recommendation:
-    """Rank the rows that meet the budget by the budget's objective."""
+def recommend(rows: list[dict[str, Any]], budget: Budget, nearest: int = 3, timings: list[Timing] | None = None,
+              profiles: dict[str, Profile] | None = None) -> Recommendation:
+    """Rank the rows that meet the budget by the budget's objective.
+
+    `timings` are the latency measurements to draw on (`load_timings`); without them, each
+    row's own bench latency is used. `profiles` describe the environment keys (`load_profiles`).
+    """
+    evidence = LatencyEvidence(timings_from_rows(rows) if timings is None else timings)
+    profiles = profiles or {}
+    env_key = resolve_profile(evidence, budget, profiles or {t.env_key: Profile(t.env_key, None, None, None)
+                                                             for t in evidence.timings})
     if not budget.include_dense:
         rows = [r for r in rows if r["criterion"] != "dense"]
     if budget.dataset is not None:
         rows = [r for r in rows if r["dataset"] == budget.dataset]
-    candidates = [evaluate(row, budget) for row in rows]
+    candidates = [
+        evaluate(row, budget, None if env_key is None else evidence.lookup(row, env_key, budget.runtime, budget.batch_size))
+        for row in rows
+    ]
     feasible = [c for c in candidates if c.feasible]
     feasible.sort(key=lambda c: _sort_key(c, budget.objective))
 
@@ -280,4 +477,5 @@ def recommend(rows: list[dict[str, Any]], budget: Budget, nearest: int = 3) -> R
             candidates,
             key=lambda c: sum(min(v, 1e9) / _scale(k, budget) for k, v in c.violations.items()),
         )[:nearest]
-    return Recommendation(budget, feasible, closest, failing, len(candidates))
+    profile = None if env_key is None else profiles.get(env_key, Profile(env_key, None, None, None))
+    return Recommendation(budget, feasible, closest, failing, len(candidates), profile)

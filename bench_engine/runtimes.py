@@ -40,6 +40,10 @@ class PreparedModel:
     run: Callable[[torch.Tensor], torch.Tensor]
     sparse_kernel: str | None  # None when every layer runs a dense kernel
     sparse_layers: int = 0
+    # How far its outputs may be from the float32 CPU model's (see `check_outputs`): wider for
+    # runtimes that compute in float16.
+    rtol: float = 1e-3
+    atol: float = 1e-4
 
 
 class Runtime:
@@ -119,10 +123,19 @@ class TorchSparseCsr(Runtime):
         return PreparedModel(self.name, converted, sparse_kernel=kernel, sparse_layers=count)
 
 
+def _cuda_reason() -> str | None:
+    """Return why PyTorch cannot use a CUDA device here, or None when it can."""
+    if not torch.cuda.is_available():
+        return "no CUDA device (PyTorch sees no NVIDIA GPU)"
+    return None
+
+
 class OnnxRuntimeCpu(Runtime):
     """ONNX Runtime with its CPU execution provider; the exported graph has dense weights."""
 
     name = "onnxruntime-cpu"
+    provider = "CPUExecutionProvider"
+    rtol, atol = 1e-3, 1e-4  # tolerances of `check_outputs`
 
     def unavailable_reason(self) -> str | None:
         missing = [m for m in ("onnx", "onnxruntime") if importlib.util.find_spec(m) is None]
@@ -130,11 +143,7 @@ class OnnxRuntimeCpu(Runtime):
             return f"Python package {' and '.join(missing)} not installed; pip install onnx onnxruntime"
         return None
 
-    def prepare(self, model: nn.Module, example: torch.Tensor) -> PreparedModel:
-        self.require()
-        import onnxruntime
-
-        model.eval()
+    def _export(self, model: nn.Module, example: torch.Tensor) -> bytes:
         buffer = io.BytesIO()
         # NOTE: the TorchScript-based exporter (dynamo=False) is deprecated since PyTorch 2.9, but
         # the torch.export-based one needs onnxscript, which is not a dependency.
@@ -147,52 +156,124 @@ class OnnxRuntimeCpu(Runtime):
                 model, (example,), buffer, dynamo=False, input_names=["input"], output_names=["output"],
                 dynamic_axes={"input": {0: "batch"}, "output": {0: "batch"}},
             )
+        return buffer.getvalue()
+
+    def prepare(self, model: nn.Module, example: torch.Tensor) -> PreparedModel:
+        self.require()
+        import onnxruntime
+
+        model.eval()
         options = onnxruntime.SessionOptions()
         options.intra_op_num_threads = torch.get_num_threads()
-        session = onnxruntime.InferenceSession(buffer.getvalue(), options, providers=["CPUExecutionProvider"])
+        # Idle worker threads would otherwise spin after each run and take the cores from the
+        # next session timed in the same round: resnet18 at batch 1 measured 43 to 55 ms per pass
+        # among five interleaved sessions instead of 18 ms (docs/benchmarks.md). Without spinning
+        # a lone session is 4 to 16 % slower on the 2-core machine of those figures.
+        options.add_session_config_entry("session.intra_op.allow_spinning", "0")
+        session = onnxruntime.InferenceSession(self._export(model, example), options, providers=[self.provider])
 
         def run(x: torch.Tensor) -> torch.Tensor:
+            # Inputs and outputs pass through host memory, as in a service that receives images.
             return torch.from_numpy(session.run(None, {"input": x.detach().numpy()})[0])
 
-        return PreparedModel(self.name, run, sparse_kernel=None)
+        return PreparedModel(self.name, run, sparse_kernel=None, rtol=self.rtol, atol=self.atol)
+
+
+class OnnxRuntimeCuda(OnnxRuntimeCpu):
+    """ONNX Runtime with its CUDA execution provider (the onnxruntime-gpu package), float32."""
+
+    name = "onnxruntime-cuda"
+    provider = "CUDAExecutionProvider"
+    # GPU convolution algorithms sum in other orders than the CPU's.
+    rtol, atol = 1e-2, 1e-3
+
+    def unavailable_reason(self) -> str | None:
+        reason = super().unavailable_reason()
+        if reason:
+            return reason
+        import onnxruntime
+
+        if self.provider not in onnxruntime.get_available_providers():
+            return ("ONNX Runtime here has no CUDAExecutionProvider; install onnxruntime-gpu on a machine "
+                    "with an NVIDIA GPU")
+        return None
+
+
+class TorchEagerCuda(Runtime):
+    """PyTorch eager execution on the first CUDA device in float32, dense kernels."""
+
+    name = "torch-eager-cuda"
+
+    def unavailable_reason(self) -> str | None:
+        return _cuda_reason()
+
+    def prepare(self, model: nn.Module, example: torch.Tensor) -> PreparedModel:
+        import copy
+
+        self.require()
+        on_device = copy.deepcopy(model).cuda().eval()
+
+        def run(x: torch.Tensor) -> torch.Tensor:
+            # Copying the output back waits for the GPU, so the time covers the whole pass.
+            return on_device(x.cuda()).cpu()
+
+        return PreparedModel(self.name, run, sparse_kernel=None, rtol=1e-2, atol=1e-3)
+
+
+def semi_structured_layers(model: nn.Module) -> list[str]:
+    """Return the names of the Linear layers whose weight fits 2:4 (at most 2 non-zeros in every 4 inputs)."""
+    names = []
+    for name, module in model.named_modules():
+        if isinstance(module, nn.Linear) and module.in_features % 4 == 0:
+            groups = (module.weight != 0).reshape(module.out_features, -1, 4).sum(dim=2)
+            if bool((groups <= 2).all()):
+                names.append(name)
+    return names
 
 
 class TorchSemiStructuredCuda(Runtime):
-    """PyTorch 2:4 semi-structured sparsity for Linear layers on a CUDA GPU (compute capability 8.0+)."""
+    """PyTorch 2:4 semi-structured sparsity for Linear layers on a CUDA GPU (compute capability 8.0+).
+
+    The model runs in float16, so the dense row of this runtime (the same model, no 2:4 layer)
+    is also float16: speedups compare like with like.
+    """
 
     name = "torch-2:4-cuda"
 
     def unavailable_reason(self) -> str | None:
-        if not torch.cuda.is_available():
-            return "no CUDA device; 2:4 semi-structured kernels run only on NVIDIA GPUs"
+        reason = _cuda_reason()
+        if reason:
+            return reason
         major, _ = torch.cuda.get_device_capability()
         if major < 8:
             return f"GPU {torch.cuda.get_device_name()} has compute capability {major}.x; 2:4 kernels need 8.0 or newer"
         return None
 
     def prepare(self, model: nn.Module, example: torch.Tensor) -> PreparedModel:
+        import copy
+
         self.require()
         # NOTE: written to PyTorch's documented API, but never run here: this machine has no GPU.
         from torch.sparse import to_sparse_semi_structured
 
-        converted = model.half().cuda().eval()
-        count = 0
-        for module in converted.modules():
-            if isinstance(module, nn.Linear):
-                groups = (module.weight != 0).reshape(module.out_features, -1, 4).sum(dim=2)
-                if module.in_features % 4 == 0 and bool((groups <= 2).all()):
-                    module.weight = nn.Parameter(to_sparse_semi_structured(module.weight.detach()))
-                    count += 1
+        converted = copy.deepcopy(model).half().cuda().eval()
+        names = semi_structured_layers(converted)
+        modules = dict(converted.named_modules())
+        for name in names:
+            module = modules[name]
+            module.weight = nn.Parameter(to_sparse_semi_structured(module.weight.detach()))
 
         def run(x: torch.Tensor) -> torch.Tensor:
             return converted(x.half().cuda()).float().cpu()
 
-        kernel = f"2:4 semi-structured for {count} Linear layers" if count else None
-        return PreparedModel(self.name, run, sparse_kernel=kernel, sparse_layers=count)
+        kernel = f"2:4 semi-structured for {len(names)} Linear layers" if names else None
+        return PreparedModel(self.name, run, sparse_kernel=kernel, sparse_layers=len(names), rtol=5e-2, atol=5e-2)
 
 
 RUNTIMES: dict[str, Runtime] = {
-    runtime.name: runtime for runtime in (TorchEager(), TorchSparseCsr(), OnnxRuntimeCpu(), TorchSemiStructuredCuda())
+    runtime.name: runtime
+    for runtime in (TorchEager(), TorchSparseCsr(), OnnxRuntimeCpu(), TorchEagerCuda(), OnnxRuntimeCuda(),
+                    TorchSemiStructuredCuda())
 }
 
 
@@ -204,12 +285,12 @@ def get_runtime(name: str) -> Runtime:
 
 
 @torch.inference_mode()
-def check_outputs(reference: nn.Module, prepared: PreparedModel, example: torch.Tensor,
-                  rtol: float = 1e-3, atol: float = 1e-4) -> float:
+def check_outputs(reference: nn.Module, prepared: PreparedModel, example: torch.Tensor) -> float:
     """Compare a prepared model's outputs with the PyTorch model's; return the max abs difference.
 
-    Raises OutputMismatchError when they differ by more than the tolerances.
+    Raises OutputMismatchError when they differ by more than the prepared model's tolerances.
     """
+    rtol, atol = prepared.rtol, prepared.atol
     expected = reference.eval()(example).float()
     actual = prepared.run(example).float()
     if actual.shape != expected.shape:

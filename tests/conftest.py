@@ -72,6 +72,48 @@ def make_result(**overrides):
     return row
 
 
+def make_latency(**overrides):
+    """Return one latency row, as `ptsa latency` would store it (magnitude, no result)."""
+    row = {
+        "latency_id": uuid.uuid4().hex,
+        "run_id": "fixture-latency",
+        "model_key": "mnist/resnet10t",
+        "env_key": "env0",
+        "runtime": "torch-sparse-csr",
+        "batch_size": 1,
+        "criterion": "magnitude",
+        "requested_sparsity": 0.5,
+        "pattern": "unstructured",
+        "achieved_sparsity": 0.5,
+        "sparse_kernel": "torch.sparse.mm CSR × dense for 1 Linear layers",
+        "sparse_layers": 1,
+        "max_abs_diff": 1e-6,
+        "p50_ms": 3.0,
+        "p90_ms": 3.2,
+        "p99_ms": 3.5,
+        "spread": 0.02,
+        "throughput_per_s": 333.0,
+        "warmup": 5,
+        "repeats": 20,
+        "num_threads": 2,
+        "speedup": 1.5,
+        "verdict": "CSR: 1.50× faster than dense",
+        "weight_bytes_json": "{}",
+        "protocol": "interleaved",
+        "baseline_p50_ms": 4.5,
+    }
+    row.update(overrides)
+    if row["criterion"] == "dense":
+        row.update(sparse_kernel=None, sparse_layers=0, speedup=None, verdict=None, requested_sparsity=0.0,
+                   pattern="dense", achieved_sparsity=0.0)
+    return row
+
+
+def insert_latency(store: Store, rows: list[dict]) -> None:
+    names = list(dict.fromkeys(name for row in rows for name in row))
+    store.insert_latency({n: [r.get(n) for r in rows] for n in names})
+
+
 def insert_rows(store: Store, rows: list[dict]) -> None:
     names = list(rows[0])
     store.insert_results({n: [r[n] for r in rows] for n in names})

@@ -45,7 +45,8 @@ def test_recommend_table(runner, fixture_db):
     assert lines[0].startswith("5 of 6 candidates meet the budget")
     assert "sparsegpt" in lines[3]
     assert "mnist/resnet10t" in lines[3]
-    assert "dense kernels" in result.stdout
+    assert "No sparse kernel ran on torch-eager" in result.stdout
+    assert "latency p90 on torch-eager at batch 1, profile env0 (Test CPU" in lines[0]
 
 
 def test_recommend_nothing_fits_exits_3(runner, fixture_db):
@@ -191,3 +192,49 @@ def test_bench_broken_image_fails_before_any_write(runner, tmp_path):
     assert result.exit_code == 2
     assert "broken.png" in result.stderr
     assert not db_path.exists()
+
+
+def test_recommend_on_a_sparse_runtime_reports_measured_speedup(runner, fixture_db):
+    from conftest import insert_latency, make_latency
+    from db import Store
+
+    with Store.open(fixture_db) as store:
+        insert_latency(store, [make_latency(criterion="dense", p90_ms=4.8), make_latency(p90_ms=3.2)])
+    args = ["--db", str(fixture_db), "recommend", "--dataset", "mnist", "--runtime", "torch-sparse-csr",
+            "--max-latency-ms", "4", "--json"]
+    result = runner.invoke(main, args)
+    assert result.exit_code == 0, result.output
+    payload = json.loads(result.stdout)
+    assert payload["latency_profile"]["env_key"] == "env0"
+    assert [c["criterion"] for c in payload["candidates"]] == ["magnitude"]
+    latency = payload["candidates"][0]["latency"]
+    assert latency["runtime"] == "torch-sparse-csr"
+    assert latency["speedup_vs_dense"] == 1.5
+    assert latency["source"].startswith("measured for the same model, sparsity and pattern")
+    assert latency["sparse_kernel"].startswith("torch.sparse.mm")
+    text = runner.invoke(main, args[:-1])
+    assert "1.50×" in text.stdout
+    assert "1 of the rows shown use measured for the same model, sparsity and pattern" in text.stdout
+
+
+def test_recommend_latency_budget_on_an_untimed_runtime_exits_2(runner, fixture_db):
+    result = runner.invoke(main, ["--db", str(fixture_db), "recommend", "--runtime", "tensorrt", "--max-latency-ms", "5"])
+    assert result.exit_code == 2
+    assert "no latency measured on runtime 'tensorrt' at batch 1" in result.stderr
+    assert "torch-eager at batch 1" in result.stderr  # what the database has
+
+
+def test_recommend_unknown_profile_exits_2(runner, fixture_db):
+    result = runner.invoke(main, ["--db", str(fixture_db), "recommend", "--profile", "laptop"])
+    assert result.exit_code == 2
+    assert "profile 'laptop' is not in the database; known profiles: env0" in result.stderr
+
+
+def test_profiles_lists_each_profile_with_its_timings(runner, fixture_db):
+    result = runner.invoke(main, ["--db", str(fixture_db), "profiles"])
+    assert result.exit_code == 0, result.output
+    assert result.stdout.startswith("env0  Test CPU")
+    assert "torch-eager batch 1: 6 timings" in result.stdout  # six fixture results have a latency
+    payload = json.loads(runner.invoke(main, ["--db", str(fixture_db), "profiles", "--json"]).stdout)
+    assert payload[0]["profile"] == "env0"
+    assert payload[0]["timings"] == {"torch-eager batch 1": 6}

@@ -4,7 +4,8 @@ from __future__ import annotations
 
 import pytest
 
-from advisor.recommend import Budget, BudgetError, load_candidates, recommend
+from advisor.recommend import Budget, BudgetError, LatencyEvidence, load_candidates, load_profiles, load_timings, recommend
+from conftest import insert_latency, make_latency
 from db import Store
 
 
@@ -133,3 +134,91 @@ def test_method_label_full_recipe():
     assert method_label(row) == "magnitude+block_recon(sparse)+weight_correction+bias_correction (learned)"
     assert method_label({**row, "recipe_json": json.dumps({"criterion": "magnitude"}), "allocation": "uniform",
                          "pattern": "2:4"}) == "magnitude 2:4"
+
+
+# -- latency evidence: one profile, one runtime, measured timings only ------------------------
+
+
+def with_timings(path, rows):
+    with Store.open(path) as store:
+        insert_latency(store, rows)
+        store.upsert_environment("env1", {"cpu_model": "Other CPU", "cpu_count": 64, "device": "cpu"})
+
+
+def evidence_for(path, budget):
+    with Store.open(path, read_only=True) as store:
+        rows, timings, profiles = load_candidates(store, "mnist"), load_timings(store), load_profiles(store)
+    return recommend(rows, budget, timings=timings, profiles=profiles)
+
+
+def by_criterion(result, model="mnist/resnet10t"):
+    return {c.row["criterion"]: c for c in result.ranked + result.nearest if c.row["model_key"] == model}
+
+
+def test_runtime_latency_comes_from_the_same_sparsity_and_never_from_flops(fixture_db):
+    with_timings(fixture_db, [make_latency(criterion="dense", p50_ms=4.5, p90_ms=4.8), make_latency()])
+    result = evidence_for(fixture_db, Budget(runtime="torch-sparse-csr", dataset="mnist"))
+    found = by_criterion(result)
+    assert result.profile.env_key == "env0"
+    assert result.profile.cpu_model == "Test CPU"
+    # magnitude 50 %: the `ptsa latency` timing at 50 % with its interleaved speedup.
+    assert found["magnitude"].latency_ms == 3.2
+    assert found["magnitude"].timing.source == "same_sparsity"
+    assert found["magnitude"].timing.speedup == 1.5
+    assert found["dense"].latency_ms == 4.8
+    # sparsegpt 70 %: no timing at 70 % and a sparse kernel ran at 50 %, so there is no latency at
+    # all, rather than the dense latency scaled by the zeros.
+    assert found["sparsegpt"].latency_ms is None
+    assert found["sparsegpt"].timing is None
+    # Another allocation spreads the zeros differently over the layers: the 50 % timing does not apply.
+    rows = [dict(c.row, allocation="erk") for c in result.ranked if c.row["criterion"] == "magnitude"]
+    with Store.open(fixture_db, read_only=True) as store:
+        evidence = LatencyEvidence(load_timings(store))
+    assert evidence.lookup(rows[0], "env0", "torch-sparse-csr", 1) is None
+    # A model never timed on this runtime has no latency either.
+    assert all(c.latency_ms is None for c in result.ranked if c.row["model_key"] == "mnist/convnext_atto")
+
+
+def test_a_timing_of_the_result_itself_wins(fixture_db):
+    with Store.open(fixture_db, read_only=True) as store:
+        sparsegpt = store.query("SELECT result_id FROM results WHERE criterion = 'sparsegpt' AND dataset = 'mnist'")[0]
+    with_timings(fixture_db, [
+        make_latency(criterion="dense", p50_ms=4.5, p90_ms=4.8),
+        make_latency(criterion="magnitude", requested_sparsity=0.7, p90_ms=2.9),
+        make_latency(criterion="sparsegpt", requested_sparsity=0.7, p90_ms=2.5, speedup=1.9,
+                     result_id=sparsegpt["result_id"]),
+    ])
+    found = by_criterion(evidence_for(fixture_db, Budget(runtime="torch-sparse-csr")))
+    assert found["sparsegpt"].latency_ms == 2.5
+    assert found["sparsegpt"].timing.source == "result"
+    assert found["sparsegpt"].timing.speedup == 1.9
+
+
+def test_dense_kernel_runtime_uses_the_dense_timing_and_says_so(fixture_db):
+    dense_kernel = {"runtime": "onnxruntime-cpu", "sparse_kernel": None, "speedup": 0.98, "verdict": "no sparse kernel"}
+    with_timings(fixture_db, [make_latency(criterion="dense", runtime="onnxruntime-cpu", p50_ms=2.0, p90_ms=2.2),
+                              make_latency(**dense_kernel, p90_ms=2.3)])
+    found = by_criterion(evidence_for(fixture_db, Budget(runtime="onnxruntime-cpu")))
+    assert found["sparsegpt"].latency_ms == 2.2  # the dense timing: zeros run through dense kernels
+    assert found["sparsegpt"].timing.source == "dense_kernels"
+    assert found["sparsegpt"].timing.speedup == 1.0
+    assert found["magnitude"].latency_ms == 2.3  # its own sparsity was timed: that measurement counts
+
+
+def test_profiles_never_mix_and_default_to_the_latest(fixture_db):
+    with_timings(fixture_db, [make_latency(criterion="dense", p90_ms=4.8), make_latency(p90_ms=3.2)])
+    with_timings(fixture_db, [make_latency(criterion="dense", env_key="env1", p90_ms=1.1),
+                              make_latency(env_key="env1", p90_ms=0.6)])
+    latest = evidence_for(fixture_db, Budget(runtime="torch-sparse-csr"))
+    assert latest.profile.env_key == "env1"
+    assert by_criterion(latest)["magnitude"].latency_ms == 0.6
+    chosen = evidence_for(fixture_db, Budget(runtime="torch-sparse-csr", profile="env0"))
+    assert by_criterion(chosen)["magnitude"].latency_ms == 3.2
+    assert by_criterion(chosen)["dense"].latency_ms == 4.8
+    # torch-eager timings exist on env0 only (the bench rows), so env1's CPU never mixes in.
+    eager = evidence_for(fixture_db, Budget(runtime="torch-eager", profile="env1"))
+    assert all(c.latency_ms is None for c in eager.ranked)
+    with pytest.raises(BudgetError, match="profile 'env9' is not in the database; known profiles: env0, env1"):
+        evidence_for(fixture_db, Budget(profile="env9"))
+    with pytest.raises(BudgetError, match="matches 2 profiles"):
+        evidence_for(fixture_db, Budget(profile="env"))

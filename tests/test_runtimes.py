@@ -63,6 +63,9 @@ def test_output_mismatch_is_rejected(sparse_vit):
     wrong = PreparedModel("broken", lambda inputs: model(inputs) + 0.1, sparse_kernel=None)
     with pytest.raises(OutputMismatchError, match="outputs differ from PyTorch's by up to 0.1"):
         check_outputs(model, wrong, x)
+    # A float16 runtime declares a wider tolerance; the same difference then passes.
+    half = PreparedModel("half", lambda inputs: model(inputs) + 0.01, sparse_kernel=None, rtol=5e-2, atol=5e-2)
+    assert check_outputs(model, half, x) == pytest.approx(0.01, rel=1e-3)
     shaped = PreparedModel("broken", lambda inputs: model(inputs)[:, :5], sparse_kernel=None)
     with pytest.raises(OutputMismatchError, match=r"returned shape \(2, 5\), expected \(2, 10\)"):
         check_outputs(model, shaped, x)
@@ -83,7 +86,42 @@ def test_unavailable_runtimes_give_the_reason(monkeypatch):
     )
     with pytest.raises(RuntimeUnavailableError, match="unknown runtime 'tensorrt'; choose from torch-eager"):
         get_runtime("tensorrt")
-    assert set(RUNTIMES) == {"torch-eager", "torch-sparse-csr", "onnxruntime-cpu", "torch-2:4-cuda"}
+    assert set(RUNTIMES) == {"torch-eager", "torch-sparse-csr", "onnxruntime-cpu", "torch-eager-cuda",
+                             "onnxruntime-cuda", "torch-2:4-cuda"}
+
+
+def test_cuda_runtimes_without_a_gpu_say_why(monkeypatch):
+    import onnxruntime
+
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: False)
+    for name in ("torch-eager-cuda", "torch-2:4-cuda"):
+        assert get_runtime(name).unavailable_reason() == "no CUDA device (PyTorch sees no NVIDIA GPU)"
+        with pytest.raises(RuntimeUnavailableError, match=f"runtime {name} is unavailable: no CUDA device"):
+            get_runtime(name).prepare(torch.nn.Linear(4, 4), torch.zeros(1, 4))
+    monkeypatch.setattr(onnxruntime, "get_available_providers", lambda: ["CPUExecutionProvider"])
+    assert "no CUDAExecutionProvider; install onnxruntime-gpu" in get_runtime("onnxruntime-cuda").unavailable_reason()
+    monkeypatch.setattr(onnxruntime, "get_available_providers", lambda: ["CUDAExecutionProvider", "CPUExecutionProvider"])
+    assert get_runtime("onnxruntime-cuda").unavailable_reason() is None
+
+
+def test_old_gpu_is_refused_for_2_4(monkeypatch):
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: True)
+    monkeypatch.setattr(torch.cuda, "get_device_capability", lambda: (7, 5))
+    monkeypatch.setattr(torch.cuda, "get_device_name", lambda: "Tesla T4")
+    assert get_runtime("torch-2:4-cuda").unavailable_reason() == (
+        "GPU Tesla T4 has compute capability 7.x; 2:4 kernels need 8.0 or newer"
+    )
+
+
+def test_semi_structured_layers_selects_only_2_4_weights():
+    from bench_engine.runtimes import semi_structured_layers
+
+    model = torch.nn.Sequential(torch.nn.Linear(8, 4), torch.nn.ReLU(), torch.nn.Linear(4, 4), torch.nn.Linear(6, 2))
+    with torch.no_grad():
+        model[0].weight.view(4, 2, 4)[:, :, :2] = 0  # two zeros in every group of 4: fits 2:4
+        model[2].weight[:, :1] = 0  # one zero per group: does not fit
+        model[3].weight.zero_()  # 6 inputs: not a multiple of 4
+    assert semi_structured_layers(model) == ["0"]
 
 
 def test_speedup_verdict_wording():

@@ -22,7 +22,20 @@ from textual.message import Message
 from textual.widgets import DataTable, Footer, Header, Input, Label, Select, Static
 
 from advisor.formatting import CONSTRAINT_LABELS, METRIC_LABELS, describe_violation, method_label, number
-from advisor.recommend import OBJECTIVES, Budget, BudgetError, Candidate, Recommendation, load_candidates, recommend
+from advisor.recommend import (
+    LATENCY_SOURCES,
+    OBJECTIVES,
+    Budget,
+    BudgetError,
+    Candidate,
+    Profile,
+    Recommendation,
+    Timing,
+    load_candidates,
+    load_profiles,
+    load_timings,
+    recommend,
+)
 from db import DatabaseError, Store
 
 ALL_DATASETS = "all"
@@ -90,6 +103,10 @@ class BudgetForm(Vertical):
             latency_stat="p90",
             objective=str(self.query_one("#objective", Select).value),
             dataset=None if dataset == ALL_DATASETS else str(dataset),
+            # Runtime, profile and batch size are not on the form yet; keep those the app started with.
+            runtime=self._initial.runtime,
+            profile=self._initial.profile,
+            batch_size=self._initial.batch_size,
         )
 
     @on(Input.Changed)
@@ -150,6 +167,8 @@ class PTSAdvisorApp(App):
         self.db_path = Path(db_path)
         self.budget = budget or Budget()
         self.rows: list[dict] = []
+        self.timings: list[Timing] = []
+        self.profiles: dict[str, Profile] = {}
         self.load_error: str | None = None
         self.result: Recommendation | None = None
         self._load()
@@ -158,6 +177,7 @@ class PTSAdvisorApp(App):
         try:
             with Store.open(self.db_path, read_only=True) as store:
                 self.rows = load_candidates(store)
+                self.timings, self.profiles = load_timings(store), load_profiles(store)
             self.load_error = None
         except DatabaseError as exc:
             self.rows = []
@@ -209,7 +229,13 @@ class PTSAdvisorApp(App):
         if not self.rows:
             status.update(f"No results in {self.db_path.name}. Run `ptsa demo` or `ptsa bench`, then press r.")
             return
-        self.result = recommend(self.rows, self.budget)
+        try:
+            self.result = recommend(self.rows, self.budget, timings=self.timings, profiles=self.profiles)
+        except BudgetError as exc:  # a --profile that is not in this database
+            status.update(f"[b]Invalid budget[/b]: {exc}")
+            self.query_one("#evidence", Static).update("")
+            self.result = None
+            return
         shown = self.result.ranked if self.result.found else self.result.nearest
         for index, candidate in enumerate(shown):
             rank = str(index + 1) if self.result.found else "✗"
@@ -252,9 +278,7 @@ class PTSAdvisorApp(App):
             f"(dense {number(candidate.dense_accuracy)} %)",
             f"{row['provenance']} on {row['dataset']} ({row.get('eval_size')} eval inputs, "
             f"{row.get('calibration_size')} calibration), run {row.get('run_id')}",
-            f"latency p50 {row.get('latency_p50_ms') or 0:.2f} ms, p90 {row.get('latency_p90_ms') or 0:.2f} ms "
-            f"at batch {row.get('latency_batch_size')}, {row.get('runtime')}, {row.get('num_threads')} threads",
-            f"CPU: {row.get('cpu_model') or 'unknown'}",
+            *self._latency_lines(candidate),
         ]
         if row.get("kl_divergence") is not None:
             lines.append(f"agreement with dense {row.get('top1_agreement') or 0:.1f} %, KL {row['kl_divergence']:.4f}")
@@ -262,6 +286,23 @@ class PTSAdvisorApp(App):
         for constraint, amount in candidate.violations.items():
             lines.append(describe_violation(constraint, amount, candidate))
         panel.update("\n".join(lines))
+
+    def _latency_lines(self, candidate: Candidate) -> list[str]:
+        timing = candidate.timing
+        budget = self.budget
+        if timing is None:
+            return [f"latency: not measured on {budget.runtime} at batch {budget.batch_size} on this profile"]
+        profile = self.result.profile if self.result else None
+        cpu = (profile.cpu_model if profile else None) or "unknown CPU"
+        speedup = ""
+        if candidate.row["criterion"] != "dense" and timing.speedup is not None:
+            kernel = timing.sparse_kernel or "dense kernels only"
+            speedup = f", {timing.speedup:.2f}× dense ({kernel})"
+        return [
+            f"latency p50 {timing.p50_ms:.2f} ms, p90 {timing.p90_ms:.2f} ms at batch {timing.batch_size}, "
+            f"{timing.runtime}{speedup}",
+            f"{LATENCY_SOURCES[timing.source]}; profile {timing.env_key} ({cpu})",
+        ]
 
     @staticmethod
     def _recipe_lines(row: dict) -> list[str]:
