@@ -454,6 +454,58 @@ def demo(obj: dict[str, Any], no_tui: bool, threads: int | None, skip_lite0: boo
         _open_tui(obj["db"], budget)
 
 
+# -- features ----------------------------------------------------------------------------------
+
+
+@main.command()
+@click.argument("architectures", nargs=-1)
+@click.option("--all", "all_models", is_flag=True, help="Featurise every architecture timm lists (a few minutes).")
+@click.option("--num-classes", type=click.IntRange(min=1), default=None, help="Class count. Default: timm's.")
+@click.option("--input-size", type=click.IntRange(min=8), default=None, help="Square input size. Default: timm's.")
+@click.option("--json", "as_json", is_flag=True, help="Print the features as JSON on stdout.")
+@click.option("--no-progress", is_flag=True, help="Hide the progress bar.")
+@click.pass_obj
+@handle_errors
+def features(obj: dict[str, Any], architectures: tuple[str, ...], all_models: bool, num_classes: int | None,
+             input_size: int | None, as_json: bool, no_progress: bool) -> None:
+    """Compute and store the architecture features of timm ARCHITECTURES, without weights.
+
+    Each model is built on PyTorch's meta device, so nothing is downloaded or allocated.
+    """
+    import timm
+    from tqdm import tqdm
+
+    from bench_engine.errors import InvalidConfigError
+    from bench_engine.features import featurize_many
+    from bench_engine.runner import open_for_write
+
+    names = list(architectures)
+    if all_models:
+        names += [name for name in timm.list_models() if name not in names]
+    if not names:
+        raise InvalidConfigError("give one or more timm architectures, for example `ptsa features resnet18`, or --all.")
+    unknown = [name for name in names if not timm.is_model(name)]
+    if unknown:
+        raise InvalidConfigError(f"unknown timm architecture {unknown[0]!r}; see timm.list_models() for the names.")
+    bar = tqdm(total=len(names), desc="features", unit="model", disable=no_progress or len(names) < 5)
+    rows, failures = featurize_many(names, progress=bar, num_classes=num_classes, input_size=input_size)
+    bar.close()
+    if rows:
+        with open_for_write(obj["db"]) as store:
+            store.upsert_architectures(rows)
+    for name, reason in failures.items():
+        click.echo(f"skipped {reason}", err=True)
+    if as_json:
+        click.echo(json.dumps([dict(row, features=json.loads(row.pop("features_json"))) for row in rows],
+                              indent=2, default=str))
+    elif len(rows) <= 20:
+        click.echo(formatting.features_table(rows))
+    click.echo(f"stored features of {len(rows)} architectures in {obj['db']}; {len(failures)} could not be "
+               "built without weights", err=as_json)
+    if not rows:
+        sys.exit(EXIT_INVALID)
+
+
 # -- profiles ----------------------------------------------------------------------------------
 
 

@@ -164,3 +164,27 @@ def latency_table(rows: list[dict]) -> str:
             row["verdict"] or "baseline",
         ])
     return _table(cells, LATENCY_HEADERS)
+
+
+FEATURE_HEADERS = ["architecture", "family", "params M", "GMACs", "layers", "linear", "depthwise", "attention",
+                   "residual adds"]
+
+
+def features_table(rows: list[dict]) -> str:
+    """Return stored architecture features as a plain table, one line per architecture."""
+    cells = []
+    for row in rows:
+        features = json.loads(row["features_json"])
+        cells.append([
+            row["architecture"],
+            row["family"],
+            number(features["params"] / 1e6, 2),
+            number(features["gmacs"], 3),
+            str(int(features["prunable_layers"])),
+            number(features["linear_share"] * 100, 0, " %"),
+            number(features["depthwise_conv_share"] * 100, 0, " %"),
+            "yes" if features["attention_calls"] or features["attention_modules"] else "no",
+            str(int(features["residual_adds"])),
+        ])
+    return _table(cells, FEATURE_HEADERS)
+

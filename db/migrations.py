@@ -152,4 +152,51 @@ MIGRATION_3 = [
     "ALTER TABLE latency ADD COLUMN baseline_p50_ms DOUBLE",
 ]
 
-MIGRATIONS: list[list[str]] = [MIGRATION_1, MIGRATION_2, MIGRATION_3]
+# Version 4: the robustness regressor.
+# `architectures` holds the features of a timm architecture computed without weights, per input
+# shape and class count, with the timm version and feature version they were computed with.
+# `regressor_fits` records each fitted regressor: its training data hash, its held-out-family
+# metrics next to the baselines', and the file and checksum of the fitted model.
+# `results.prediction_json` holds, for rows with provenance 'predicted', the predicted retention
+# with its interval, the fit that made it and the features that drove it.
+# `models.weight_stats_json` holds statistics of the real weights (magnitude spread, kurtosis,
+# outlier share) when the model was benched with weights.
+MIGRATION_4 = [
+    """
+    CREATE TABLE architectures (
+        architecture VARCHAR NOT NULL,
+        num_classes INTEGER NOT NULL,
+        in_chans INTEGER NOT NULL,
+        input_size INTEGER NOT NULL,
+        timm_version VARCHAR NOT NULL,
+        feature_version INTEGER NOT NULL,
+        family VARCHAR NOT NULL,          -- the timm module, such as 'resnet' or 'vision_transformer'
+        params BIGINT NOT NULL,
+        gmacs DOUBLE NOT NULL,            -- multiply-accumulates per image at input_size, in billions
+        features_json VARCHAR NOT NULL,   -- every feature by name, all numbers
+        computed_at TIMESTAMP NOT NULL,
+        PRIMARY KEY (architecture, num_classes, in_chans, input_size, timm_version, feature_version)
+    )
+    """,
+    """
+    CREATE TABLE regressor_fits (
+        fit_id VARCHAR PRIMARY KEY,
+        product_version VARCHAR NOT NULL,
+        sklearn_version VARCHAR NOT NULL,
+        feature_version INTEGER NOT NULL,
+        training_sha256 VARCHAR NOT NULL, -- hash of the training rows, features and targets
+        n_rows INTEGER NOT NULL,
+        n_architectures INTEGER NOT NULL,
+        n_families INTEGER NOT NULL,
+        feature_names_json VARCHAR NOT NULL,
+        metrics_json VARCHAR NOT NULL,    -- held-out-family metrics of the regressor and baselines
+        model_path VARCHAR NOT NULL,
+        model_sha256 VARCHAR NOT NULL,
+        created_at TIMESTAMP NOT NULL
+    )
+    """,
+    "ALTER TABLE results ADD COLUMN prediction_json VARCHAR",
+    "ALTER TABLE models ADD COLUMN weight_stats_json VARCHAR",
+]
+
+MIGRATIONS: list[list[str]] = [MIGRATION_1, MIGRATION_2, MIGRATION_3, MIGRATION_4]

@@ -258,6 +258,27 @@ class Store:
         """Insert latency rows given column-wise, like `insert_results`."""
         return self._insert_columns("latency", columns)
 
+    def insert_fit(self, row: Mapping[str, Any]) -> None:
+        """Record one fitted regressor (a `regressor_fits` row)."""
+        self._insert_columns("regressor_fits", {name: [value] for name, value in row.items()})
+
+    def upsert_architectures(self, rows: Sequence[Mapping[str, Any]]) -> int:
+        """Insert architecture feature rows, replacing rows with the same key; returns the count."""
+        self._require_writable()
+        if not rows:
+            return 0
+        names = list(rows[0])
+        unknown = sorted(set(names) - set(self.columns("architectures")))
+        if unknown:
+            raise InvalidRowsError(f"unknown architectures columns: {unknown}")
+        placeholders = ", ".join("?" for _ in names)
+        with self.transaction():
+            self._con.executemany(
+                f"INSERT OR REPLACE INTO architectures ({', '.join(names)}) VALUES ({placeholders})",
+                [[row[name] for name in names] for row in rows],
+            )
+        return len(rows)
+
     def _insert_columns(self, table: str, columns: Mapping[str, Sequence[Any]]) -> int:
         self._require_writable()
         known = self.columns(table)
@@ -301,6 +322,6 @@ class Store:
         return [dict(zip(names, row)) for row in cursor.fetchall()]
 
     def count(self, table: str) -> int:
-        if table not in {"results", "runs", "models", "environments", "latency"}:
+        if table not in {"results", "runs", "models", "environments", "latency", "architectures", "regressor_fits"}:
             raise ValueError(f"unknown table {table!r}")
         return int(self._con.execute(f"SELECT count(*) FROM {table}").fetchone()[0])

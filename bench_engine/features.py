@@ -1,0 +1,295 @@
+"""Architecture features of timm models, computed without weights, for the robustness regressor.
+
+`featurize(architecture)` builds the model on PyTorch's meta device, so no weight is allocated
+or initialised, and runs one forward pass on a meta input. Meta tensors carry shapes and no
+data, so that pass costs milliseconds while it counts:
+
+- MACs, with `torch.utils.flop_counter.FlopCounterMode` (convolutions, matrix products and
+  attention);
+- residual connections: additions of two activations of the same shape (`x + f(x)`). The
+  input batch has 2 images, so a broadcast addition such as a position embedding (batch 1)
+  does not count.
+
+The rest is read from the modules: parameter counts, the Conv2d and Linear layers a PTS method
+prunes (their share of weights by kind, kernel size and width), normalisation and activation
+types, and attention. `weight_statistics(model)` adds statistics of real weights when they are
+at hand. Every value is a float, so the features go straight into a regressor.
+"""
+
+from __future__ import annotations
+
+import logging
+import math
+import statistics
+from collections.abc import Iterable
+from typing import Any
+
+import timm
+import torch
+from torch import nn
+from torch.utils._python_dispatch import TorchDispatchMode
+from torch.utils.flop_counter import FlopCounterMode
+
+from bench_engine.errors import InvalidConfigError
+from bench_engine.models import model_family
+from bench_engine.pruning.layers import conv_linear_layers, is_depthwise
+
+log = logging.getLogger(__name__)
+
+# Raised whenever a feature is added, removed or computed differently: stored features of an
+# older version are recomputed.
+FEATURE_VERSION = 1
+
+ACTIVATION_KINDS = ("relu", "gelu", "silu", "hardswish", "other")
+NORM_KINDS = ("batchnorm", "layernorm", "groupnorm", "other")
+
+_ADD_OPS = (torch.ops.aten.add.Tensor, torch.ops.aten.add_.Tensor)
+_ATTENTION_OPS = {
+    torch.ops.aten._scaled_dot_product_flash_attention_for_cpu.default,
+    torch.ops.aten._scaled_dot_product_efficient_attention.default,
+    torch.ops.aten._scaled_dot_product_flash_attention.default,
+    torch.ops.aten.scaled_dot_product_attention.default,
+    torch.ops.aten._scaled_dot_product_attention_math.default,
+}
+
+
+class _OpCounter(TorchDispatchMode):
+    """Counts residual additions and attention calls during one forward pass."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.residual_adds = 0
+        self.attention_calls = 0
+
+    def __torch_dispatch__(self, func, types, args=(), kwargs=None):
+        if func in _ADD_OPS and len(args) >= 2:
+            left, right = args[0], args[1]
+            if isinstance(left, torch.Tensor) and isinstance(right, torch.Tensor) and left.dim() >= 3 \
+                    and left.shape == right.shape:
+                self.residual_adds += 1
+        elif func in _ATTENTION_OPS:
+            self.attention_calls += 1
+        return func(*args, **(kwargs or {}))
+
+
+def _activation_kind(module: nn.Module) -> str | None:
+    name = type(module).__name__.lower()
+    if "gelu" in name:
+        return "gelu"
+    if "hardswish" in name or "hard_swish" in name:
+        return "hardswish"
+    if "silu" in name or name == "swish":
+        return "silu"
+    if "relu" in name:
+        return "relu"
+    if name in ("mish", "hardsigmoid", "tanh", "prelu", "elu", "quickgelu", "starrelu", "hardmish"):
+        return "other"
+    return None
+
+
+def _norm_kind(module: nn.Module) -> str | None:
+    if isinstance(module, nn.modules.batchnorm._BatchNorm):
+        return "batchnorm"
+    if isinstance(module, nn.LayerNorm) or "layernorm" in type(module).__name__.lower():
+        return "layernorm"
+    if isinstance(module, nn.GroupNorm):
+        return "groupnorm"
+    if "norm" in type(module).__name__.lower() and not list(module.children()):
+        return "other"
+    return None
+
+
+def _shares(counts: dict[str, float], kinds: Iterable[str], prefix: str) -> dict[str, float]:
+    total = sum(counts.values())
+    return {f"{prefix}_{kind}_share": (counts.get(kind, 0.0) / total if total else 0.0) for kind in kinds}
+
+
+def structure_features(model: nn.Module) -> dict[str, float]:
+    """Features read from the modules alone: works on the meta device."""
+    layers = conv_linear_layers(model)
+    weights = {name: float(m.weight.numel()) for name, m in layers}
+    total = sum(weights.values()) or 1.0
+    kinds = {"linear": 0.0, "dense_conv": 0.0, "depthwise_conv": 0.0, "grouped_conv": 0.0}
+    kernels = {"1x1": 0.0, "3x3": 0.0, "large": 0.0}
+    conv_total = 0.0
+    max_kernel = 1
+    widths = []
+    for name, module in layers:
+        count = weights[name]
+        if isinstance(module, nn.Linear):
+            kinds["linear"] += count
+            widths.append(module.out_features)
+            continue
+        widths.append(module.out_channels)
+        kind = "depthwise_conv" if is_depthwise(module) else ("grouped_conv" if module.groups > 1 else "dense_conv")
+        kinds[kind] += count
+        kernel = max(module.kernel_size)
+        max_kernel = max(max_kernel, kernel)
+        conv_total += count
+        kernels["1x1" if kernel == 1 else "3x3" if kernel <= 3 else "large"] += count
+
+    activations: dict[str, float] = {}
+    norms: dict[str, float] = {}
+    attention_modules = 0
+    for module in model.modules():
+        if (kind := _activation_kind(module)) is not None:
+            activations[kind] = activations.get(kind, 0.0) + 1
+        if (kind := _norm_kind(module)) is not None:
+            norms[kind] = norms.get(kind, 0.0) + 1
+        name = type(module).__name__.lower()
+        if "attention" in name or name.endswith("attn"):  # Attention, WindowAttention, ClassAttn, ...
+            attention_modules += 1
+
+    params = float(sum(p.numel() for p in model.parameters()))
+    features = {
+        "params": params,
+        "log10_params": math.log10(max(params, 1.0)),
+        "prunable_layers": float(len(layers)),
+        "prunable_param_share": sum(weights.values()) / max(params, 1.0),
+        **{f"{kind}_share": value / total for kind, value in kinds.items()},
+        **{f"kernel_{kind}_share": (value / conv_total if conv_total else 0.0) for kind, value in kernels.items()},
+        "max_kernel": float(max_kernel),
+        "width_min": float(min(widths)) if widths else 0.0,
+        "width_median": float(statistics.median(widths)) if widths else 0.0,
+        "width_max": float(max(widths)) if widths else 0.0,
+        "attention_modules": float(attention_modules),
+        **_shares(activations, ACTIVATION_KINDS, "act"),
+        **_shares(norms, NORM_KINDS, "norm"),
+        "norm_layers_per_prunable_layer": sum(norms.values()) / max(len(layers), 1),
+    }
+    return features
+
+
+@torch.no_grad()
+def forward_features(model: nn.Module, input_shape: tuple[int, int, int], device: str = "meta") -> dict[str, float]:
+    """MACs per image, residual additions and attention calls from one forward pass of 2 images."""
+    x = torch.empty(2, *input_shape, device=device)
+    flops = FlopCounterMode(display=False)
+    ops = _OpCounter()
+    with flops, ops:
+        model(x)
+    macs = flops.get_total_flops() / 2 / 2  # two images; a MAC is two FLOPs
+    return {
+        "gmacs": macs / 1e9,
+        "log10_macs": math.log10(max(macs, 1.0)),
+        "residual_adds": float(ops.residual_adds),
+        "attention_calls": float(ops.attention_calls),
+    }
+
+
+def featurize(architecture: str, num_classes: int | None = None, in_chans: int | None = None,
+              input_size: int | None = None) -> dict[str, Any]:
+    """Return the features of a timm architecture, built on the meta device (no weights).
+
+    Raises InvalidConfigError for an unknown architecture, or one that cannot be built or run
+    on the meta device (a few timm models read tensor values while they are built).
+    """
+    if not timm.is_model(architecture):
+        raise InvalidConfigError(
+            f"unknown timm architecture {architecture!r}; list them with `python -c \"import timm; "
+            "print(timm.list_models())\"`."
+        )
+    kwargs: dict[str, Any] = {"pretrained": False}
+    if num_classes is not None:
+        kwargs["num_classes"] = num_classes
+    if in_chans is not None:
+        kwargs["in_chans"] = in_chans
+    if input_size is not None:
+        kwargs["img_size"] = input_size
+    try:
+        with torch.device("meta"):
+            try:
+                model = timm.create_model(architecture, **kwargs).eval()
+            except TypeError:
+                if "img_size" not in kwargs:
+                    raise
+                kwargs.pop("img_size")  # convolutional networks take any input size
+                model = timm.create_model(architecture, **kwargs).eval()
+        # The FLOP counter tracks modules for backward too; without gradients it needs none.
+        model.requires_grad_(False)
+        cfg = model.pretrained_cfg or {}
+        default = tuple(cfg.get("input_size", (3, 224, 224)))
+        shape = (in_chans or default[0], input_size or default[1], input_size or default[2])
+        features = {**structure_features(model), **forward_features(model, shape)}
+    except (RuntimeError, NotImplementedError, ValueError, AssertionError, TypeError) as exc:
+        raise InvalidConfigError(
+            f"architecture {architecture!r} cannot be featurised without weights: {type(exc).__name__}: "
+            f"{str(exc).splitlines()[0][:200]}"
+        ) from None
+    return {
+        "architecture": architecture,
+        "family": model_family(model),
+        "num_classes": int(getattr(model, "num_classes", num_classes or 0) or 0),
+        "in_chans": shape[0],
+        "input_size": shape[1],
+        "timm_version": timm.__version__,
+        "feature_version": FEATURE_VERSION,
+        "features": {**features, "input_size": float(shape[1]),
+                     "log10_num_classes": math.log10(max(getattr(model, "num_classes", 1) or 1, 1))},
+    }
+
+
+@torch.no_grad()
+def weight_statistics(model: nn.Module) -> dict[str, float]:
+    """Statistics of real weights, the median over prunable layers of each.
+
+    - magnitude spread: the standard deviation of |w| divided by its mean;
+    - excess kurtosis of w (0 for a normal distribution; heavy tails give more);
+    - outlier share: the share of weights farther than 3 standard deviations from the mean.
+    """
+    spreads, kurtoses, outliers = [], [], []
+    for _, module in conv_linear_layers(model):
+        w = module.weight.detach().float().flatten()
+        if w.numel() < 8 or w.device.type == "meta":
+            continue
+        magnitude = w.abs()
+        mean_abs = float(magnitude.mean())
+        std = float(w.std())
+        if mean_abs == 0 or std == 0:
+            continue
+        centred = w - w.mean()
+        spreads.append(float(magnitude.std()) / mean_abs)
+        kurtoses.append(float((centred**4).mean()) / std**4 - 3.0)
+        outliers.append(float((centred.abs() > 3 * std).double().mean()))
+    if not spreads:
+        return {}
+    return {
+        "weight_magnitude_spread": statistics.median(spreads),
+        "weight_kurtosis": statistics.median(kurtoses),
+        "weight_outlier_share": statistics.median(outliers),
+    }
+
+
+def architecture_row(featurized: dict[str, Any]) -> dict[str, Any]:
+    """Turn `featurize` output into a row of the `architectures` table."""
+    import datetime as dt
+    import json
+
+    features = featurized["features"]
+    return {
+        "architecture": featurized["architecture"],
+        "num_classes": featurized["num_classes"],
+        "in_chans": featurized["in_chans"],
+        "input_size": featurized["input_size"],
+        "timm_version": featurized["timm_version"],
+        "feature_version": featurized["feature_version"],
+        "family": featurized["family"],
+        "params": int(features["params"]),
+        "gmacs": features["gmacs"],
+        "features_json": json.dumps(features, sort_keys=True),
+        "computed_at": dt.datetime.now(dt.timezone.utc).replace(tzinfo=None),
+    }
+
+
+def featurize_many(architectures: Iterable[str], progress: Any = None, **shape: Any) -> tuple[list[dict], dict[str, str]]:
+    """Featurise several architectures; return (rows for the database, {architecture: why it failed})."""
+    rows, failures = [], {}
+    for architecture in architectures:
+        try:
+            rows.append(architecture_row(featurize(architecture, **shape)))
+        except InvalidConfigError as exc:
+            failures[architecture] = str(exc)
+            log.info("%s", exc)
+        if progress is not None:
+            progress.update(1)
+    return rows, failures
