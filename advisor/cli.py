@@ -23,6 +23,7 @@ import click
 
 from advisor import formatting
 from bench_engine.errors import BenchError  # light: no torch import
+from advisor.published import ensure_published
 from advisor.recommend import (
     LATENCY_STATS,
     OBJECTIVES,
@@ -218,6 +219,7 @@ def bench(obj: dict[str, Any], model: str, weights: Path | None, data_spec: str,
     data.check_readable(calibration_size, seed)
     job = BenchJob(label=bundle.model_key, load=lambda: (bundle, data), plan=plan)
     run_id = run_jobs(obj["db"], [job], _command_line(), threads, not no_progress)
+    ensure_published(obj["db"])
     with Store.open(obj["db"], read_only=True) as store:
         rows = store.query("SELECT count(*) AS n FROM results WHERE run_id = ?", [run_id])
         timings = store.query("SELECT * FROM latency WHERE run_id = ? ORDER BY runtime, batch_size, created_at", [run_id])
@@ -315,6 +317,7 @@ def latency(obj: dict[str, Any], model: str, weights: Path | None, runtimes: str
             train_missing_baselines([model], show_progress=False)
         bundle = load_model(model, weights, num_classes=num_classes, in_chans=in_chans, input_size=input_size)
     run_id, rows, unavailable = run_latency(obj["db"], bundle, plan, _command_line())
+    ensure_published(obj["db"])
     for name, reason in unavailable.items():
         click.echo(f"runtime {name} skipped: {reason}", err=True)
     even = break_even(rows)
@@ -384,6 +387,8 @@ def recommend_command(obj: dict[str, Any], max_latency_ms, latency_stat, batch_s
     """
     budget = _budget(max_latency_ms, latency_stat, batch_size, min_accuracy, max_drop, dataset, objective, sparse_only,
                      runtime, profile)
+    if Path(obj["db"]).is_file():
+        ensure_published(obj["db"])  # a database made before the published evidence shipped
     with Store.open(obj["db"], read_only=True) as store:
         rows = load_candidates(store, budget.dataset)
         timings, profiles = load_timings(store), load_profiles(store)
@@ -441,6 +446,7 @@ def demo(obj: dict[str, Any], no_tui: bool, threads: int | None, skip_lite0: boo
 
     run_id = run_quickstart(obj["db"], threads, show_progress=not no_progress, include_lite0=not skip_lite0,
                             command=_command_line())
+    ensure_published(obj["db"])
     with Store.open(obj["db"], read_only=True) as store:
         count = store.query("SELECT count(*) AS n FROM results WHERE run_id = ?", [run_id])[0]["n"]
     click.echo(f"run {run_id}: stored {count} measured results in {obj['db']}", err=True)
@@ -493,6 +499,7 @@ def features(obj: dict[str, Any], architectures: tuple[str, ...], all_models: bo
     if rows:
         with open_for_write(obj["db"]) as store:
             store.upsert_architectures(rows)
+        ensure_published(obj["db"])
     for name, reason in failures.items():
         click.echo(f"skipped {reason}", err=True)
     if as_json:

@@ -31,7 +31,11 @@ def method_label(row: dict) -> str:
     allocation = "" if row["allocation"] in ("uniform", "none") else f" ({row['allocation']})"
     recipe = json.loads(row.get("recipe_json") or "{}")
     reconstruction = recipe.get("reconstruction", "none")
-    suffix = f"+{reconstruction}_recon({recipe.get('recon_input')})" if reconstruction != "none" else ""
+    suffix = ""
+    if reconstruction != "none":
+        # Published rows may not say which activations fed the reconstruction.
+        recon_input = recipe.get("recon_input")
+        suffix = f"+{reconstruction}_recon" + (f"({recon_input})" if recon_input else "")
     suffix += "".join(f"+{c}" for c in recipe.get("corrections") or [])
     return f"{row['criterion']}{suffix}{pattern}{allocation}"
 
@@ -41,13 +45,20 @@ def candidate_cells(candidate: Candidate) -> list[str]:
     return [
         row["model_key"],
         method_label(row),
-        number((row.get("achieved_sparsity") or 0) * 100, 1, "%"),
+        sparsity_cell(row),
         f"{number(candidate.accuracy, 1)} {METRIC_LABELS[candidate.metric]}",
         number(candidate.drop, 1),
         number(candidate.latency_ms, 2),
         speedup_cell(candidate),
         row["provenance"],
     ]
+
+
+def sparsity_cell(row: dict) -> str:
+    """Achieved sparsity; a published row that gives only the requested one shows it with '~'."""
+    if row.get("achieved_sparsity") is None:
+        return "~" + number((row.get("requested_sparsity") or 0) * 100, 1, "%")
+    return number(row["achieved_sparsity"] * 100, 1, "%")
 
 
 def speedup_cell(candidate: Candidate) -> str:

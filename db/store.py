@@ -206,20 +206,30 @@ class Store:
         )
 
     def upsert_model(self, row: Mapping[str, Any]) -> None:
+        self.upsert_models([row])
+
+    def upsert_models(self, rows: Sequence[Mapping[str, Any]]) -> None:
+        """Insert model rows, updating the given columns of models already stored."""
         self._require_writable()
+        if not rows:
+            return
         columns = self.columns("models")
-        values = dict(row, updated_at=_now())
-        unknown = set(values) - set(columns)
+        now = _now()
+        names = list(dict.fromkeys(name for row in rows for name in row)) + ["updated_at"]
+        unknown = set(names) - set(columns)
         if unknown:
             raise InvalidRowsError(f"unknown models columns: {sorted(unknown)}")
-        names = list(values)
-        placeholders = ", ".join("?" for _ in names)
+        batch = {n: np.array([row.get(n) for row in rows], dtype=object) for n in names[:-1]}
+        batch["updated_at"] = np.array([now] * len(rows), dtype=object)
         updates = ", ".join(f"{n} = excluded.{n}" for n in names if n != "model_key")
-        self._con.execute(
-            f"INSERT INTO models ({', '.join(names)}) VALUES ({placeholders}) "
-            f"ON CONFLICT (model_key) DO UPDATE SET {updates}",
-            [values[n] for n in names],
-        )
+        self._con.register("_models_batch", batch)
+        try:
+            self._con.execute(
+                f"INSERT INTO models ({', '.join(names)}) SELECT {', '.join(names)} FROM _models_batch "
+                f"ON CONFLICT (model_key) DO UPDATE SET {updates}"
+            )
+        finally:
+            self._con.unregister("_models_batch")
 
     def start_run(
         self,
@@ -278,6 +288,13 @@ class Store:
                 [[row[name] for name in names] for row in rows],
             )
         return len(rows)
+
+    def delete_results(self, provenance: str, run_id_prefix: str) -> None:
+        """Delete the results of one provenance whose run id starts with the prefix."""
+        self._require_writable()
+        self._con.execute(
+            "DELETE FROM results WHERE provenance = ? AND starts_with(run_id, ?)", [provenance, run_id_prefix]
+        )
 
     def _insert_columns(self, table: str, columns: Mapping[str, Sequence[Any]]) -> int:
         self._require_writable()

@@ -34,7 +34,7 @@ def test_bench_cli_stores_complete_rows(tiny_setup):
     assert result.exit_code == 0, result.output
     assert "stored 10 results" in result.stdout
     with Store.open(db_path, read_only=True) as store:
-        rows = store.query("SELECT * FROM results ORDER BY criterion, pattern, requested_sparsity")
+        rows = store.query("SELECT * FROM results WHERE provenance = 'measured' ORDER BY criterion, pattern, requested_sparsity")
         run = store.query("SELECT * FROM runs")[0]
         model = store.query("SELECT * FROM models")[0]
         env = store.query("SELECT * FROM environments")[0]
@@ -90,7 +90,7 @@ def test_bench_unlabelled_scores_fidelity(tiny_setup):
     ])
     assert result.exit_code == 0, result.output
     with Store.open(db_path, read_only=True) as store:
-        rows = store.query("SELECT labelled, top1, top1_agreement, kl_divergence FROM results")
+        rows = store.query("SELECT labelled, top1, top1_agreement, kl_divergence FROM results WHERE provenance = 'measured'")
     assert len(rows) == 2
     assert all(not r["labelled"] and r["top1"] is None and r["top1_agreement"] is not None for r in rows)
 
@@ -112,7 +112,7 @@ def test_failed_model_leaves_earlier_rows_complete(tiny_setup):
         run_jobs(db_path, [BenchJob("good", good, plan), BenchJob("broken", broken, plan)], "test", show_progress=False)
     with Store.open(db_path, read_only=True) as store:
         run = store.query("SELECT status, error FROM runs")[0]
-        rows = store.query("SELECT model_key, top1, latency_p50_ms FROM results")
+        rows = store.query("SELECT model_key, top1, latency_p50_ms FROM results WHERE provenance = 'measured'")
     assert run["status"] == "failed"
     assert "disk vanished" in run["error"]
     assert len(rows) == 2
@@ -171,7 +171,7 @@ def test_bench_erk_with_corrections(tiny_setup):
     ])
     assert result.exit_code == 0, result.output
     with Store.open(db_path, read_only=True) as store:
-        row = store.query("SELECT * FROM results WHERE criterion = 'magnitude'")[0]
+        row = store.query("SELECT * FROM results WHERE provenance = 'measured' AND criterion = 'magnitude'")[0]
     recipe = json.loads(row["recipe_json"])
     assert recipe["allocation"] == "erk"
     assert recipe["erk_power"] == 0.5
@@ -180,7 +180,7 @@ def test_bench_erk_with_corrections(tiny_setup):
     assert row["achieved_sparsity_targeted"] == pytest.approx(0.6, abs=1e-4)
     per_layer = json.loads(row["layer_sparsity_json"])
     assert per_layer["layer4.0.conv1"] == 0.0
-    shown = CliRunner().invoke(main, ["--db", str(db_path), "recommend", "--sparse-only"])
+    shown = CliRunner().invoke(main, ["--db", str(db_path), "recommend", "--sparse-only", "--dataset", row["dataset"]])
     assert "magnitude+bias_correction+bn_reestimation (erk)" in shown.stdout
 
 

@@ -77,10 +77,10 @@ def test_recommend_invalid_budget_exits_2(runner, fixture_db, args, message):
 
 
 def test_recommend_unknown_dataset_lists_known_ones(runner, fixture_db):
-    result = runner.invoke(main, ["--db", str(fixture_db), "recommend", "--dataset", "imagenet"])
+    result = runner.invoke(main, ["--db", str(fixture_db), "recommend", "--dataset", "cifar10"])
     assert result.exit_code == 2
-    assert "no results for dataset 'imagenet'" in result.stderr
-    assert "mnist, photos" in result.stderr
+    assert "no results for dataset 'cifar10'" in result.stderr
+    assert "imagenet, mnist, photos" in result.stderr  # imagenet: the published evidence
 
 
 @pytest.mark.parametrize("args", [["--limit", "0"], ["--limit", "-3"], ["--batch-size", "-1"]])
@@ -99,14 +99,21 @@ def test_recommend_missing_database(runner, tmp_path):
     assert not path.exists()
 
 
-def test_recommend_empty_database(runner, tmp_path):
+def test_recommend_empty_database_gets_the_published_evidence(runner, tmp_path):
     from db import Store
 
     path = tmp_path / "empty.duckdb"
     Store.open(path).close()
-    result = runner.invoke(main, ["--db", str(path), "recommend"])
-    assert result.exit_code == 2
-    assert "has no results" in result.stderr
+    result = runner.invoke(main, ["--db", str(path), "recommend", "--dataset", "imagenet", "--min-accuracy", "70",
+                                  "--json"])
+    assert result.exit_code == 0, result.output
+    payload = json.loads(result.stdout)
+    assert payload["candidates"]
+    assert {c["evidence"]["provenance"] for c in payload["candidates"]} == {"published"}
+    assert all(c["evidence"]["source"] for c in payload["candidates"])  # every row cites its source
+    mnist = runner.invoke(main, ["--db", str(path), "recommend", "--dataset", "mnist"])
+    assert mnist.exit_code == 2
+    assert "no results for dataset 'mnist'; it has results for imagenet" in mnist.stderr
 
 
 @pytest.mark.parametrize(

@@ -142,7 +142,7 @@ def test_bench_times_every_result_on_each_runtime(tmp_path, weights):
         assert "runtime torch-2:4-cuda skipped: no CUDA device" in result.stderr
     assert "break-even" not in result.stdout  # no sparse kernel ran on resnet10t
     with Store.open(tmp_path / "bench.duckdb", read_only=True) as store:
-        results = {r["result_id"]: r for r in store.query("SELECT * FROM results")}
+        results = {r["result_id"]: r for r in store.query("SELECT * FROM results WHERE provenance = 'measured'")}
         timings = store.query("SELECT * FROM latency")
     assert len(results) == 3  # dense, magnitude, wanda
     assert len(timings) == 3 * 2 * 2  # results × runtimes × batch sizes

@@ -111,7 +111,7 @@ def test_bench_with_recipes_stores_the_canonical_form(tmp_path):
     ])
     assert result.exit_code == 0, result.output
     with Store.open(db_path, read_only=True) as store:
-        rows = store.query("SELECT recipe_json, requested_sparsity FROM results WHERE criterion != 'dense' ORDER BY 1, 2")
+        rows = store.query("SELECT recipe_json, requested_sparsity FROM results WHERE provenance = 'measured' AND criterion != 'dense' ORDER BY 1, 2")
     recipes = [(json.loads(r["recipe_json"])["recipe"], r["requested_sparsity"]) for r in rows]
     assert recipes == [
         ("erk(power=0.5)+wanda+bn_reestimation+unstructured", 0.3),
@@ -151,7 +151,7 @@ def test_bench_sensitivity_recipe(tmp_path, isolated_data_dir):
     assert result.exit_code == 0, result.output
     assert len(list((isolated_data_dir / "sensitivity").glob("*.json"))) == 1
     with Store.open(db_path, read_only=True) as store:
-        row = store.query("SELECT achieved_sparsity_targeted, recipe_json FROM results WHERE criterion = 'magnitude'")[0]
+        row = store.query("SELECT achieved_sparsity_targeted, recipe_json FROM results WHERE provenance = 'measured' AND criterion = 'magnitude'")[0]
     assert row["achieved_sparsity_targeted"] == pytest.approx(0.5, abs=1e-4)
     assert json.loads(row["recipe_json"])["recipe"] == "sensitivity+magnitude+unstructured"
 
@@ -221,7 +221,7 @@ def test_bench_recipe_grid(tmp_path):
     assert result.exit_code == 0, result.output
     with Store.open(db_path, read_only=True) as store:
         rows = store.query("SELECT requested_sparsity, achieved_sparsity_targeted, recipe_json FROM results "
-                           "WHERE criterion <> 'dense'")
+                           "WHERE provenance = 'measured' AND criterion <> 'dense'")
     assert len(rows) == 6
     stored = {json.loads(r["recipe_json"])["recipe"] for r in rows}
     assert "learned(steps=5, lr=0.05, penalty=10)+magnitude+unstructured" in stored

@@ -136,7 +136,8 @@ def tui_cells(candidate: Candidate) -> list[str]:
         accuracy,
         number(candidate.drop),
         number(candidate.latency_ms, 1),
-        number((row.get("achieved_sparsity") or 0) * 100, 0, "%"),
+        number((row.get("achieved_sparsity") or 0) * 100, 0, "%") if row.get("achieved_sparsity") is not None
+        else "~" + number((row.get("requested_sparsity") or 0) * 100, 0, "%"),
         method_label(row),
         row["model_key"],
         row["provenance"],
@@ -272,7 +273,8 @@ class PTSAdvisorApp(App):
         row = candidate.row
         lines = [
             f"[b]{row['model_key']}[/b] · {method_label(row)} · requested {row['requested_sparsity']:.0%}, "
-            f"achieved {row['achieved_sparsity'] or 0:.1%} of Conv/Linear weights",
+            + (f"achieved {row['achieved_sparsity']:.1%} of Conv/Linear weights" if row.get("achieved_sparsity") is not None
+               else "achieved not published"),
             *self._recipe_lines(row),
             f"{METRIC_LABELS[candidate.metric]} {number(candidate.accuracy)} % "
             f"(dense {number(candidate.dense_accuracy)} %)",
