@@ -24,6 +24,7 @@ import click
 from advisor import formatting
 from bench_engine.errors import BenchError  # light: no torch import
 from advisor.published import ensure_published
+from advisor.robustness import RegressorError
 from advisor.recommend import (
     LATENCY_STATS,
     OBJECTIVES,
@@ -54,7 +55,7 @@ def handle_errors(func: Callable[..., Any]) -> Callable[..., Any]:
     def wrapper(*args: Any, **kwargs: Any) -> Any:
         try:
             return func(*args, **kwargs)
-        except (DatabaseError, BudgetError, BenchError) as exc:
+        except (DatabaseError, BudgetError, BenchError, RegressorError) as exc:
             _fail(str(exc))
 
     return wrapper
@@ -268,7 +269,8 @@ def _report_unavailable(names: list[str]) -> None:
 @click.option("--weights", type=click.Path(path_type=Path), default=None,
               help="Local .safetensors or PyTorch state dict file; not needed for named models.")
 @click.option("--runtime", "runtimes", default="torch-eager,torch-sparse-csr,onnxruntime-cpu", show_default=True,
-              help="Comma-separated runtimes: torch-eager, torch-sparse-csr, onnxruntime-cpu, torch-2:4-cuda.")
+              help="Comma-separated runtimes: torch-eager, torch-sparse-csr, onnxruntime-cpu, torch-eager-cuda, "
+                   "onnxruntime-cuda, torch-2:4-cuda.")
 @click.option("--batch", "batches", default="1,16", show_default=True, help="Comma-separated batch sizes.")
 @click.option("--sparsity", "sparsities", default="0.5,0.7,0.9", show_default=True,
               help="Comma-separated sparsities (fractions) or N:M patterns such as 2:4; dense is always timed too.")
@@ -314,7 +316,7 @@ def latency(obj: dict[str, Any], model: str, weights: Path | None, runtimes: str
         if model.startswith("mnist/") and weights is None:
             from bench_engine.suite import train_missing_baselines
 
-            train_missing_baselines([model], show_progress=False)
+            train_missing_baselines([model], show_progress=True)  # progress goes to stderr
         bundle = load_model(model, weights, num_classes=num_classes, in_chans=in_chans, input_size=input_size)
     run_id, rows, unavailable = run_latency(obj["db"], bundle, plan, _command_line())
     ensure_published(obj["db"])
@@ -385,6 +387,10 @@ def recommend_command(obj: dict[str, Any], max_latency_ms, latency_stat, batch_s
     Latency is the measured latency on one hardware profile, runtime and batch size; see
     `ptsa profiles`. It is never estimated from FLOPs or parameter counts.
     """
+    from bench_engine.runtime_names import RUNTIME_NAMES
+
+    if runtime not in RUNTIME_NAMES:
+        _fail(f"unknown runtime {runtime!r}; choose from {', '.join(RUNTIME_NAMES)}.")
     budget = _budget(max_latency_ms, latency_stat, batch_size, min_accuracy, max_drop, dataset, objective, sparse_only,
                      runtime, profile)
     if Path(obj["db"]).is_file():
@@ -511,6 +517,94 @@ def features(obj: dict[str, Any], architectures: tuple[str, ...], all_models: bo
                "built without weights", err=as_json)
     if not rows:
         sys.exit(EXIT_INVALID)
+
+
+# -- robustness regressor ----------------------------------------------------------------------
+
+
+def _missing_features(store: Store, keys: set[tuple[str, int, int, int]]) -> list[str]:
+    """Compute and store the architecture features the given model shapes lack; return failures."""
+    from bench_engine.features import FEATURE_VERSION, architecture_row, featurize
+    from bench_engine.errors import InvalidConfigError
+    from advisor.robustness import stored_features
+
+    have = stored_features(store, keys, FEATURE_VERSION)
+    rows, failed = [], []
+    for architecture, num_classes, in_chans, input_size in sorted(keys - set(have)):
+        try:
+            rows.append(architecture_row(featurize(architecture, num_classes=num_classes, in_chans=in_chans,
+                                                   input_size=input_size)))
+        except InvalidConfigError as exc:
+            failed.append(str(exc))
+    store.upsert_architectures(rows)
+    return failed
+
+
+@main.command()
+@click.option("--json", "as_json", is_flag=True, help="Print the fit and its metrics as JSON on stdout.")
+@click.pass_obj
+@handle_errors
+def fit(obj: dict[str, Any], as_json: bool) -> None:
+    """Fit the robustness regressor on the measured and published results in the database.
+
+    Prints its held-out-family cross-validation metrics next to two baselines'.
+    """
+    from advisor import robustness
+    from bench_engine import __version__
+    from bench_engine.features import FEATURE_VERSION
+    from bench_engine.paths import data_dir
+    from bench_engine.runner import open_for_write
+
+    ensure_published(obj["db"])
+    with open_for_write(obj["db"], wait_seconds=0) as store:
+        keys = {robustness.shape_key(r) for r in robustness.training_rows(store)}
+        for reason in _missing_features(store, keys):
+            click.echo(f"skipped {reason}", err=True)
+        row = robustness.fit(store, data_dir(), FEATURE_VERSION, __version__)
+    metrics = json.loads(row["metrics_json"])
+    if as_json:
+        click.echo(json.dumps({**row, "metrics": metrics, "metrics_json": None}, indent=2, default=str))
+        return
+    click.echo(formatting.fit_text(row, metrics))
+
+
+@main.command()
+@click.argument("model")
+@click.option("--recipe", default="magnitude", show_default=True, help="Recipe, as for `ptsa bench --recipe`.")
+@click.option("--sparsity", "sparsities", multiple=True, type=float, default=(0.5,), show_default=True,
+              help="Sparsity to predict; repeatable. Ignored for an N:M recipe.")
+@click.option("--dataset", default=None,
+              help="Dataset the prediction is for. Default: imagenet, or the dataset MODEL was benched on.")
+@click.option("--num-classes", type=click.IntRange(min=1), default=None, help="Class count. Default: the model's.")
+@click.option("--input-size", type=click.IntRange(min=8), default=None, help="Square input size. Default: the model's.")
+@click.option("--dense-top1", type=click.FloatRange(0, 100), default=None,
+              help="Dense top-1 to turn retention into top-1. Default: a stored dense result, if any.")
+@click.option("--no-store", is_flag=True, help="Print only; do not store the prediction.")
+@click.option("--json", "as_json", is_flag=True, help="Print the prediction as JSON on stdout.")
+@click.pass_obj
+@handle_errors
+def predict(obj: dict[str, Any], model: str, recipe: str, sparsities: tuple[float, ...], dataset: str | None,
+            num_classes: int | None, input_size: int | None, dense_top1: float | None, no_store: bool,
+            as_json: bool) -> None:
+    """Predict the retention of MODEL under a recipe, with an 80 % interval and what drove it.
+
+    MODEL is a timm architecture (it need not have been benched) or a stored model key such as
+    mnist/resnet10t. Predictions are stored with provenance 'predicted'.
+    """
+    from advisor.prediction import predict_rows
+    from bench_engine.paths import data_dir
+    from bench_engine.runner import open_for_write
+
+    if not Path(obj["db"]).is_file():
+        _fail(f"database not found: {obj['db']}. Run `ptsa demo`, then `ptsa fit`, or pass --db.")
+    with open_for_write(obj["db"], wait_seconds=0) as store:
+        predictions = predict_rows(store, data_dir(), model, recipe, list(sparsities), dataset=dataset,
+                                   num_classes=num_classes, input_size=input_size, dense_top1=dense_top1,
+                                   store_rows=not no_store, missing_features=_missing_features)
+    if as_json:
+        click.echo(json.dumps(predictions, indent=2, default=str))
+        return
+    click.echo(formatting.prediction_text(predictions))
 
 
 # -- profiles ----------------------------------------------------------------------------------

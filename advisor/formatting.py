@@ -61,15 +61,19 @@ def sparsity_cell(row: dict) -> str:
     return number(row["achieved_sparsity"] * 100, 1, "%")
 
 
+# Marks on a speedup that is not from a timing of the result itself; explained under the table.
+SOURCE_MARKS = {"result": "", "same_sparsity": "*", "dense_kernels": "†"}
+
+
 def speedup_cell(candidate: Candidate) -> str:
-    """The measured speedup against dense on the same runtime; '-' for dense or when unmeasured."""
+    """The speedup over dense on the same runtime (p50), marked by the kind of timing; '-' if none."""
     timing = candidate.timing
     if timing is None or candidate.row["criterion"] == "dense" or timing.speedup is None:
         return "-"
-    return f"{timing.speedup:.2f}×"
+    return f"{timing.speedup:.2f}×{SOURCE_MARKS[timing.source]}"
 
 
-HEADERS = ["model", "method", "sparsity", "accuracy", "drop", "latency ms", "speedup", "evidence"]
+HEADERS = ["model", "method", "sparsity", "accuracy", "drop", "latency ms", "speedup p50", "evidence"]
 
 
 def _table(rows: list[list[str]], headers: list[str]) -> str:
@@ -109,9 +113,12 @@ def source_notes(candidates: list[Candidate]) -> list[str]:
     for c in candidates:
         if c.timing is not None and c.row["criterion"] != "dense":
             counts[c.timing.source] = counts.get(c.timing.source, 0) + 1
-    for source in ("same_sparsity", "dense_kernels"):
-        if counts.get(source):
-            notes.append(f"{counts[source]} of the rows shown use {LATENCY_SOURCES[source]}.")
+    if counts.get("same_sparsity"):
+        notes.append(f"* latency and speedup measured for the same model, sparsity and pattern with a magnitude "
+                     f"mask, not for this result ({counts['same_sparsity']} rows).")
+    if counts.get("dense_kernels"):
+        notes.append(f"† the dense model's latency: this runtime ran dense kernels only, so the zeros do not change "
+                     f"it; 1.00× is inferred, not measured ({counts['dense_kernels']} rows).")
     sparse = [c for c in candidates if c.row["criterion"] != "dense" and c.timing is not None]
     if sparse and all(c.timing.sparse_kernel is None for c in sparse):
         notes.append(f"No sparse kernel ran on {sparse[0].timing.runtime}: the zeros save storage once "
@@ -153,7 +160,8 @@ def recommendation_text(result: Recommendation, limit: int = 10) -> str:
     return "\n".join(parts)
 
 
-LATENCY_HEADERS = ["runtime", "batch", "criterion", "sparsity", "p50 ms", "p90 ms", "spread", "speedup", "verdict"]
+LATENCY_HEADERS = ["runtime", "batch", "criterion", "sparsity", "p50 ms", "p90 ms", "spread", "dense p50 ms", "speedup",
+                   "verdict"]
 
 
 def latency_table(rows: list[dict]) -> str:
@@ -171,6 +179,8 @@ def latency_table(rows: list[dict]) -> str:
             number(row["p50_ms"], 2),
             number(row["p90_ms"], 2),
             number(row["spread"] * 100, 0, " %"),
+            # The dense p50 timed in the same rounds: the denominator of this row's speedup.
+            number(row.get("baseline_p50_ms"), 2),
             "-" if row["speedup"] is None else f"{row['speedup']:.2f}×",
             row["verdict"] or "baseline",
         ])
@@ -198,4 +208,49 @@ def features_table(rows: list[dict]) -> str:
             str(int(features["residual_adds"])),
         ])
     return _table(cells, FEATURE_HEADERS)
+
+
+MODEL_LABELS = {"regressor": "regressor", "params_only": "baseline: parameter count only",
+                "recipe_mean": "baseline: mean of the same recipe and sparsity"}
+
+
+def fit_text(row: dict, metrics: dict) -> str:
+    """Describe a fit: its data and the held-out-family metrics of the regressor and baselines."""
+    models = metrics["models"]
+    cells = [[MODEL_LABELS[name], number(m["mae"], 2), number(m["rmse"], 2), number(m["spearman"], 2),
+              number(m["within_5"] * 100, 0, " %")] for name, m in models.items()]
+    lines = [
+        f"fit {row['fit_id']}: {row['n_rows']} pruned results, {row['n_architectures']} architectures, "
+        f"{row['n_families']} families (training data {row['training_sha256'][:12]}, scikit-learn "
+        f"{row['sklearn_version']})",
+        f"Held-out-family cross-validation ({metrics['split']}), retention in points of dense top-1:",
+        _table(cells, ["model", "MAE", "RMSE", "Spearman", "within ±5"]),
+        f"80 % interval: the quantile models cover {models['regressor']['interval_80_coverage'] * 100:.0f} % of "
+        f"held-out rows; widened by {models['regressor']['interval_adjustment']:.1f} points they cover "
+        f"{models['regressor']['interval_80_coverage_adjusted'] * 100:.0f} % (calibrated on these same folds).",
+    ]
+    better = all(models["regressor"][m] < models[b][m] for b in ("params_only", "recipe_mean") for m in ("mae", "rmse"))
+    lines.append("The regressor beats both baselines on MAE and RMSE." if better else
+                 "The regressor does NOT beat both baselines on MAE and RMSE; treat its predictions as rough.")
+    lines.append(f"saved to {row['model_path']}")
+    return "\n".join(lines)
+
+
+def prediction_text(predictions: list[dict]) -> str:
+    """One block per prediction: retention with its interval, top-1 when dense is known, drivers."""
+    parts = []
+    for p in predictions:
+        top1 = "" if p["top1"] is None else (
+            f"; top-1 {p['top1']:.1f} % ({p['top1_low']:.1f} to {p['top1_high']:.1f}) from dense {p['dense_top1']:.1f} %")
+        parts.append(
+            f"{p['model_key']} on {p['dataset']}, {p['recipe']} at {p['sparsity']:.0%}: retention "
+            f"{p['retention']:.1f} % of dense (80 % interval {p['retention_low']:.1f} to {p['retention_high']:.1f}){top1}"
+        )
+        for d in p["drivers"]:
+            parts.append(f"  {d['feature']} = {d['value']:.3g} (training median {d['training_median']:.3g}): "
+                         f"{d['effect']:+.1f} points")
+    if predictions:
+        parts.append(f"predicted by fit {predictions[0]['fit_id']}, whose held-out-family MAE is "
+                     f"{predictions[0]['held_out_family_mae']:.1f} points")
+    return "\n".join(parts)
 

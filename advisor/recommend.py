@@ -138,6 +138,7 @@ class Candidate:
             "top5": row.get("top5"),
             "kl_divergence": row.get("kl_divergence"),
             "latency_ms": self.latency_ms,
+            # Where latency_ms comes from: runtime, batch size, profile, threads, source.
             "latency": None if self.timing is None else self.timing.to_dict(),
             "binding_constraint": self.binding(),
             "margins": self.margins,
@@ -151,9 +152,6 @@ class Candidate:
                 "result_id": row["result_id"],
                 "eval_size": row.get("eval_size"),
                 "calibration_size": row.get("calibration_size"),
-                "runtime": row.get("runtime"),
-                "latency_batch_size": row.get("latency_batch_size"),
-                "num_threads": row.get("num_threads"),
                 "created_at": str(row.get("created_at")),
             },
         }

@@ -31,7 +31,8 @@ from bench_engine.pruning.config import check_sparsity, format_pattern, parse_pa
 from bench_engine.pruning.prune import measure_sparsity
 from bench_engine.runner import failure_text, model_row, open_for_write
 from bench_engine.runtimes import RuntimeUnavailableError, get_runtime
-from bench_engine.timing import RuntimeTimer, TimedModel, as_columns, usable_runtimes
+from bench_engine.runtime_names import MEASURABLE_CHANGE
+from bench_engine.timing import RuntimeTimer, TimedModel, as_columns, usable_runtimes, warn_if_noisy
 
 log = logging.getLogger(__name__)
 
@@ -107,6 +108,7 @@ def run_latency(
         timer = RuntimeTimer(usable, plan.batch_sizes, shape, plan.repeats, plan.max_seconds,
                              {"run_id": run_id, "model_key": bundle.model_key, "env_key": env_key})
         rows = timer.time(TimedModel(dense, "dense", 0.0, "dense", 0.0), pruned)
+        warn_if_noisy(bundle.model_key, rows)
         with open_for_write(db_path) as store:
             store.upsert_model(model_row(bundle))
             store.insert_latency(as_columns(rows))
@@ -120,9 +122,10 @@ def run_latency(
 
 
 def break_even(rows: list[dict[str, Any]]) -> dict[str, float | None]:
-    """Return, per 'runtime batch N', the lowest timed sparsity at which a sparse kernel beat dense.
+    """Return, per 'runtime batch N', the lowest timed sparsity at which a sparse kernel was faster.
 
-    Only unstructured rows where a sparse kernel ran count; None means no timed sparsity did.
+    Faster means by more than MEASURABLE_CHANGE (5 %), the margin the verdicts use. Only
+    unstructured rows where a sparse kernel ran count; None means no timed sparsity was faster.
     Runtime and batch pairs that never ran a sparse kernel are left out.
     """
     found: dict[str, float | None] = {}
@@ -131,7 +134,6 @@ def break_even(rows: list[dict[str, Any]]) -> dict[str, float | None]:
             continue
         key = f"{row['runtime']} batch {row['batch_size']}"
         found.setdefault(key, None)
-        if found[key] is None and row["speedup"] >= 1.0:
+        if found[key] is None and row["speedup"] >= 1 + MEASURABLE_CHANGE:
             found[key] = row["requested_sparsity"]
     return found
-

@@ -34,7 +34,7 @@ from bench_engine.pruning.prune import measure_sparsity
 from bench_engine.pruning.sensitivity import cached_sensitivity
 from bench_engine.runtimes import RuntimeUnavailableError
 from bench_engine.storage import weight_bytes_json
-from bench_engine.timing import RuntimeTimer, TimedModel, as_columns, usable_runtimes
+from bench_engine.timing import RuntimeTimer, TimedModel, as_columns, usable_runtimes, warn_if_noisy
 from db import DatabaseLockedError, Store
 
 log = logging.getLogger(__name__)
@@ -358,6 +358,7 @@ def bench_model(
             "the machine may have been busy, so small latency differences between these rows are noise",
             bundle.model_key, len(noisy), len(rows), SPREAD_WARNING * 100, worst * 100,
         )
+    warn_if_noisy(bundle.model_key, latency_rows)
     names = list(rows[0])
     return {name: [row[name] for row in rows] for name in names}, latency_rows
 

@@ -20,6 +20,8 @@ import torch
 from torch import nn
 
 from bench_engine.errors import BenchError
+from bench_engine.latency import SPREAD_WARNING
+from bench_engine.runtime_names import MEASURABLE_CHANGE
 
 log = logging.getLogger(__name__)
 
@@ -306,13 +308,18 @@ def check_outputs(reference: nn.Module, prepared: PreparedModel, example: torch.
     return difference
 
 
-def speedup_verdict(dense_ms: float, sparse_ms: float, sparse_kernel: str | None) -> str:
-    """Say in one line whether a sparse result is faster than dense on the same runtime and batch."""
+def speedup_verdict(dense_ms: float, sparse_ms: float, sparse_kernel: str | None, spread: float = 0.0) -> str:
+    """Say in one line whether a sparse result is faster than dense on the same runtime and batch.
+
+    `spread` is the larger spread (IQR / median) of the two measurements; above SPREAD_WARNING
+    the verdict says the ratio is within noise.
+    """
     ratio = dense_ms / sparse_ms if sparse_ms > 0 else float("nan")
+    noisy = f"; timings noisy (spread {spread:.0%}), so the ratio is unreliable" if spread > SPREAD_WARNING else ""
     if sparse_kernel is None:
-        return f"no sparse kernel ran: zeros are multiplied like other weights ({ratio:.2f}× dense speed)"
-    if ratio >= 1.05:
-        return f"{sparse_kernel}: {ratio:.2f}× faster than dense"
-    if ratio <= 0.95:
-        return f"{sparse_kernel}: {1 / ratio:.2f}× slower than dense"
-    return f"{sparse_kernel}: no measurable change ({ratio:.2f}× dense speed)"
+        return f"no sparse kernel ran: zeros are multiplied like other weights ({ratio:.2f}× dense speed{noisy})"
+    if ratio >= 1 + MEASURABLE_CHANGE:
+        return f"{sparse_kernel}: {ratio:.2f}× faster than dense{noisy}"
+    if ratio <= 1 / (1 + MEASURABLE_CHANGE):
+        return f"{sparse_kernel}: {1 / ratio:.2f}× slower than dense{noisy}"
+    return f"{sparse_kernel}: no measurable change ({ratio:.2f}× dense speed{noisy})"

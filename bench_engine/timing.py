@@ -18,7 +18,7 @@ from typing import Any
 import torch
 
 from bench_engine import memory
-from bench_engine.latency import LatencyResult, measure_interleaved
+from bench_engine.latency import SPREAD_WARNING, LatencyResult, measure_interleaved
 from bench_engine.runtimes import PreparedModel, Runtime, check_outputs, get_runtime, speedup_verdict
 from bench_engine.storage import weight_bytes_json
 
@@ -78,23 +78,24 @@ class RuntimeTimer:
                     {index: prepared.run for index, (_, prepared, _) in enumerate(entries)},
                     self.input_shape, batch_size=batch, repeats=self.repeats, max_seconds=self.max_seconds,
                 )
-                baseline_ms = timings[0].p50_ms
+                baseline_ms, baseline_spread = timings[0].p50_ms, timings[0].spread
                 for index, (timed, prepared, difference) in enumerate(entries):
                     if index == 0 and not baseline_rows:
                         continue
                     rows.append(self._row(runtime, batch, timed, prepared, difference, timings[index], baseline_ms,
-                                          dense=index == 0))
+                                          baseline_spread, dense=index == 0))
                 log.info("%s on %s, batch %d: dense p50 %.3f ms", self.context["model_key"], runtime.name, batch,
                          baseline_ms)
         return rows
 
     def _row(self, runtime: Runtime, batch: int, timed: TimedModel, prepared: PreparedModel, difference: float,
-             timing: LatencyResult, baseline_ms: float, dense: bool) -> dict[str, Any]:
+             timing: LatencyResult, baseline_ms: float, baseline_spread: float, dense: bool) -> dict[str, Any]:
         peak_rss, peak_cuda = self._peak_memory(prepared, batch)
         speedup = verdict = None
         if not dense:
             speedup = baseline_ms / timing.p50_ms
-            verdict = speedup_verdict(baseline_ms, timing.p50_ms, prepared.sparse_kernel)
+            verdict = speedup_verdict(baseline_ms, timing.p50_ms, prepared.sparse_kernel,
+                                      spread=max(timing.spread, baseline_spread))
         return {
             "latency_id": uuid.uuid4().hex,
             **self.context,
@@ -145,3 +146,15 @@ def usable_runtimes(names: Sequence[str]) -> tuple[list[Runtime], dict[str, str]
 def as_columns(rows: Sequence[dict[str, Any]]) -> dict[str, list[Any]]:
     """Turn latency rows into columns for `Store.insert_latency`."""
     return {name: [row[name] for row in rows] for name in rows[0]} if rows else {}
+
+
+def warn_if_noisy(label: str, rows: Sequence[dict[str, Any]]) -> None:
+    """Log one warning when some latency rows have a spread above SPREAD_WARNING."""
+    noisy = [row for row in rows if row["spread"] > SPREAD_WARNING]
+    if noisy:
+        log.warning(
+            "%s: %d of %d runtime measurements have a spread (IQR / median) above %.0f %%, up to %.0f %%; "
+            "the machine may have been busy, so their speedups are unreliable",
+            label, len(noisy), len(rows), SPREAD_WARNING * 100, max(row["spread"] for row in noisy) * 100,
+        )
+

@@ -116,11 +116,12 @@ def test_break_even_takes_lowest_winning_sparsity():
                 "sparse_kernel": kernel, "pattern": pattern}
 
     rows = [
-        row("torch-sparse-csr", 1, 0.9, 2.1), row("torch-sparse-csr", 1, 0.5, 0.6), row("torch-sparse-csr", 1, 0.7, 1.0),
+        row("torch-sparse-csr", 1, 0.9, 2.1), row("torch-sparse-csr", 1, 0.5, 0.6), row("torch-sparse-csr", 1, 0.7, 1.03),
         row("torch-sparse-csr", 16, 0.5, 0.3), row("torch-sparse-csr", 16, 0.9, 0.9),
         row("torch-eager", 1, 0.9, 1.2, kernel=None), row("torch-2:4-cuda", 1, 0.5, 1.4, pattern="2:4"),
     ]
-    assert break_even(rows) == {"torch-sparse-csr batch 1": 0.7, "torch-sparse-csr batch 16": None}
+    # 1.03× at 70 % is within the 5 % the verdicts call no measurable change: 90 % is the first win.
+    assert break_even(rows) == {"torch-sparse-csr batch 1": 0.9, "torch-sparse-csr batch 16": None}
 
 
 def bench_args(tmp_path, weights, *extra):

@@ -129,6 +129,15 @@ def test_speedup_verdict_wording():
     assert speedup_verdict(10.0, 5.0, "CSR") == "CSR: 2.00× faster than dense"
     assert speedup_verdict(10.0, 20.0, "CSR") == "CSR: 2.00× slower than dense"
     assert "no measurable change" in speedup_verdict(10.0, 10.1, "CSR")
+    noisy = speedup_verdict(10.0, 4.0, None, spread=2.3)
+    assert noisy == ("no sparse kernel ran: zeros are multiplied like other weights (2.50× dense speed; timings "
+                     "noisy (spread 230%), so the ratio is unreliable)")
+
+
+def test_runtime_names_match_the_registry():
+    from bench_engine.runtime_names import RUNTIME_NAMES
+
+    assert tuple(RUNTIMES) == RUNTIME_NAMES
 
 
 def test_csr_runtime_converts_a_bare_linear_layer():

@@ -1,0 +1,130 @@
+"""`ptsa predict`: the regressor's retention for a model and recipe, stored as 'predicted' rows."""
+
+from __future__ import annotations
+
+import json
+import uuid
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from advisor.robustness import (
+    MODEL_VERSION,
+    RegressorError,
+    drivers,
+    input_vector,
+    latest_fit_row,
+    load_fit,
+    recipe_features,
+)
+from db import Store
+
+
+def _resolve_model(store: Store, model: str, num_classes: int | None, input_size: int | None,
+                   dataset: str | None) -> dict[str, Any]:
+    """Return the architecture, shape and dataset to predict for."""
+    import timm
+
+    stored = store.query("SELECT * FROM models WHERE model_key = ?", [model])
+    if stored:
+        row = stored[0]
+        if dataset is None:
+            benched = store.query("SELECT dataset FROM results WHERE model_key = ? AND provenance <> 'predicted' "
+                                  "ORDER BY created_at DESC LIMIT 1", [model])
+            dataset = benched[0]["dataset"] if benched else "imagenet"
+        return {"model_key": model, "architecture": row["architecture"], "family": row["family"],
+                "num_classes": num_classes or row["num_classes"] or 1000, "in_chans": row["in_chans"] or 3,
+                "input_size": input_size or row["input_size"], "dataset": dataset, "stored": True}
+    if timm.is_model(model):
+        return {"model_key": model, "architecture": model, "family": None, "num_classes": num_classes or 1000,
+                "in_chans": 3, "input_size": input_size, "dataset": dataset or "imagenet", "stored": False}
+    raise RegressorError(
+        f"unknown model {model!r}: it is neither a model in the database (`ptsa models`) nor a timm "
+        "architecture (timm.list_models())."
+    )
+
+
+def _dense_top1(store: Store, model_key: str, dataset: str) -> float | None:
+    """The dense top-1 of a stored model on a dataset, from any measured or published row."""
+    rows = store.query("SELECT dense_top1 FROM results WHERE model_key = ? AND dataset = ? AND dense_top1 IS NOT NULL "
+                       "AND provenance <> 'predicted' ORDER BY created_at DESC LIMIT 1", [model_key, dataset])
+    return rows[0]["dense_top1"] if rows else None
+
+
+def predict_rows(store: Store, data_folder: Path, model: str, recipe: str, sparsities: list[float],
+                 dataset: str | None = None, num_classes: int | None = None, input_size: int | None = None,
+                 dense_top1: float | None = None, store_rows: bool = True,
+                 missing_features: Callable[..., Any] | None = None) -> list[dict[str, Any]]:
+    """Predict retention for each sparsity; store the predictions unless `store_rows` is False."""
+    from bench_engine.features import architecture_row, featurize
+    from bench_engine.pruning import LayerPolicy
+    from bench_engine.pruning.recipe import resolve_recipe
+
+    fit_row = latest_fit_row(store)
+    fitted = load_fit(fit_row, data_folder)
+    target = _resolve_model(store, model, num_classes, input_size, dataset)
+    featurized = featurize(target["architecture"], num_classes=target["num_classes"], in_chans=target["in_chans"],
+                           input_size=target["input_size"])
+    store.upsert_architectures([architecture_row(featurized)])
+    architecture = featurized["features"]
+    dense = dense_top1 if dense_top1 is not None else _dense_top1(store, target["model_key"], target["dataset"])
+    configs = {}
+    for sparsity in sparsities:
+        config = resolve_recipe(recipe, sparsity, LayerPolicy())
+        configs[(config.pattern_name, round(config.sparsity, 6))] = config  # an N:M recipe gives one row
+    predictions, rows = [], []
+    for config in configs.values():
+        recipe_row = {"criterion": config.criterion, "allocation": config.allocation, "pattern": config.pattern_name,
+                      "recipe_json": json.dumps(config.to_dict(), sort_keys=True),
+                      "requested_sparsity": config.sparsity, "calibration_size": 128}
+        vector = input_vector(architecture, recipe_features(recipe_row))
+        low, median, high = (float(max(v[0], 0.0)) for v in fitted.predict(np.array([vector])))
+        prediction = {
+            "model_key": target["model_key"],
+            "architecture": target["architecture"],
+            "dataset": target["dataset"],
+            "recipe": config.to_dict()["recipe"],
+            "sparsity": config.sparsity,
+            "retention": median,
+            "retention_low": low,
+            "retention_high": high,
+            "dense_top1": dense,
+            "top1": None if dense is None else median * dense / 100,
+            "top1_low": None if dense is None else low * dense / 100,
+            "top1_high": None if dense is None else high * dense / 100,
+            "drivers": drivers(fitted, vector),
+            "fit_id": fitted.fit_id,
+            "held_out_family_mae": fitted.metrics["models"]["regressor"]["mae"],
+        }
+        predictions.append(prediction)
+        rows.append({
+            "result_id": uuid.uuid4().hex,
+            "run_id": None,
+            "model_key": target["model_key"],
+            "dataset": target["dataset"],
+            "labelled": True,
+            "provenance": "predicted",
+            "source": f"ptsa regressor fit {fitted.fit_id} (model version {MODEL_VERSION})",
+            **{k: v for k, v in recipe_row.items() if k != "calibration_size"},
+            "layer_policy_json": json.dumps(LayerPolicy().to_dict(), sort_keys=True),
+            "top1": prediction["top1"],
+            "dense_top1": dense,
+            "prediction_json": json.dumps({k: prediction[k] for k in (
+                "retention", "retention_low", "retention_high", "top1_low", "top1_high", "drivers", "fit_id",
+                "held_out_family_mae")}),
+        })
+    if store_rows:
+        with store.transaction():
+            if not target["stored"]:
+                store.upsert_models([{
+                    "model_key": target["model_key"], "architecture": target["architecture"],
+                    "family": featurized["family"], "num_classes": featurized["num_classes"],
+                    "in_chans": featurized["in_chans"], "input_size": featurized["input_size"],
+                    "param_count": int(architecture["params"]),
+                    "weights_source": "none: predicted from architecture features",
+                }])
+            names = list(rows[0])
+            store.insert_results({name: [row[name] for row in rows] for name in names})
+    return predictions

@@ -1,0 +1,16 @@
+"""The names of the runtimes, importable without torch (the CLI checks names before loading it).
+
+`bench_engine.runtimes.RUNTIMES` holds the runtimes themselves under these names; a test keeps
+the two in step.
+"""
+
+RUNTIME_NAMES = (
+    "torch-eager",
+    "torch-sparse-csr",
+    "onnxruntime-cpu",
+    "torch-eager-cuda",
+    "onnxruntime-cuda",
+    "torch-2:4-cuda",
+)
+# A sparse result counts as faster or slower than dense only beyond this ratio (5 %).
+MEASURABLE_CHANGE = 0.05
