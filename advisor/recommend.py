@@ -146,6 +146,8 @@ class Candidate:
             "evidence": {
                 "provenance": row["provenance"],
                 "source": row.get("source"),
+                # For predicted rows: retention with its 80 % interval, the fit, and what drove it.
+                "prediction": json.loads(row["prediction_json"]) if row.get("prediction_json") else None,
                 "env_key": row.get("env_key"),
                 "cpu_model": row.get("cpu_model"),
                 "run_id": row.get("run_id"),
@@ -387,6 +389,22 @@ def load_candidates(store: Store, dataset: str | None = None, latest_only: bool 
     return store.query(_LATEST_SQL if latest_only else _CANDIDATE_SQL, [dataset, dataset])
 
 
+EVIDENCE_RANK = {"measured": 0, "published": 1, "predicted": 2}
+
+
+def prefer_measured(rows: list[dict[str, Any]]) -> list[dict[str, Any]]:
+    """Keep one row per model, dataset, recipe and sparsity: measured before published before predicted."""
+    best: dict[tuple, dict[str, Any]] = {}
+    for row in rows:
+        recipe = json.loads(row.get("recipe_json") or "{}").get("recipe") or row["criterion"]
+        key = (row["model_key"], row["dataset"], recipe, row["pattern"], round(float(row["requested_sparsity"]), 4))
+        kept = best.get(key)
+        if kept is None or EVIDENCE_RANK[row["provenance"]] < EVIDENCE_RANK[kept["provenance"]]:
+            best[key] = row
+    chosen = {id(row) for row in best.values()}
+    return [row for row in rows if id(row) in chosen]
+
+
 def evaluate(row: dict[str, Any], budget: Budget, timing: Timing | None = None) -> Candidate:
     """Check one row, with the timing that applies to it, against the budget."""
     labelled = bool(row.get("labelled"))
@@ -458,6 +476,7 @@ def recommend(rows: list[dict[str, Any]], budget: Budget, nearest: int = 3, timi
         rows = [r for r in rows if r["criterion"] != "dense"]
     if budget.dataset is not None:
         rows = [r for r in rows if r["dataset"] == budget.dataset]
+    rows = prefer_measured(rows)
     candidates = [
         evaluate(row, budget, None if env_key is None else evidence.lookup(row, env_key, budget.runtime, budget.batch_size))
         for row in rows

@@ -222,3 +222,17 @@ def test_profiles_never_mix_and_default_to_the_latest(fixture_db):
         evidence_for(fixture_db, Budget(profile="env9"))
     with pytest.raises(BudgetError, match="matches 2 profiles"):
         evidence_for(fixture_db, Budget(profile="env"))
+
+
+def test_measured_evidence_replaces_a_prediction_of_the_same_configuration(fixture_db):
+    rows = candidates(fixture_db, "mnist")
+    magnitude = next(r for r in rows if r["criterion"] == "magnitude")
+    predicted = dict(magnitude, result_id="p1", provenance="predicted", top1=99.9,
+                     prediction_json='{"retention": 103.0, "retention_low": 90.0, "retention_high": 110.0}')
+    other = dict(predicted, result_id="p2", requested_sparsity=0.9)  # no measurement at 90 %
+    result = recommend(rows + [predicted, other], Budget(dataset="mnist"))
+    shown = {(c.row["criterion"], c.row["requested_sparsity"]): c for c in result.ranked}
+    assert shown[("magnitude", 0.5)].row["provenance"] == "measured"
+    assert shown[("magnitude", 0.9)].row["provenance"] == "predicted"
+    evidence = shown[("magnitude", 0.9)].to_dict()["evidence"]
+    assert evidence["prediction"]["retention_low"] == 90.0
