@@ -66,7 +66,7 @@ SOURCE_MARKS = {"result": "", "same_sparsity": "*", "dense_kernels": "†"}
 
 
 def speedup_cell(candidate: Candidate) -> str:
-    """The speedup over dense on the same runtime (p50), marked by the kind of timing; '-' if none."""
+    """Return the speedup over dense on the same runtime (p50), marked by the kind of timing; '-' if none."""
     timing = candidate.timing
     if timing is None or candidate.row["criterion"] == "dense" or timing.speedup is None:
         return "-"
@@ -96,7 +96,7 @@ def describe_violation(constraint: str, amount: float, candidate: Candidate) -> 
 
 
 def profile_text(result: Recommendation) -> str:
-    """One line naming the latency evidence: statistic, runtime, batch size and hardware profile."""
+    """Return one line naming the latency evidence: statistic, runtime, batch size and profile."""
     budget = result.budget
     where = f"latency {budget.latency_stat} on {budget.runtime} at batch {budget.batch_size}"
     profile = result.profile

@@ -47,7 +47,7 @@ def _resolve_model(store: Store, model: str, num_classes: int | None, input_size
 
 
 def _dense_top1(store: Store, model_key: str, dataset: str) -> float | None:
-    """The dense top-1 of a stored model on a dataset, from any measured or published row."""
+    """Return the dense top-1 of a stored model on a dataset, from any measured or published row."""
     rows = store.query("SELECT dense_top1 FROM results WHERE model_key = ? AND dataset = ? AND dense_top1 IS NOT NULL "
                        "AND provenance <> 'predicted' ORDER BY created_at DESC LIMIT 1", [model_key, dataset])
     return rows[0]["dense_top1"] if rows else None

@@ -3,9 +3,9 @@
 Two sources, each row stored with provenance 'published' and a citation in `source`:
 
 - timm's `results/results-imagenet.csv`: dense ImageNet-1k top-1 and top-5 of every pretrained
-  timm weight. The model key is the weight name (`resnet18.a1_in1k`), with the input size
-  appended (`@288px`) for a weight evaluated at several sizes; the architecture is the part
-  before the dot.
+  timm weight. The model key is the weight name (`resnet18.a1_in1k`). A weight evaluated at
+  several input sizes gets the size appended (`@288px`). The architecture is the part before
+  the dot.
 - the msbench documentation's post-training sparsity tables (T3 to T6): ImageNet top-1 of
   ResNet-18, ResNet-50, MobileNetV2 and RegNetX-600MF pruned with magnitude masks at 10 to 60 %
   unstructured sparsity, without reconstruction, with layer-wise or with block-wise

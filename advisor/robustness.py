@@ -11,11 +11,11 @@ Three gradient-boosted tree models (quantile loss) predict the 10th, 50th and 90
 of retention: the median is the prediction, the other two an 80 % interval. The interval is then
 widened by the amount that makes it cover 80 % of the held-out rows in cross-validation
 (conformalised quantile regression), since quantile models fitted on few families are
-overconfident about a new one. `evaluate` scores it with grouped
-cross-validation that holds out one whole architecture family (timm module) at a time,
-against two baselines: the same learner with the parameter count as the only architecture
-feature, and the mean retention of the training rows with the same recipe and sparsity (a
-family's own mean is undefined when the family is held out).
+overconfident about a new one. `evaluate` scores it with grouped cross-validation that holds out one whole architecture
+family (timm module) at a time. Two baselines are scored the same way: the same learner with
+the parameter count as the only architecture feature, and the mean retention of the training
+rows with the same recipe and sparsity (a family's own mean is undefined when the family is
+held out).
 
 The fitted models are saved with skops, which rebuilds scikit-learn objects without running
 code from the file. skops marks one type, the tree (`sklearn.tree._tree.Tree`), as unsafe to

@@ -121,8 +121,12 @@ def structure_features(model: nn.Module) -> dict[str, float]:
             widths.append(module.out_features)
             continue
         widths.append(module.out_channels)
-        kind = "depthwise_conv" if is_depthwise(module) else ("grouped_conv" if module.groups > 1 else "dense_conv")
-        kinds[kind] += count
+        if is_depthwise(module):
+            kinds["depthwise_conv"] += count
+        elif module.groups > 1:
+            kinds["grouped_conv"] += count
+        else:
+            kinds["dense_conv"] += count
         kernel = max(module.kernel_size)
         max_kernel = max(max_kernel, kernel)
         conv_total += count

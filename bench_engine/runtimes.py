@@ -168,9 +168,9 @@ class OnnxRuntimeCpu(Runtime):
         options = onnxruntime.SessionOptions()
         options.intra_op_num_threads = torch.get_num_threads()
         # Idle worker threads would otherwise spin after each run and take the cores from the
-        # next session timed in the same round: resnet18 at batch 1 measured 43 to 55 ms per pass
-        # among five interleaved sessions instead of 18 ms (docs/benchmarks.md). Without spinning
-        # a lone session is 4 to 16 % slower on the 2-core machine of those figures.
+        # next session timed in the same round. Among five interleaved sessions, resnet18 at
+        # batch 1 measured 43 to 55 ms per pass instead of 18 ms (docs/benchmarks.md). Without
+        # spinning, a lone session is 4 to 16 % slower on the 2-core machine of those figures.
         options.add_session_config_entry("session.intra_op.allow_spinning", "0")
         session = onnxruntime.InferenceSession(self._export(model, example), options, providers=[self.provider])
 
