@@ -35,7 +35,14 @@ def method_label(row: dict) -> str:
     if reconstruction != "none":
         # Published rows may not say which activations fed the reconstruction.
         recon_input = recipe.get("recon_input")
-        suffix = f"+{reconstruction}_recon" + (f"({recon_input})" if recon_input else "")
+        if recon_input:
+            suffix = f"+{reconstruction}_recon({recon_input})"
+        elif recipe.get("recon_steps"):
+            suffix = f"+{reconstruction}_recon(steps={recipe['recon_steps']})"
+        else:
+            suffix = f"+{reconstruction}_recon"
+        if recipe.get("progressive"):
+            suffix += " progressive"
     suffix += "".join(f"+{c}" for c in recipe.get("corrections") or [])
     return f"{row['criterion']}{suffix}{pattern}{allocation}"
 

@@ -218,7 +218,10 @@ class Timing:
     p50_ms: float
     p90_ms: float
     sparse_kernel: str | None
-    speedup: float | None  # dense p50 / this p50, timed together; None for dense rows
+    # Dense p50 / this p50 from interleaved rounds; None for dense rows and for timings made
+    # alone (a bench's own latency), since two separate timings drift by up to 45 % on a shared
+    # machine (docs/benchmarks.md).
+    speedup: float | None
     result_id: str | None
     source: str = "result"  # a key of LATENCY_SOURCES, set when a candidate takes it
 
@@ -326,22 +329,15 @@ class LatencyEvidence:
             return None if dense is None else replace(dense, source="dense")
         found = self._by_result.get((row["result_id"], env_key, runtime, batch_size))
         if found is not None:
-            return replace(found, source="result", speedup=self._speedup(found, dense))
+            return replace(found, source="result")
         # Another allocation puts the zeros in other layers, so a sparse kernel's time would differ.
         same_layout = row.get("allocation") == "uniform"
         found = self._by_config.get((*where, row["pattern"], _sparsity_key(row["requested_sparsity"])))
         if found is not None and same_layout:
-            return replace(found, source="same_sparsity", speedup=self._speedup(found, dense))
+            return replace(found, source="same_sparsity")
         if dense is not None and self._kernels.get(where[:3]) == {False}:
             return replace(dense, source="dense_kernels", speedup=1.0, criterion=row["criterion"])
         return None
-
-    @staticmethod
-    def _speedup(timing: Timing, dense: Timing | None) -> float | None:
-        """The speedup timed with the dense model, else against the latest dense timing."""
-        if timing.speedup is not None:
-            return timing.speedup
-        return None if dense is None else dense.p50_ms / timing.p50_ms
 
 
 def resolve_profile(evidence: LatencyEvidence, budget: Budget, known: dict[str, Profile]) -> str | None:
@@ -451,7 +447,8 @@ def _scale(constraint: str, budget: Budget) -> float:
 def _sort_key(candidate: Candidate, objective: str) -> tuple:
     accuracy = candidate.accuracy if candidate.accuracy is not None else -math.inf
     latency = candidate.latency_ms if candidate.latency_ms is not None else math.inf
-    sparsity = candidate.row.get("achieved_sparsity") or 0.0
+    # Published rows may give only the requested sparsity.
+    sparsity = candidate.row.get("achieved_sparsity") or candidate.row.get("requested_sparsity") or 0.0
     # Full ties fall back to identifiers, so the order never depends on how rows were read.
     identity = (candidate.row["model_key"], candidate.row["criterion"], candidate.row["pattern"], candidate.row["result_id"])
     if objective == "latency":
