@@ -21,6 +21,7 @@ from bench_engine.environment import environment_key, environment_profile
 from bench_engine.errors import DataError, InvalidConfigError
 from bench_engine.latency import SPREAD_WARNING, measure_latency
 from bench_engine.metrics import predict, score
+from bench_engine.features import weight_statistics
 from bench_engine.models import ModelBundle, architecture_features
 from bench_engine.paths import data_dir
 from bench_engine.pruning import LayerPolicy, PruneConfig, collect_stats, find_prunable_layers, prune_model
@@ -381,6 +382,9 @@ def model_row(bundle: ModelBundle) -> dict[str, Any]:
         "in_chans": bundle.preprocess.in_chans,
         "input_size": bundle.preprocess.input_size,
         **architecture_features(bundle.model),
+        # Statistics of real weights only: a random initialisation (`ptsa latency --random-init`)
+        # has no weights file and says nothing about a trained model.
+        "weight_stats_json": json.dumps(weight_statistics(bundle.model)) if bundle.weights_sha256 else None,
     }
 
 

@@ -43,6 +43,8 @@ def test_bench_cli_stores_complete_rows(tiny_setup):
     assert model["architecture"] == "resnet10t"
     assert model["family"] == "resnet"
     assert model["num_conv_linear_layers"] > 5
+    assert set(json.loads(model["weight_stats_json"])) == {"weight_magnitude_spread", "weight_kurtosis",
+                                                          "weight_outlier_share"}
     assert env["torch_version"]
     assert env["env_key"] == rows[0]["env_key"]
     assert len(rows) == 1 + 3 * 3  # dense, then 3 criteria × (0.3, 0.6, 2:4)
