@@ -253,6 +253,8 @@ def prediction_text(predictions: list[dict]) -> str:
             f"{p['model_key']} on {p['dataset']}, {p['recipe']} at {p['sparsity']:.0%}: retention "
             f"{p['retention']:.1f} % of dense (80 % interval {p['retention_low']:.1f} to {p['retention_high']:.1f}){top1}"
         )
+        if not p["drivers"]:
+            parts.append("  no architecture feature moves this prediction away from the training median's")
         for d in p["drivers"]:
             parts.append(f"  {d['feature']} = {d['value']:.3g} (training median {d['training_median']:.3g}): "
                          f"{d['effect']:+.1f} points")

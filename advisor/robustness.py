@@ -45,7 +45,7 @@ from db import Store
 
 log = logging.getLogger(__name__)
 
-MODEL_VERSION = 1  # raised when the inputs, targets or learner change
+MODEL_VERSION = 2  # raised when the inputs, targets or learner change
 QUANTILES = (0.1, 0.5, 0.9)
 # Feature names of the recipe part, in a fixed order.
 CRITERIA = ("magnitude", "wanda", "sparsegpt")
@@ -56,13 +56,14 @@ RECIPE_FEATURES = (
     "nm_pattern", "nm_density", "reconstruction_layer", "reconstruction_block", "reconstruction_sparse_input",
     "reconstruction_log10_steps", *CORRECTIONS, "log10_calibration_size",
 )
-# The architecture features the regressor reads (see bench_engine.features).
+# The architecture features the regressor reads (bench_engine.features computes more). With
+# 10 architectures in the quick-start training data, the full set of 26 let the trees tell
+# families apart and fit them: held-out-family MAE 13.9 against 13.4 with these 7
+# (docs/benchmarks.md). NOTE: this set was chosen among five on that same cross-validation, so
+# its lead over the parameter-count baseline (0.1 points of MAE) is within selection noise.
 ARCHITECTURE_FEATURES = (
-    "log10_params", "log10_macs", "prunable_layers", "prunable_param_share", "linear_share", "dense_conv_share",
-    "depthwise_conv_share", "grouped_conv_share", "kernel_1x1_share", "kernel_3x3_share", "kernel_large_share",
-    "max_kernel", "width_min", "width_median", "width_max", "attention_modules", "residual_adds",
-    "act_relu_share", "act_gelu_share", "act_silu_share", "act_hardswish_share", "norm_batchnorm_share",
-    "norm_layernorm_share", "norm_groupnorm_share", "input_size", "log10_num_classes",
+    "log10_params", "log10_macs", "depthwise_conv_share", "linear_share", "width_median", "input_size",
+    "log10_num_classes",
 )
 FEATURES = ARCHITECTURE_FEATURES + RECIPE_FEATURES
 PARAMS_ONLY = ("log10_params", *RECIPE_FEATURES)

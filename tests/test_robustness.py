@@ -114,7 +114,8 @@ def test_fit_then_predict_an_architecture_never_benched(tmp_path):
     for p in predictions:
         assert p["retention_low"] <= p["retention"] <= p["retention_high"]
         assert p["top1"] is None  # no dense top-1 known for an architecture never benched
-        assert p["drivers"]
+        effects = [abs(d["effect"]) for d in p["drivers"]]
+        assert effects == sorted(effects, reverse=True)  # largest effect first; may be empty
     with Store.open(db_path, read_only=True) as store:
         stored = store.query("SELECT * FROM results WHERE provenance = 'predicted'")
     assert len(stored) == 2
