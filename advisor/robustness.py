@@ -60,7 +60,8 @@ RECIPE_FEATURES = (
 # 10 architectures in the quick-start training data, the full set of 26 let the trees tell
 # families apart and fit them: held-out-family MAE 13.9 against 13.4 with these 7
 # (docs/benchmarks.md). NOTE: this set was chosen among five on that same cross-validation, so
-# its lead over the parameter-count baseline (0.1 points of MAE) is within selection noise.
+# its lead over the parameter-count baseline (0.1 points of MAE) is within selection noise
+# (benchmarks/regressor_variants.py).
 ARCHITECTURE_FEATURES = (
     "log10_params", "log10_macs", "depthwise_conv_share", "linear_share", "width_median", "input_size",
     "log10_num_classes",
