@@ -59,7 +59,7 @@ RECIPE_FEATURES = (
 # The architecture features the regressor reads (bench_engine.features computes more). With
 # 10 architectures in the quick-start training data, the full set of 26 let the trees tell
 # families apart and fit them: held-out-family MAE 13.9 against 13.4 with these 7
-# (docs/benchmarks.md). NOTE: this set was chosen among five on that same cross-validation, so
+# (docs/benchmarks.md). NOTE: this set was chosen among six on that same cross-validation, so
 # its lead over the parameter-count baseline (0.1 points of MAE) is within selection noise
 # (benchmarks/regressor_variants.py).
 ARCHITECTURE_FEATURES = (
