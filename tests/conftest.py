@@ -115,8 +115,8 @@ def insert_latency(store: Store, rows: list[dict]) -> None:
 
 
 def insert_rows(store: Store, rows: list[dict]) -> None:
-    names = list(rows[0])
-    store.insert_results({n: [r[n] for r in rows] for n in names})
+    names = list(dict.fromkeys(name for row in rows for name in row))
+    store.insert_results({n: [r.get(n) for r in rows] for n in names})
 
 
 @pytest.fixture

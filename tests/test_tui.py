@@ -78,3 +78,29 @@ def test_tui_and_cli_start_without_torch():
     )
     output = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
     assert output.stdout.strip() == ""
+
+
+async def test_predicted_and_published_rows_say_what_they_are(tmp_path):
+    from conftest import insert_rows, make_result
+    from db import Store
+
+    path = tmp_path / "mixed.duckdb"
+    prediction = '{"retention": 91.0, "retention_low": 80.5, "retention_high": 99.0, "fit_id": "f1", "held_out_family_mae": 13.4}'
+    rows = [
+        make_result(model_key="deit_small_patch16_224", provenance="predicted", source="ptsa regressor fit f1",
+                    dataset="imagenet", top1=72.0, dense_top1=79.9, prediction_json=prediction),
+        make_result(model_key="resnet50@msbench", provenance="published", dataset="imagenet", top1=75.8,
+                    dense_top1=76.6, source="msbench docs table T3", achieved_sparsity=None),
+    ]
+    with Store.open(path) as store:
+        insert_rows(store, rows)
+    app = PTSAdvisorApp(path, Budget(dataset="imagenet"))
+    async with app.run_test(size=(80, 24)) as pilot:
+        await pilot.press("ctrl+t")
+        first = str(app.query_one("#evidence", Static).render())
+        await pilot.press("down")
+        second = str(app.query_one("#evidence", Static).render())
+    assert "published on imagenet: msbench docs table T3" in first
+    assert "achieved not published" in first
+    assert "predicted retention 91.0 % of dense, 80 % interval 80.5 to 99.0" in second
+    assert "held-out-family MAE 13.4" in second

@@ -278,8 +278,7 @@ class PTSAdvisorApp(App):
             *self._recipe_lines(row),
             f"{METRIC_LABELS[candidate.metric]} {number(candidate.accuracy)} % "
             f"(dense {number(candidate.dense_accuracy)} %)",
-            f"{row['provenance']} on {row['dataset']} ({row.get('eval_size')} eval inputs, "
-            f"{row.get('calibration_size')} calibration), run {row.get('run_id')}",
+            *self._provenance_lines(row),
             *self._latency_lines(candidate),
         ]
         if row.get("kl_divergence") is not None:
@@ -288,6 +287,21 @@ class PTSAdvisorApp(App):
         for constraint, amount in candidate.violations.items():
             lines.append(describe_violation(constraint, amount, candidate))
         panel.update("\n".join(lines))
+
+    @staticmethod
+    def _provenance_lines(row: dict) -> list[str]:
+        """Say where the accuracy comes from: measured here, published (cited) or predicted (with its interval)."""
+        if row["provenance"] == "published":
+            return [f"published on {row['dataset']}: {row.get('source')}"]
+        if row["provenance"] == "predicted":
+            prediction = json.loads(row.get("prediction_json") or "{}")
+            return [
+                f"[b]predicted[/b] retention {number(prediction.get('retention'))} % of dense, 80 % interval "
+                f"{number(prediction.get('retention_low'))} to {number(prediction.get('retention_high'))} "
+                f"(fit {prediction.get('fit_id')}, held-out-family MAE {number(prediction.get('held_out_family_mae'))})",
+            ]
+        return [f"{row['provenance']} on {row['dataset']} ({row.get('eval_size')} eval inputs, "
+                f"{row.get('calibration_size')} calibration), run {row.get('run_id')}"]
 
     def _latency_lines(self, candidate: Candidate) -> list[str]:
         timing = candidate.timing
