@@ -387,10 +387,10 @@ def recommend_command(obj: dict[str, Any], max_latency_ms, latency_stat, batch_s
     Latency is the measured latency on one hardware profile, runtime and batch size; see
     `ptsa profiles`. It is never estimated from FLOPs or parameter counts.
     """
-    from bench_engine.runtime_names import RUNTIME_NAMES
+    from bench_engine.runtime_names import PUBLISHED_RUNTIMES, RUNTIME_NAMES
 
-    if runtime not in RUNTIME_NAMES:
-        _fail(f"unknown runtime {runtime!r}; choose from {', '.join(RUNTIME_NAMES)}.")
+    if runtime not in RUNTIME_NAMES + PUBLISHED_RUNTIMES:
+        _fail(f"unknown runtime {runtime!r}; choose from {', '.join(RUNTIME_NAMES + PUBLISHED_RUNTIMES)}.")
     budget = _budget(max_latency_ms, latency_stat, batch_size, min_accuracy, max_drop, dataset, objective, sparse_only,
                      runtime, profile)
     if Path(obj["db"]).is_file():
@@ -623,11 +623,13 @@ def profiles(obj: dict[str, Any], as_json: bool) -> None:
     with Store.open(obj["db"], read_only=True) as store:
         known = store.query("SELECT * FROM environments ORDER BY first_seen, env_key")
         timings = load_timings(store)
-    counts: dict[str, dict[str, int]] = {}
+    per_key: dict[str, dict[tuple[str, int], int]] = {}
     for timing in timings:
-        per_runtime = counts.setdefault(timing.env_key, {})
-        label = f"{timing.runtime} batch {timing.batch_size}"
-        per_runtime[label] = per_runtime.get(label, 0) + 1
+        per_runtime = per_key.setdefault(timing.env_key, {})
+        key = (timing.runtime, timing.batch_size)
+        per_runtime[key] = per_runtime.get(key, 0) + 1
+    counts = {env: {f"{runtime} batch {batch}": n for (runtime, batch), n in sorted(keys.items())}
+              for env, keys in per_key.items()}
     entries = []
     for env in known:
         profile = json.loads(env.get("profile_json") or "{}")
@@ -647,10 +649,11 @@ def profiles(obj: dict[str, Any], as_json: bool) -> None:
         click.echo(f"database {obj['db']} has no profiles yet; `ptsa bench` or `ptsa latency` records one.")
         return
     for entry in entries:
-        gpu = f", GPU {entry['gpu']}" if entry["gpu"] else ""
-        click.echo(f"{entry['profile']}  {entry['cpu_model']}{gpu}, {entry['num_threads']} threads, "
-                   f"torch {entry['torch_version']}")
-        for label, n in sorted(entry["timings"].items()):
+        parts = [entry["cpu_model"], entry["device"] if entry["device"] not in (None, "cpu") else None,
+                 entry["gpu"] and f"GPU {entry['gpu']}", entry["num_threads"] and f"{entry['num_threads']} threads",
+                 entry["torch_version"] and f"torch {entry['torch_version']}"]
+        click.echo(f"{entry['profile']}  " + ", ".join(str(part) for part in parts if part))
+        for label, n in entry["timings"].items():
             click.echo(f"    {label}: {n} timings")
 
 

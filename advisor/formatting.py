@@ -109,7 +109,9 @@ def profile_text(result: Recommendation) -> str:
     profile = result.profile
     if profile is None:
         return f"{where}: not measured"
-    described = ", ".join(str(x) for x in (profile.cpu_model, profile.num_threads and f"{profile.num_threads} threads") if x)
+    device = profile.device if profile.device not in (None, "cpu") else None
+    described = ", ".join(str(x) for x in (profile.cpu_model, device,
+                                           profile.num_threads and f"{profile.num_threads} threads") if x)
     return f"{where}, profile {profile.env_key}" + (f" ({described})" if described else "")
 
 

@@ -11,6 +11,12 @@ Two sources, each row stored with provenance 'published' and a citation in `sour
   unstructured sparsity, without reconstruction, with layer-wise or with block-wise
   reconstruction. The same measurement printed in two tables is imported once.
 
+- timm's inference benchmark tables: the mean step time and throughput of every architecture at
+  several input sizes, on two CPUs (float32, batch 1, torch.compile, PyTorch 2.4) and two GPUs
+  (mixed precision, large batches). Each file becomes a hardware profile (`timm-...`) and its
+  rows dense timings on the runtime `timm-benchmark`. A step time is a mean, stored as p50;
+  p90 and p99 are unknown.
+
 Rows whose architecture this timm version does not list are left out. The import is recorded
 as a run whose id carries a hash of the asset files, so changed assets are imported again.
 """
@@ -48,6 +54,24 @@ MSBENCH_TABLES = {
     "T5": "msbench_doc_T5_PTS_calibration_size_mbv2_top1.csv",
     "T6": "msbench_doc_T6_PTS_progressive_reconstruction_top1.csv",
 }
+TIMM_BENCHMARKS = {
+    # file: (environment key, what the file name says about the machine)
+    "timm_benchmark-infer-fp32-nchw-pt240-cpu-i7_12700h-dynamo.csv": (
+        "timm-fp32-pt240-cpu-i7_12700h", {"device": "cpu", "cpu_model": "Intel Core i7-12700H",
+                                          "precision": "fp32", "torch_version": "2.4.0", "compiled": "torch.compile"}),
+    "timm_benchmark-infer-fp32-nchw-pt240-cpu-i9_10940x-dynamo.csv": (
+        "timm-fp32-pt240-cpu-i9_10940x", {"device": "cpu", "cpu_model": "Intel Core i9-10940X",
+                                          "precision": "fp32", "torch_version": "2.4.0", "compiled": "torch.compile"}),
+    "timm_benchmark-infer-amp-nchw-pt240-cu124-rtx3090.csv": (
+        "timm-amp-pt240-cu124-rtx3090", {"device": "NVIDIA GeForce RTX 3090", "precision": "amp",
+                                         "torch_version": "2.4.0", "cuda_version": "12.4"}),
+    "timm_benchmark-infer-amp-nchw-pt291-cu128-4090.csv": (
+        "timm-amp-pt291-cu128-rtx4090", {"device": "NVIDIA GeForce RTX 4090", "precision": "amp",
+                                         "torch_version": "2.9.1", "cuda_version": "12.8"}),
+}
+PUBLISHED_RUNTIME = "timm-benchmark"  # bench_engine.runtime_names.PUBLISHED_RUNTIMES
+TIMM_BENCHMARK_SOURCE = ("timm results/{file}, github.com/huggingface/pytorch-image-models @ "
+                         "aa4b5850c1543fa488abf260f18390eda46cf85d; p50 is the mean step time")
 IMPORT_COMMAND = "import published evidence"
 
 
@@ -57,7 +81,7 @@ def _asset(name: str) -> str:
 
 def assets_hash() -> str:
     digest = hashlib.sha256()
-    for name in [TIMM_FILE, *MSBENCH_TABLES.values()]:
+    for name in [TIMM_FILE, *MSBENCH_TABLES.values(), *TIMM_BENCHMARKS]:
         digest.update(name.encode())
         digest.update(_asset(name).encode())
     return digest.hexdigest()[:12]
@@ -179,6 +203,37 @@ def msbench_rows(run_id: str, families: dict[str, str]) -> tuple[list[dict], lis
     return results, models
 
 
+def benchmark_rows(run_id: str, families: dict[str, str]) -> tuple[list[dict], list[dict], list[dict]]:
+    """Dense timings from timm's benchmark tables; returns (latency rows, models rows, environments)."""
+    import datetime as dt
+
+    now = dt.datetime.now(dt.timezone.utc).replace(tzinfo=None)
+    timings, models, environments = [], {}, []
+    for file, (env_key, profile) in TIMM_BENCHMARKS.items():
+        environments.append((env_key, {**profile, "os": None, "num_threads": None, "source": file.removeprefix("timm_")}))
+        source = TIMM_BENCHMARK_SOURCE.format(file=file.removeprefix("timm_"))
+        for record in csv.DictReader(_asset(file).splitlines()):
+            architecture, size = record["model"], int(record["infer_img_size"])
+            if architecture not in families:
+                continue
+            model_key = f"{architecture}@{size}px (timm benchmark)"
+            models[model_key] = {
+                "model_key": model_key, "architecture": architecture, "family": families[architecture],
+                "weights_source": "timm benchmark table (timings only; no weights)", "num_classes": 1000,
+                "in_chans": 3, "input_size": size,
+                "param_count": int(float(record["param_count"].replace(",", "")) * 1e6),
+            }
+            timings.append({
+                "latency_id": uuid.uuid4().hex, "run_id": run_id, "model_key": model_key, "env_key": env_key,
+                "runtime": PUBLISHED_RUNTIME, "batch_size": int(record["infer_batch_size"]), "criterion": "dense",
+                "requested_sparsity": 0.0, "pattern": "dense", "achieved_sparsity": 0.0, "sparse_kernel": None,
+                "sparse_layers": 0, "p50_ms": float(record["infer_step_time"].replace(",", "")),
+                "throughput_per_s": float(record["infer_samples_per_sec"].replace(",", "")),
+                "provenance": "published", "source": source, "created_at": now,
+            })
+    return timings, list(models.values()), environments
+
+
 def import_published(store: Store) -> int:
     """Import the published rows unless this version of the assets is already in; return rows added."""
     run_id = f"published-{assets_hash()}"
@@ -188,16 +243,22 @@ def import_published(store: Store) -> int:
     timm_results, timm_models = timm_rows(run_id, families)
     ms_results, ms_models = msbench_rows(run_id, families)
     rows = timm_results + ms_results
+    timings, benchmark_models, environments = benchmark_rows(run_id, families)
     with store.transaction():
         # Rows of an older version of the assets are replaced.
         store.delete_results("published", run_id_prefix="published-")
         store.start_run(run_id, IMPORT_COMMAND, {"assets": assets_hash()}, None, "assets")
-        store.upsert_models(timm_models + ms_models)
+        store.upsert_models(timm_models + ms_models + benchmark_models)
+        store.delete_latency("published", run_id_prefix="published-")
+        for env_key, profile in environments:
+            store.upsert_environment(env_key, profile)
+        names = list(timings[0])
+        store.insert_latency({name: [row[name] for row in timings] for name in names})
         names = list(dict.fromkeys(name for row in rows for name in row))
         store.insert_results({name: [row.get(name) for row in rows] for name in names})
         store.finish_run(run_id, "finished")
-    log.info("imported %d published rows (%s)", len(rows), run_id)
-    return len(rows)
+    log.info("imported %d published results and %d published timings (%s)", len(rows), len(timings), run_id)
+    return len(rows) + len(timings)
 
 
 def ensure_published(db_path: Any) -> None:

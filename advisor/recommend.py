@@ -201,6 +201,7 @@ LATENCY_SOURCES = {
     "same_sparsity": "measured for the same model, sparsity and pattern (magnitude mask)",
     "dense_kernels": "the dense model's timing: this runtime ran dense kernels only, so zeros do not change it",
     "dense": "measured for the dense model",
+    "published_dense": "published for the same architecture and input size, dense",
 }
 
 
@@ -223,9 +224,14 @@ class Timing:
     # machine (docs/benchmarks.md).
     speedup: float | None
     result_id: str | None
+    architecture: str | None = None
+    input_size: int | None = None
+    provenance: str = "measured"
+    citation: str | None = None  # where a published timing comes from
     source: str = "result"  # a key of LATENCY_SOURCES, set when a candidate takes it
 
-    def stat(self, name: str) -> float:
+    def stat(self, name: str) -> float | None:
+        """Return p50 or p90; a published timing has no p90 (None)."""
         return self.p50_ms if name == "p50" else self.p90_ms
 
     def to_dict(self) -> dict[str, Any]:
@@ -238,6 +244,8 @@ class Timing:
             "sparse_kernel": self.sparse_kernel,
             "speedup_vs_dense": self.speedup,
             "source": LATENCY_SOURCES[self.source],
+            "provenance": self.provenance,
+            "citation": self.citation,
         }
 
 
@@ -252,14 +260,16 @@ class Profile:
 
 
 _TIMINGS_SQL = """
-SELECT model_key, env_key, runtime, batch_size, criterion, pattern, requested_sparsity, p50_ms, p90_ms,
-       sparse_kernel, speedup, result_id, created_at
-FROM latency
+SELECT l.model_key, l.env_key, l.runtime, l.batch_size, l.criterion, l.pattern, l.requested_sparsity, l.p50_ms,
+       l.p90_ms, l.sparse_kernel, l.speedup, l.result_id, m.architecture, m.input_size,
+       coalesce(l.provenance, 'measured') AS provenance, l.source AS citation, l.created_at
+FROM latency l LEFT JOIN models m USING (model_key)
 UNION ALL
-SELECT model_key, env_key, runtime, latency_batch_size, criterion, pattern, requested_sparsity,
-       latency_p50_ms, latency_p90_ms, NULL, NULL, result_id, created_at
-FROM results
-WHERE provenance = 'measured' AND latency_p50_ms IS NOT NULL AND env_key IS NOT NULL
+SELECT r.model_key, r.env_key, r.runtime, r.latency_batch_size, r.criterion, r.pattern, r.requested_sparsity,
+       r.latency_p50_ms, r.latency_p90_ms, NULL, NULL, r.result_id, m.architecture, m.input_size, 'measured', NULL,
+       r.created_at
+FROM results r LEFT JOIN models m USING (model_key)
+WHERE r.provenance = 'measured' AND r.latency_p50_ms IS NOT NULL AND r.env_key IS NOT NULL
 ORDER BY created_at
 """
 
@@ -301,11 +311,14 @@ class LatencyEvidence:
         self._by_result: dict[tuple, Timing] = {}
         self._by_config: dict[tuple, Timing] = {}
         self._dense: dict[tuple, Timing] = {}
+        self._published_dense: dict[tuple, Timing] = {}
         self._kernels: dict[tuple, set[bool]] = {}
         for t in timings:  # oldest first
             where = (t.model_key, t.env_key, t.runtime, t.batch_size)
             if t.criterion == "dense":
                 self._dense[where] = t
+                if t.provenance == "published":
+                    self._published_dense[(t.architecture, t.input_size, *where[1:])] = t
                 continue
             if t.result_id is not None:
                 self._by_result[(t.result_id, *where[1:])] = t
@@ -326,7 +339,11 @@ class LatencyEvidence:
         where = (row["model_key"], env_key, runtime, batch_size)
         dense = self._dense.get(where)
         if row["criterion"] == "dense":
-            return None if dense is None else replace(dense, source="dense")
+            if dense is not None:
+                return replace(dense, source="dense")
+            # A published accuracy row (one timm weight) and a published timing (its architecture).
+            published = self._published_dense.get((row.get("architecture"), row.get("input_size"), *where[1:]))
+            return None if published is None else replace(published, source="published_dense")
         found = self._by_result.get((row["result_id"], env_key, runtime, batch_size))
         if found is not None:
             return replace(found, source="result")
@@ -359,7 +376,7 @@ def resolve_profile(evidence: LatencyEvidence, budget: Budget, known: dict[str, 
 
 
 _CANDIDATE_SQL = """
-SELECT r.*, m.architecture, m.family, e.cpu_model
+SELECT r.*, m.architecture, m.family, m.input_size, e.cpu_model
 FROM results r
 LEFT JOIN models m USING (model_key)
 LEFT JOIN environments e USING (env_key)

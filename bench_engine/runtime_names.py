@@ -14,3 +14,5 @@ RUNTIME_NAMES = (
 )
 # A sparse result counts as faster or slower than dense only beyond this ratio (5 %).
 MEASURABLE_CHANGE = 0.05
+# Runtimes that only published timings use (imported from timm's benchmark tables).
+PUBLISHED_RUNTIMES = ("timm-benchmark",)

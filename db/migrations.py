@@ -199,4 +199,14 @@ MIGRATION_4 = [
     "ALTER TABLE models ADD COLUMN weight_stats_json VARCHAR",
 ]
 
-MIGRATIONS: list[list[str]] = [MIGRATION_1, MIGRATION_2, MIGRATION_3, MIGRATION_4]
+# Version 5: published timings. Latency rows get a provenance ('measured' for every row written
+# before) and a citation; a published timing may lack what the product measures itself
+# (p90, p99, spread, repeats, threads, output check, weight bytes).
+MIGRATION_5 = [
+    "ALTER TABLE latency ADD COLUMN provenance VARCHAR DEFAULT 'measured'",
+    "ALTER TABLE latency ADD COLUMN source VARCHAR",
+    *(f"ALTER TABLE latency ALTER COLUMN {column} DROP NOT NULL" for column in (
+        "p90_ms", "p99_ms", "spread", "warmup", "repeats", "num_threads", "max_abs_diff", "weight_bytes_json")),
+]
+
+MIGRATIONS: list[list[str]] = [MIGRATION_1, MIGRATION_2, MIGRATION_3, MIGRATION_4, MIGRATION_5]

@@ -289,6 +289,13 @@ class Store:
             )
         return len(rows)
 
+    def delete_latency(self, provenance: str, run_id_prefix: str) -> None:
+        """Delete the latency rows of one provenance whose run id starts with the prefix."""
+        self._require_writable()
+        self._con.execute(
+            "DELETE FROM latency WHERE provenance = ? AND starts_with(run_id, ?)", [provenance, run_id_prefix]
+        )
+
     def delete_results(self, provenance: str, run_id_prefix: str) -> None:
         """Delete the results of one provenance whose run id starts with the prefix."""
         self._require_writable()

@@ -251,3 +251,27 @@ def test_profiles_lists_each_profile_with_its_timings(runner, fixture_db):
     payload = json.loads(runner.invoke(main, ["--db", str(fixture_db), "profiles", "--json"]).stdout)
     assert payload[0]["profile"] == "env0"
     assert payload[0]["timings"] == {"torch-eager batch 1": 6}
+
+
+def test_published_timings_answer_a_latency_budget_on_a_fresh_database(runner, tmp_path):
+    from db import Store
+
+    path = tmp_path / "fresh.duckdb"
+    Store.open(path).close()
+    args = ["--db", str(path), "recommend", "--dataset", "imagenet", "--runtime", "timm-benchmark",
+            "--profile", "timm-fp32-pt240-cpu-i7", "--latency-stat", "p50", "--max-latency-ms", "20",
+            "--min-accuracy", "80", "--json"]
+    result = runner.invoke(main, args)
+    assert result.exit_code == 0, result.output
+    payload = json.loads(result.stdout)
+    assert payload["latency_profile"]["cpu_model"] == "Intel Core i7-12700H"
+    best = payload["candidates"][0]
+    assert best["latency_ms"] <= 20
+    assert best["latency"]["provenance"] == "published"
+    assert best["latency"]["citation"].startswith("timm results/benchmark-infer-fp32-nchw-pt240-cpu-i7_12700h")
+    assert best["latency"]["source"] == "published for the same architecture and input size, dense"
+    # A published timing is a mean step time, so a p90 budget finds no latency.
+    p90 = runner.invoke(main, [a for a in args if a not in ("--latency-stat", "p50")])
+    assert json.loads(p90.stdout)["status"] == "no_candidate"
+    listed = runner.invoke(main, ["--db", str(path), "profiles"])
+    assert "timm-amp-pt291-cu128-rtx4090  NVIDIA GeForce RTX 4090, torch 2.9.1" in listed.stdout
