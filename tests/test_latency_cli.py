@@ -38,7 +38,8 @@ def test_latency_stores_dense_and_sparse_rows(tmp_path, weights):
         assert "runtime torch-2:4-cuda skipped: no CUDA device" in result.stderr
     assert report["break_even_sparsity"] == {}  # no sparse kernel ran on resnet10t
     with Store.open(db_path, read_only=True) as store:
-        rows = store.query("SELECT * FROM latency ORDER BY runtime, batch_size, requested_sparsity, pattern")
+        rows = store.query("SELECT * FROM latency WHERE provenance = 'measured' "
+                           "ORDER BY runtime, batch_size, requested_sparsity, pattern")
         run = store.query("SELECT status FROM runs")[0]
     assert run["status"] == "finished"
 
@@ -100,7 +101,7 @@ def test_latency_random_init_needs_no_weights(tmp_path):
     assert result.exit_code == 0, result.output
     with Store.open(db_path, read_only=True) as store:
         model = store.query("SELECT model_key, weights_source FROM models")[0]
-        assert store.count("latency") == 2
+        assert len(store.query("SELECT 1 FROM latency WHERE provenance = 'measured'")) == 2
     assert model["model_key"] == "resnet10t@random-init"
     assert "timing only" in model["weights_source"]
     both = CliRunner().invoke(main, args + ["--weights", str(tmp_path / "w.safetensors")])
@@ -144,7 +145,7 @@ def test_bench_times_every_result_on_each_runtime(tmp_path, weights):
     assert "break-even" not in result.stdout  # no sparse kernel ran on resnet10t
     with Store.open(tmp_path / "bench.duckdb", read_only=True) as store:
         results = {r["result_id"]: r for r in store.query("SELECT * FROM results WHERE provenance = 'measured'")}
-        timings = store.query("SELECT * FROM latency")
+        timings = store.query("SELECT * FROM latency WHERE provenance = 'measured'")
     assert len(results) == 3  # dense, magnitude, wanda
     assert len(timings) == 3 * 2 * 2  # results × runtimes × batch sizes
     assert {t["result_id"] for t in timings} == set(results)
