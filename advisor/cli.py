@@ -409,11 +409,15 @@ def recommend_command(obj: dict[str, Any], max_latency_ms, latency_stat, batch_s
                     "compare like with like", ", ".join(datasets))
     result = recommend(rows, budget, timings=timings, profiles=profiles)
     if result.profile is None:
-        runtimes = sorted({(t.runtime, t.batch_size) for t in timings})
-        measured = ", ".join(f"{name} at batch {batch}" for name, batch in runtimes) or "nothing"
-        message = (f"no latency measured on runtime {budget.runtime!r} at batch {budget.batch_size}; the database "
-                   f"has timings for {measured}. Pass one of those with --runtime and --batch-size, or time it with "
-                   f"`ptsa latency MODEL --runtime {budget.runtime} --batch {budget.batch_size}`.")
+        # Runtimes the product measured come before the published ones.
+        runtimes = sorted({(t.runtime, t.batch_size) for t in timings}, key=lambda k: (k[0] in PUBLISHED_RUNTIMES, k))
+        measured = ", ".join(f"{name} at batch {batch}" for name, batch in runtimes[:8])
+        if len(runtimes) > 8:
+            measured += f" and {len(runtimes) - 8} more (see `ptsa profiles`)"
+        has = (f"the database has timings for {measured}. Pass one of those with --runtime and --batch-size, or "
+               if measured else "the database has no timings yet; ")
+        message = (f"no latency measured on runtime {budget.runtime!r} at batch {budget.batch_size}; {has}time it "
+                   f"with `ptsa latency MODEL --runtime {budget.runtime} --batch {budget.batch_size}`.")
         if budget.max_latency_ms is not None or budget.objective == "latency":
             _fail(message)
         log.warning("%s", message)
@@ -498,7 +502,9 @@ def features(obj: dict[str, Any], architectures: tuple[str, ...], all_models: bo
         raise InvalidConfigError("give one or more timm architectures, for example `ptsa features resnet18`, or --all.")
     unknown = [name for name in names if not timm.is_model(name)]
     if unknown:
-        raise InvalidConfigError(f"unknown timm architecture {unknown[0]!r}; see timm.list_models() for the names.")
+        from bench_engine.features import close_matches
+
+        raise InvalidConfigError(f"unknown timm architecture {unknown[0]!r}; {close_matches(unknown[0])}")
     bar = tqdm(total=len(names), desc="features", unit="model", disable=no_progress or len(names) < 5)
     rows, failures = featurize_many(names, progress=bar, num_classes=num_classes, input_size=input_size)
     bar.close()
@@ -555,6 +561,9 @@ def fit(obj: dict[str, Any], as_json: bool) -> None:
     from bench_engine.paths import data_dir
     from bench_engine.runner import open_for_write
 
+    if not Path(obj["db"]).is_file():
+        _fail(f"database not found: {obj['db']}. Run `ptsa demo` or `ptsa bench` first, or pass --db with an "
+              "existing database (an empty one fits on the published evidence alone).")
     ensure_published(obj["db"])
     with open_for_write(obj["db"], wait_seconds=0) as store:
         keys = {robustness.shape_key(r) for r in robustness.training_rows(store)}
@@ -563,7 +572,9 @@ def fit(obj: dict[str, Any], as_json: bool) -> None:
         row = robustness.fit(store, data_dir(), FEATURE_VERSION, __version__)
     metrics = json.loads(row["metrics_json"])
     if as_json:
-        click.echo(json.dumps({**row, "metrics": metrics, "metrics_json": None}, indent=2, default=str))
+        payload = {k: v for k, v in row.items() if k not in ("metrics_json", "feature_names_json")}
+        payload.update(metrics=metrics, feature_names=json.loads(row["feature_names_json"]))
+        click.echo(json.dumps(payload, indent=2, default=str))
         return
     click.echo(formatting.fit_text(row, metrics))
 

@@ -57,8 +57,16 @@ def candidate_cells(candidate: Candidate) -> list[str]:
         number(candidate.drop, 1),
         number(candidate.latency_ms, 2),
         speedup_cell(candidate),
-        row["provenance"],
+        evidence_cell(row),
     ]
+
+
+def evidence_cell(row: dict) -> str:
+    """'measured', 'published [n]' (n: the citation's number under the table) or 'predicted low–high'."""
+    if row["provenance"] == "predicted" and row.get("prediction_json"):
+        p = json.loads(row["prediction_json"])
+        return f"predicted {p['retention_low']:.0f}–{p['retention_high']:.0f} %"
+    return row["provenance"]
 
 
 def sparsity_cell(row: dict) -> str:
@@ -135,6 +143,17 @@ def source_notes(candidates: list[Candidate]) -> list[str]:
     return notes
 
 
+def citation_notes(candidates: list[Candidate]) -> list[str]:
+    """List the sources of the published and predicted rows shown."""
+    sources = list(dict.fromkeys(c.row.get("source") for c in candidates
+                                 if c.row["provenance"] != "measured" and c.row.get("source")))
+    notes = ["Sources of published and predicted rows:"] if sources else []
+    notes += [f"  {source}" for source in sources]
+    if any(c.row["provenance"] == "predicted" for c in candidates):
+        notes.append("Predicted rows show their 80 % interval of retention (sparse top-1 / dense top-1).")
+    return notes
+
+
 def recommendation_text(result: Recommendation, limit: int = 10) -> str:
     budget = result.budget
     parts = []
@@ -154,6 +173,7 @@ def recommendation_text(result: Recommendation, limit: int = 10) -> str:
                 f"{best.margins[binding]:.2f} {unit} of headroom."
             )
         parts.extend(source_notes(result.ranked[:limit]))
+        parts.extend(citation_notes(result.ranked[:limit]))
     else:
         binding = result.binding_constraint()
         parts.append(
@@ -239,8 +259,16 @@ def fit_text(row: dict, metrics: dict) -> str:
         f"{models['regressor']['interval_80_coverage_adjusted'] * 100:.0f} % (calibrated on these same folds).",
     ]
     better = all(models["regressor"][m] < models[b][m] for b in ("params_only", "recipe_mean") for m in ("mae", "rmse"))
-    lines.append("The regressor beats both baselines on MAE and RMSE." if better else
-                 "The regressor does NOT beat both baselines on MAE and RMSE; treat its predictions as rough.")
+    margin = min(models[b]["mae"] for b in ("params_only", "recipe_mean")) - models["regressor"]["mae"]
+    if not better:
+        lines.append("The regressor does NOT beat both baselines on MAE and RMSE; treat its predictions as rough.")
+    elif margin < 1.0:
+        lines.append(f"The regressor beats both baselines on MAE and RMSE, but by only {margin:.2f} points of MAE "
+                     "over the closer one: within noise for this much data; treat its predictions as rough.")
+    else:
+        lines.append(f"The regressor beats both baselines on MAE and RMSE, by {margin:.2f} points of MAE or more.")
+    lines.append("Per family (held out): " + ", ".join(
+        f"{family} {m['regressor_mae']:.1f}" for family, m in metrics["per_family"].items()) + " MAE.")
     lines.append(f"saved to {row['model_path']}")
     return "\n".join(lines)
 
@@ -250,11 +278,14 @@ def prediction_text(predictions: list[dict]) -> str:
     parts = []
     for p in predictions:
         top1 = "" if p["top1"] is None else (
-            f"; top-1 {p['top1']:.1f} % ({p['top1_low']:.1f} to {p['top1_high']:.1f}) from dense {p['dense_top1']:.1f} %")
+            f"; top-1 {p['top1']:.1f} % ({p['top1_low']:.1f} to {p['top1_high']:.1f}) from dense "
+            f"{p['dense_top1']:.1f} % ({p.get('dense_top1_source')})")
         parts.append(
             f"{p['model_key']} on {p['dataset']}, {p['recipe']} at {p['sparsity']:.0%}: retention "
             f"{p['retention']:.1f} % of dense (80 % interval {p['retention_low']:.1f} to {p['retention_high']:.1f}){top1}"
         )
+        for warning in p.get("warnings") or []:
+            parts.append(f"  note: {warning}")
         if not p["drivers"]:
             parts.append("  no architecture feature moves this prediction away from the training median's")
         for d in p["drivers"]:

@@ -40,9 +40,11 @@ def _resolve_model(store: Store, model: str, num_classes: int | None, input_size
     if timm.is_model(model):
         return {"model_key": model, "architecture": model, "family": None, "num_classes": num_classes or 1000,
                 "in_chans": 3, "input_size": input_size, "dataset": dataset or "imagenet", "stored": False}
+    from bench_engine.features import close_matches
+
     raise RegressorError(
         f"unknown model {model!r}: it is neither a model in the database (`ptsa models`) nor a timm "
-        "architecture (timm.list_models())."
+        f"architecture; {close_matches(model)}"
     )
 
 
@@ -51,6 +53,41 @@ def _dense_top1(store: Store, model_key: str, dataset: str) -> float | None:
     rows = store.query("SELECT dense_top1 FROM results WHERE model_key = ? AND dataset = ? AND dense_top1 IS NOT NULL "
                        "AND provenance <> 'predicted' ORDER BY created_at DESC LIMIT 1", [model_key, dataset])
     return rows[0]["dense_top1"] if rows else None
+
+
+def _warnings(store: Store, fitted: Any, target: dict[str, Any], recipe_row: dict[str, Any]) -> list[str]:
+    """Say when a prediction extrapolates, or when the configuration was measured or published."""
+    notes = []
+    low, high = fitted.metrics.get("sparsity_range", (None, None))
+    sparsity = recipe_row["requested_sparsity"]
+    if low is not None and not low <= sparsity <= high:
+        notes.append(f"sparsity {sparsity:.0%} is outside the training data's {low:.0%} to {high:.0%}; trees do not "
+                     "extrapolate, so this is the prediction at the nearest trained sparsity")
+    recipe = json.loads(recipe_row["recipe_json"]).get("recipe")
+    for row in store.query(
+        "SELECT provenance, top1, dense_top1, recipe_json FROM results WHERE model_key = ? AND dataset = ? "
+        "AND provenance <> 'predicted' AND abs(requested_sparsity - ?) < 1e-6 AND pattern = ?",
+        [target["model_key"], target["dataset"], sparsity, recipe_row["pattern"]],
+    ):
+        if json.loads(row["recipe_json"]).get("recipe") == recipe and row["top1"] is not None and row["dense_top1"]:
+            notes.append(f"this configuration was {row['provenance']}: retention "
+                         f"{100 * row['top1'] / row['dense_top1']:.1f} %, which the recommender uses instead")
+            break
+    return notes
+
+
+def _default_weight_top1(store: Store, architecture: str, input_size: int) -> tuple[float, str] | None:
+    """Return the published dense top-1 of timm's default weight for an architecture, with its key."""
+    from timm.models import get_pretrained_cfg
+
+    cfg = get_pretrained_cfg(architecture)
+    tag = getattr(cfg, "tag", None) if cfg is not None else None
+    if not tag:
+        return None
+    weight = f"{architecture}.{tag}"
+    rows = store.query("SELECT model_key, top1 FROM results WHERE provenance = 'published' AND criterion = 'dense' "
+                       "AND model_key IN (?, ?)", [weight, f"{weight}@{input_size}px"])
+    return (rows[0]["top1"], rows[0]["model_key"]) if rows else None
 
 
 def predict_rows(store: Store, data_folder: Path, model: str, recipe: str, sparsities: list[float],
@@ -70,6 +107,11 @@ def predict_rows(store: Store, data_folder: Path, model: str, recipe: str, spars
     store.upsert_architectures([architecture_row(featurized)])
     architecture = featurized["features"]
     dense = dense_top1 if dense_top1 is not None else _dense_top1(store, target["model_key"], target["dataset"])
+    dense_source = "--dense-top1" if dense_top1 is not None else "stored result" if dense is not None else None
+    if dense is None and not target["stored"] and target["dataset"] == "imagenet" and featurized["num_classes"] == 1000:
+        published = _default_weight_top1(store, target["architecture"], featurized["input_size"])
+        if published is not None:
+            dense, dense_source = published[0], f"published top-1 of {published[1]}"
     configs = {}
     for sparsity in sparsities:
         config = resolve_recipe(recipe, sparsity, LayerPolicy())
@@ -91,10 +133,12 @@ def predict_rows(store: Store, data_folder: Path, model: str, recipe: str, spars
             "retention_low": low,
             "retention_high": high,
             "dense_top1": dense,
-            "top1": None if dense is None else median * dense / 100,
-            "top1_low": None if dense is None else low * dense / 100,
-            "top1_high": None if dense is None else high * dense / 100,
+            "top1": None if dense is None else min(median * dense / 100, 100.0),
+            "top1_low": None if dense is None else min(low * dense / 100, 100.0),
+            "top1_high": None if dense is None else min(high * dense / 100, 100.0),
             "drivers": drivers(fitted, vector),
+            "dense_top1_source": dense_source,
+            "warnings": _warnings(store, fitted, target, recipe_row),
             "fit_id": fitted.fit_id,
             "held_out_family_mae": fitted.metrics["models"]["regressor"]["mae"],
         }
@@ -113,7 +157,7 @@ def predict_rows(store: Store, data_folder: Path, model: str, recipe: str, spars
             "dense_top1": dense,
             "prediction_json": json.dumps({k: prediction[k] for k in (
                 "retention", "retention_low", "retention_high", "top1_low", "top1_high", "drivers", "fit_id",
-                "held_out_family_mae")}),
+                "held_out_family_mae", "dense_top1_source", "warnings")}),
         })
     if store_rows:
         with store.transaction():

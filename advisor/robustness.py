@@ -260,8 +260,9 @@ def evaluate(data: TrainingData) -> dict[str, Any]:
         per_family[family] = {"rows": int(mask.sum()), "regressor_mae": float(np.mean(np.abs(
             predicted["regressor"][mask] - data.y[mask]))), "recipe_mean_mae": float(np.mean(np.abs(
                 predicted["recipe_mean"][mask] - data.y[mask])))}
+    sparsities = [float(row["requested_sparsity"]) for row in data.rows]
     return {"split": type(splitter).__name__, "families": families, "rows": n, "models": metrics,
-            "per_family": per_family}
+            "per_family": per_family, "sparsity_range": [min(sparsities), max(sparsities)]}
 
 
 def beats_baselines(metrics: dict[str, Any]) -> bool:
@@ -341,7 +342,15 @@ def fit(store: Store, data_folder: Path, feature_version: int, product_version: 
         "created_at": dt.datetime.now(dt.timezone.utc).replace(tzinfo=None),
     }
     store.insert_fit(row)
+    _remove_old_files(folder, keep=3)
     return row
+
+
+def _remove_old_files(folder: Path, keep: int) -> None:
+    """Delete all but the newest `keep` fitted-model files (each is several MB)."""
+    files = sorted(folder.glob("fit-*.skops"), key=lambda p: p.stat().st_mtime, reverse=True)
+    for old in files[keep:]:
+        old.unlink(missing_ok=True)
 
 
 def latest_fit_row(store: Store) -> dict[str, Any]:

@@ -72,6 +72,16 @@ class _OpCounter(TorchDispatchMode):
         return func(*args, **(kwargs or {}))
 
 
+def close_matches(name: str) -> str:
+    """Suggest timm architectures whose names resemble `name`, for an error message."""
+    import difflib
+
+    matches = difflib.get_close_matches(name, timm.list_models(), n=3, cutoff=0.6)
+    if matches:
+        return f"did you mean {', '.join(matches)}?"
+    return "see the names with `python -c \"import timm; print(timm.list_models('resnet*'))\"`."
+
+
 def _activation_kind(module: nn.Module) -> str | None:
     name = type(module).__name__.lower()
     if "gelu" in name:
@@ -189,10 +199,7 @@ def featurize(architecture: str, num_classes: int | None = None, in_chans: int |
     on the meta device (a few timm models read tensor values while they are built).
     """
     if not timm.is_model(architecture):
-        raise InvalidConfigError(
-            f"unknown timm architecture {architecture!r}; list them with `python -c \"import timm; "
-            "print(timm.list_models())\"`."
-        )
+        raise InvalidConfigError(f"unknown timm architecture {architecture!r}; {close_matches(architecture)}")
     kwargs: dict[str, Any] = {"pretrained": False}
     if num_classes is not None:
         kwargs["num_classes"] = num_classes

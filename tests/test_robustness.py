@@ -126,6 +126,12 @@ def test_fit_then_predict_an_architecture_never_benched(tmp_path):
     known = runner.invoke(main, ["--db", str(db_path), "predict", "t/resnet18", "--no-store", "--json"])
     assert json.loads(known.stdout)[0]["top1"] is not None  # the stored dense top-1 gives a top-1
     assert json.loads(known.stdout)[0]["dataset"] == "mnist"
+    assert json.loads(known.stdout)[0]["top1_high"] <= 100.0
+    checks = runner.invoke(main, ["--db", str(db_path), "predict", "t/resnet18", "--recipe", "magnitude",
+                                  "--sparsity", "0.5", "--sparsity", "0.95", "--no-store", "--json"])
+    measured, beyond = json.loads(checks.stdout)
+    assert any(w.startswith("this configuration was measured: retention") for w in measured["warnings"])
+    assert any("outside the training data's 10% to 70%" in w for w in beyond["warnings"])
 
 
 def test_tampered_model_file_is_refused(tmp_path):
@@ -171,3 +177,12 @@ def test_first_run_fits_on_the_published_evidence_alone(tmp_path):
     unknown = runner.invoke(main, ["--db", str(db_path), "predict", "resnet19"])
     assert unknown.exit_code == 2
     assert "unknown model 'resnet19'" in unknown.stderr
+    assert "did you mean resnet18" in unknown.stderr
+    deit = json.loads(runner.invoke(main, ["--db", str(db_path), "predict", "deit_small_patch16_224", "--no-store",
+                                           "--json"]).stdout)[0]
+    assert deit["dense_top1_source"] == "published top-1 of deit_small_patch16_224.fb_in1k"
+    assert deit["top1"] is not None
+    missing = runner.invoke(main, ["--db", str(tmp_path / "none.duckdb"), "fit"])
+    assert missing.exit_code == 2
+    assert "database not found" in missing.stderr
+    assert not (tmp_path / "none.duckdb").exists()
