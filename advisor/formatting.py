@@ -123,6 +123,10 @@ def profile_text(result: Recommendation) -> str:
     return f"{where}, profile {profile.env_key}" + (f" ({described})" if described else "")
 
 
+def _rows(n: int) -> str:
+    return "1 row" if n == 1 else f"{n} rows"
+
+
 def source_notes(candidates: list[Candidate]) -> list[str]:
     """Say how many shown rows take their latency from another timing than their own."""
     notes = []
@@ -132,10 +136,10 @@ def source_notes(candidates: list[Candidate]) -> list[str]:
             counts[c.timing.source] = counts.get(c.timing.source, 0) + 1
     if counts.get("same_sparsity"):
         notes.append(f"* latency and speedup measured for the same model, sparsity and pattern with a magnitude "
-                     f"mask, not for this result ({counts['same_sparsity']} rows).")
+                     f"mask, not for this result ({_rows(counts['same_sparsity'])}).")
     if counts.get("dense_kernels"):
         notes.append(f"† the dense model's latency: this runtime ran dense kernels only, so the zeros do not change "
-                     f"it; 1.00× is inferred, not measured ({counts['dense_kernels']} rows).")
+                     f"it; 1.00× is inferred, not measured ({_rows(counts['dense_kernels'])}).")
     sparse = [c for c in candidates if c.row["criterion"] != "dense" and c.timing is not None]
     if sparse and all(c.timing.sparse_kernel is None for c in sparse):
         notes.append(f"No sparse kernel ran on {sparse[0].timing.runtime}: the zeros save storage once "
@@ -150,7 +154,8 @@ def citation_notes(candidates: list[Candidate]) -> list[str]:
     notes = ["Sources of published and predicted rows:"] if sources else []
     notes += [f"  {source}" for source in sources]
     if any(c.row["provenance"] == "predicted" for c in candidates):
-        notes.append("Predicted rows show their 80 % interval of retention (sparse top-1 / dense top-1).")
+        notes.append("Predicted rows show their 80 % interval of retention (sparse top-1 / dense top-1); an "
+                     "accuracy limit applies to the interval's low end.")
     return notes
 
 

@@ -236,3 +236,15 @@ def test_measured_evidence_replaces_a_prediction_of_the_same_configuration(fixtu
     assert shown[("magnitude", 0.9)].row["provenance"] == "predicted"
     evidence = shown[("magnitude", 0.9)].to_dict()["evidence"]
     assert evidence["prediction"]["retention_low"] == 90.0
+
+
+def test_a_prediction_meets_an_accuracy_limit_only_with_its_interval(fixture_db):
+    rows = candidates(fixture_db, "mnist")
+    magnitude = next(r for r in rows if r["criterion"] == "magnitude")
+    wide = dict(magnitude, result_id="p3", provenance="predicted", requested_sparsity=0.8, top1=96.0,
+                prediction_json='{"retention": 99.0, "top1_low": 60.0, "top1_high": 97.0}')
+    narrow = dict(wide, result_id="p4", requested_sparsity=0.85, prediction_json='{"top1_low": 95.5}')
+    result = recommend(rows + [wide, narrow], Budget(dataset="mnist", min_accuracy=95))
+    kept = {c.row["result_id"] for c in result.ranked}
+    assert "p4" in kept  # its low end, 95.5, meets 95
+    assert "p3" not in kept  # its median 96 would, its low end 60 does not
