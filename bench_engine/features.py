@@ -6,9 +6,10 @@ data, so that pass costs milliseconds while it counts:
 
 - MACs, with `torch.utils.flop_counter.FlopCounterMode` (convolutions, matrix products and
   attention);
-- residual connections: additions of two activations of the same shape (`x + f(x)`). The
-  input batch has 2 images, so a broadcast addition such as a position embedding (batch 1)
-  does not count.
+- residual connections, counted as additions of two activations of the same shape
+  (`x + f(x)`). Other such additions count too (EVA's rotary embeddings add two per block), so
+  it is an upper bound. The input batch has 2 images, so a broadcast addition such as a
+  position embedding (batch 1) does not count.
 
 The rest is read from the modules: parameter counts, the Conv2d and Linear layers a PTS method
 prunes (their share of weights by kind, kernel size and width), normalisation and activation
