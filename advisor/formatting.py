@@ -62,7 +62,7 @@ def candidate_cells(candidate: Candidate) -> list[str]:
 
 
 def evidence_cell(row: dict) -> str:
-    """'measured', 'published [n]' (n: the citation's number under the table) or 'predicted low–high'."""
+    """Return the provenance, with the 80 % retention interval for a predicted row."""
     if row["provenance"] == "predicted" and row.get("prediction_json"):
         p = json.loads(row["prediction_json"])
         return f"predicted {p['retention_low']:.0f}–{p['retention_high']:.0f} %"
@@ -279,7 +279,7 @@ def fit_text(row: dict, metrics: dict) -> str:
 
 
 def prediction_text(predictions: list[dict]) -> str:
-    """One block per prediction: retention with its interval, top-1 when dense is known, drivers."""
+    """Describe each prediction: retention with its interval, top-1 when dense is known, drivers."""
     parts = []
     for p in predictions:
         top1 = "" if p["top1"] is None else (

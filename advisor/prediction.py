@@ -107,7 +107,11 @@ def predict_rows(store: Store, data_folder: Path, model: str, recipe: str, spars
     store.upsert_architectures([architecture_row(featurized)])
     architecture = featurized["features"]
     dense = dense_top1 if dense_top1 is not None else _dense_top1(store, target["model_key"], target["dataset"])
-    dense_source = "--dense-top1" if dense_top1 is not None else "stored result" if dense is not None else None
+    dense_source = None
+    if dense_top1 is not None:
+        dense_source = "--dense-top1"
+    elif dense is not None:
+        dense_source = "stored result"
     if dense is None and not target["stored"] and target["dataset"] == "imagenet" and featurized["num_classes"] == 1000:
         published = _default_weight_top1(store, target["architecture"], featurized["input_size"])
         if published is not None:

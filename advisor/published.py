@@ -173,7 +173,11 @@ def msbench_rows(run_id: str, families: dict[str, str]) -> tuple[list[dict], lis
                 dense[name] = float(cells[1])
                 progressive = False
                 setting = cells[2].lower()
-                reconstruction = "block" if "block" in setting else "layer" if "layer" in setting else "none"
+                reconstruction = "none"
+                if "block" in setting:
+                    reconstruction = "block"
+                elif "layer" in setting:
+                    reconstruction = "layer"
                 if table == "T5":
                     calibration, reconstruction = int(cells[2]), "block"
             for index, sparsity in sparsity_columns:

@@ -105,7 +105,7 @@ def recipe_features(row: dict[str, Any]) -> dict[str, float]:
 
 
 def recipe_key(row: dict[str, Any]) -> str:
-    """The recipe without its sparsity, to group rows of the same technique."""
+    """Return the recipe without its sparsity, to group rows of the same technique."""
     recipe = json.loads(row.get("recipe_json") or "{}")
     return f"{recipe.get('recipe') or row['criterion']}|{row.get('pattern')}"
 
@@ -295,7 +295,7 @@ def file_sha256(path: Path) -> str:
 
 
 def training_rows(store: Store) -> list[dict[str, Any]]:
-    """The labelled pruned results (measured and published) with their model's shape."""
+    """Return the labelled pruned results (measured and published) with their model's shape."""
     return store.query(_TRAINING_SQL)
 
 

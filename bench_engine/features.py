@@ -141,7 +141,12 @@ def structure_features(model: nn.Module) -> dict[str, float]:
         kernel = max(module.kernel_size)
         max_kernel = max(max_kernel, kernel)
         conv_total += count
-        kernels["1x1" if kernel == 1 else "3x3" if kernel <= 3 else "large"] += count
+        if kernel == 1:
+            kernels["1x1"] += count
+        elif kernel <= 3:
+            kernels["3x3"] += count
+        else:
+            kernels["large"] += count
 
     activations: dict[str, float] = {}
     norms: dict[str, float] = {}
