@@ -611,7 +611,7 @@ def predict(obj: dict[str, Any], model: str, recipe: str, sparsities: tuple[floa
     with open_for_write(obj["db"], wait_seconds=0) as store:
         predictions = predict_rows(store, data_dir(), model, recipe, list(sparsities), dataset=dataset,
                                    num_classes=num_classes, input_size=input_size, dense_top1=dense_top1,
-                                   store_rows=not no_store, missing_features=_missing_features)
+                                   store_rows=not no_store)
     if as_json:
         click.echo(json.dumps(predictions, indent=2, default=str))
         return

@@ -5,7 +5,7 @@ from __future__ import annotations
 import json
 import math
 
-from advisor.recommend import LATENCY_SOURCES, Candidate, Recommendation
+from advisor.recommend import Candidate, Recommendation
 
 CONSTRAINT_LABELS = {
     "max_latency_ms": "max latency",

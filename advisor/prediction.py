@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import json
 import uuid
-from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -92,8 +91,7 @@ def _default_weight_top1(store: Store, architecture: str, input_size: int) -> tu
 
 def predict_rows(store: Store, data_folder: Path, model: str, recipe: str, sparsities: list[float],
                  dataset: str | None = None, num_classes: int | None = None, input_size: int | None = None,
-                 dense_top1: float | None = None, store_rows: bool = True,
-                 missing_features: Callable[..., Any] | None = None) -> list[dict[str, Any]]:
+                 dense_top1: float | None = None, store_rows: bool = True) -> list[dict[str, Any]]:
     """Predict retention for each sparsity; store the predictions unless `store_rows` is False."""
     from bench_engine.features import architecture_row, featurize
     from bench_engine.pruning import LayerPolicy
