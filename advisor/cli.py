@@ -24,7 +24,7 @@ import click
 from advisor import formatting
 from bench_engine.errors import BenchError  # light: no torch import
 from advisor.published import ensure_published
-from advisor.robustness import RegressorError
+from advisor.errors import RegressorError
 from advisor.recommend import (
     LATENCY_STATS,
     OBJECTIVES,

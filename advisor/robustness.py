@@ -41,6 +41,7 @@ import sklearn
 from sklearn.ensemble import GradientBoostingRegressor
 from sklearn.model_selection import GroupKFold, LeaveOneGroupOut
 
+from advisor.errors import RegressorError
 from db import Store
 
 log = logging.getLogger(__name__)
@@ -72,10 +73,6 @@ WITHIN = 5.0  # points of retention counted as a close prediction
 # Stands for an unknown or inapplicable input. (scikit-learn's trees accept NaN, but its binning
 # fails on a column with no known value at all, such as the N:M density when no row is N:M.)
 UNKNOWN = -1.0
-
-
-class RegressorError(ValueError):
-    """The regressor cannot be fitted or loaded; the message names the fix."""
 
 
 def recipe_features(row: dict[str, Any]) -> dict[str, float]:

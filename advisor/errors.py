@@ -1,0 +1,9 @@
+"""Errors of the advisor core that the CLI reports with exit code 2.
+
+Kept apart from `advisor.robustness`, which imports scikit-learn (about a second), so the CLI
+and the TUI start without it.
+"""
+
+
+class RegressorError(ValueError):
+    """The regressor cannot be fitted or loaded; the message names the fix."""
