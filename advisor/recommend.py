@@ -16,7 +16,7 @@ or parameter counts: a candidate without a measured timing on that profile has n
 3. the dense model's timing, when every sparse timing of this model on this runtime ran dense
    kernels only, since then the zeros are multiplied like any other weight.
 
-Each candidate says which of these it used.
+Each candidate records which of these it used.
 """
 
 from __future__ import annotations
@@ -411,8 +411,8 @@ def prefer_measured(rows: list[dict[str, Any]]) -> list[dict[str, Any]]:
     for row in rows:
         recipe = json.loads(row.get("recipe_json") or "{}").get("recipe") or row["criterion"]
         key = (row["model_key"], row["dataset"], recipe, row["pattern"], round(float(row["requested_sparsity"]), 4))
-        kept = best.get(key)
-        if kept is None or EVIDENCE_RANK[row["provenance"]] < EVIDENCE_RANK[kept["provenance"]]:
+        current = best.get(key)
+        if current is None or EVIDENCE_RANK[row["provenance"]] < EVIDENCE_RANK[current["provenance"]]:
             best[key] = row
     chosen = {id(row) for row in best.values()}
     return [row for row in rows if id(row) in chosen]

@@ -12,15 +12,15 @@ of retention: the median is the prediction, the other two an 80 % interval. The 
 widened by the amount that makes it cover 80 % of the held-out rows in cross-validation
 (conformalised quantile regression), since quantile models fitted on few families are
 overconfident about a new one. `evaluate` scores it with grouped cross-validation that holds out one whole architecture
-family (timm module) at a time. Two baselines are scored the same way: the same learner with
-the parameter count as the only architecture feature, and the mean retention of the training
-rows with the same recipe and sparsity (a family's own mean is undefined when the family is
-held out).
+family (timm module) at a time. Two baselines are scored the same way. The first is the same
+learner with the parameter count as its only architecture feature. The second is the mean
+retention of the training rows with the same recipe and sparsity, because a family's own mean
+is undefined when the family is held out.
 
 The fitted models are saved with skops, which rebuilds scikit-learn objects without running
 code from the file. skops marks one type, the tree (`sklearn.tree._tree.Tree`), as unsafe to
-load from untrusted files, since out-of-range node indices can crash `predict`; `load_fit`
-therefore trusts it only for a file inside the product's data folder whose SHA-256 equals the
+load from untrusted files, because out-of-range node indices can crash `predict`. So
+`load_fit` trusts it only for a file inside the product's data folder whose SHA-256 equals the
 one recorded in the database when it was fitted.
 """
 
@@ -161,16 +161,16 @@ def input_vector(architecture: dict[str, float], recipe: dict[str, float]) -> li
 
 
 def build_training(rows: list[dict[str, Any]], features: dict[tuple, dict]) -> TrainingData:
-    kept, vectors, targets, groups = [], [], [], []
+    featured, vectors, targets, groups = [], [], [], []
     for row in rows:
         architecture = features.get(shape_key(row))
         if architecture is None:
             continue
-        kept.append(row)
+        featured.append(row)
         vectors.append(input_vector(architecture, recipe_features(row)))
         targets.append(100.0 * row["top1"] / row["dense_top1"])
         groups.append(row["family"])
-    return TrainingData(kept, np.array(vectors, dtype=float).reshape(-1, len(FEATURES)),
+    return TrainingData(featured, np.array(vectors, dtype=float).reshape(-1, len(FEATURES)),
                         np.array(targets, dtype=float), np.array(groups, dtype=object))
 
 
@@ -221,13 +221,14 @@ def _metrics(y: np.ndarray, predicted: np.ndarray) -> dict[str, float]:
 
 
 def evaluate(data: TrainingData) -> dict[str, Any]:
-    """Held-out-family cross-validation of the regressor and both baselines."""
+    """Score the regressor and both baselines by cross-validation that holds out whole families."""
     families = sorted(set(data.groups.tolist()))
     if len(families) < 3:
         raise RegressorError(
             f"the training rows come from {len(families)} architecture families ({', '.join(families)}); "
             "holding one out needs at least 3. Bench more architectures (`ptsa demo` benches six) first."
         )
+
     splitter = LeaveOneGroupOut() if len(families) <= 12 else GroupKFold(n_splits=8)
     n = len(data.y)
     predicted = {name: np.zeros(n) for name in ("regressor", "params_only", "recipe_mean")}
@@ -241,23 +242,27 @@ def evaluate(data: TrainingData) -> dict[str, Any]:
             data.X[test][:, params_columns])
         predicted["recipe_mean"][test] = _recipe_mean([data.rows[i] for i in train], y_train,
                                                       [data.rows[i] for i in test])
+
     metrics = {name: _metrics(data.y, values) for name, values in predicted.items()}
     low, high = np.minimum(low, high), np.maximum(low, high)
     metrics["regressor"]["interval_80_coverage"] = float(np.mean((data.y >= low) & (data.y <= high)))
-    # Conformalised quantile regression (Romano et al., 2019): widen both ends by the score that
-    # 80 % of held-out rows stay within, so the interval covers 80 % of held-out families' rows.
+
+    # Conformalised quantile regression: widen both ends by the score that 80 % of held-out rows
+    # stay within, so the interval covers 80 % of the held-out families' rows.
     scores = np.maximum(low - data.y, data.y - high)
     level = min(1.0, 0.8 * (1 + 1 / n))
     adjustment = float(np.quantile(scores, level))
     metrics["regressor"]["interval_adjustment"] = adjustment
     metrics["regressor"]["interval_80_coverage_adjusted"] = float(np.mean(
         (data.y >= low - adjustment) & (data.y <= high + adjustment)))
+
     per_family = {}
     for family in families:
         mask = data.groups == family
         per_family[family] = {"rows": int(mask.sum()), "regressor_mae": float(np.mean(np.abs(
             predicted["regressor"][mask] - data.y[mask]))), "recipe_mean_mae": float(np.mean(np.abs(
                 predicted["recipe_mean"][mask] - data.y[mask])))}
+
     sparsities = [float(row["requested_sparsity"]) for row in data.rows]
     return {"split": type(splitter).__name__, "families": families, "rows": n, "models": metrics,
             "per_family": per_family, "sparsity_range": [min(sparsities), max(sparsities)]}
@@ -369,14 +374,14 @@ def load_fit(row: dict[str, Any], data_folder: Path) -> Fit:
     path = Path(row["model_path"])
     folder = regressor_folder(data_folder).resolve()
     if folder not in path.resolve().parents:
-        raise RegressorError(f"regressor file {path} is outside {folder}; refusing to load it. Run `ptsa fit` again.")
+        raise RegressorError(f"regressor file {path} is outside {folder}, so it is not loaded. Run `ptsa fit` again.")
     if not path.is_file():
         raise RegressorError(f"regressor file {path} is missing; run `ptsa fit` again.")
     actual = file_sha256(path)
     if actual != row["model_sha256"]:
         raise RegressorError(
             f"regressor file {path} was changed after it was fitted (SHA-256 {actual[:12]}…, recorded "
-            f"{row['model_sha256'][:12]}…); refusing to load it. Delete it and run `ptsa fit` again."
+            f"{row['model_sha256'][:12]}…), so it is not loaded. Delete it and run `ptsa fit` again."
         )
     try:
         content = skops.io.load(path, trusted=TRUSTED_TYPES)
@@ -389,7 +394,7 @@ def load_fit(row: dict[str, Any], data_folder: Path) -> Fit:
 
 
 def drivers(fit_result: Fit, vector: list[float], top: int = 3) -> list[dict[str, Any]]:
-    """The architecture features that move this prediction most when set to the training median."""
+    """Return the architecture features that move this prediction most when set to the training median."""
     base = fit_result.models[1].predict(np.array([vector]))[0]
     effects = []
     for name in ARCHITECTURE_FEATURES:

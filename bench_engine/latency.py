@@ -121,15 +121,9 @@ def measure_latency(
     count is whatever torch is set to (`torch.set_num_threads`); it is recorded. At least 5
     timed repeats are always taken, so p90 is meaningful even for slow models.
     """
-    if isinstance(model, nn.Module):
-        model.eval()
-    x = torch.randn(batch_size, *input_shape)
-    warmup_passes = warm_up(model, x, minimum=warmup, maximum=max(warmup, max_warmup), max_seconds=max_seconds / 4)
-    samples: list[float] = []
-    deadline = time.perf_counter() + max_seconds
-    while len(samples) < repeats and (len(samples) < 5 or time.perf_counter() < deadline):
-        samples.append(_timed(model, x))
-    return _result(samples, batch_size, warmup_passes)
+    # One model timed alone is the one-model case of the interleaved rounds.
+    return measure_interleaved({0: model}, input_shape, batch_size=batch_size, warmup=warmup, repeats=repeats,
+                               max_seconds=max_seconds, max_warmup=max_warmup)[0]
 
 
 @torch.inference_mode()

@@ -383,7 +383,7 @@ def model_row(bundle: ModelBundle) -> dict[str, Any]:
         "input_size": bundle.preprocess.input_size,
         **architecture_features(bundle.model),
         # Statistics of real weights only: a random initialisation (`ptsa latency --random-init`)
-        # has no weights file and says nothing about a trained model.
+        # has no weights file and describes no trained model.
         "weight_stats_json": json.dumps(weight_statistics(bundle.model)) if bundle.weights_sha256 else None,
     }
 

@@ -1,7 +1,7 @@
 """The names of the runtimes, importable without torch (the CLI checks names before loading it).
 
-`bench_engine.runtimes.RUNTIMES` holds the runtimes themselves under these names; a test keeps
-the two in step.
+`bench_engine.runtimes.RUNTIMES` contains the runtimes themselves under these names, and a
+test keeps the two in step.
 """
 
 RUNTIME_NAMES = (

@@ -312,7 +312,7 @@ def speedup_verdict(dense_ms: float, sparse_ms: float, sparse_kernel: str | None
     """Say in one line whether a sparse result is faster than dense on the same runtime and batch.
 
     `spread` is the larger spread (IQR / median) of the two measurements; above SPREAD_WARNING
-    the verdict says the ratio is within noise.
+    the verdict adds that the ratio is unreliable.
     """
     ratio = dense_ms / sparse_ms if sparse_ms > 0 else float("nan")
     noisy = f"; timings noisy (spread {spread:.0%}), so the ratio is unreliable" if spread > SPREAD_WARNING else ""

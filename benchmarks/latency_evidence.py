@@ -8,7 +8,7 @@ server, pass `--batch 1,64` and the server's thread count.
 
 Runs `ptsa latency MODEL --random-init` for each model at 0 (dense), 50, 70 and 90 % magnitude
 sparsity and the 2:4 pattern, on torch-eager, torch-sparse-csr, onnxruntime-cpu,
-onnxruntime-cuda, torch-eager-cuda and torch-2:4-cuda; the runtimes that cannot run here are
+onnxruntime-cuda, torch-eager-cuda and torch-2:4-cuda. The runtimes that cannot run here are
 skipped with their reason. Then prints one Markdown table of p50 latencies with each sparse
 row's speedup against the dense model timed in the same rounds, as in docs/benchmarks.md.
 """

@@ -2,8 +2,8 @@
 
 Usage: python benchmarks/regressor_variants.py --db results.duckdb
 
-Reads the training rows and stored architecture features as `ptsa fit` does (run `ptsa fit`
-once first, so the features are stored), then runs the leave-one-family-out evaluation of
+Reads the training rows and stored architecture features as `ptsa fit` does, so run `ptsa fit`
+once first to store the features. Then runs the leave-one-family-out evaluation of
 `advisor.robustness.evaluate` for each variant and prints MAE, RMSE and Spearman of the
 regressor next to the two baselines. docs/benchmarks.md records the result on the quick-start
 database.

@@ -142,7 +142,7 @@ MIGRATION_2 = [
 ]
 
 # Version 3: latency rows measured inside `ptsa bench` name the result they time (result_id).
-# `protocol` says how the row was timed: 'interleaved' when the models of one comparison were
+# `protocol` is how the row was timed: 'interleaved' when the models of one comparison were
 # timed in alternating rounds (rows written before version 3 were timed one after another and
 # have NULL). `baseline_p50_ms` is the dense p50 timed in the same comparison, the denominator
 # of `speedup`.
@@ -153,7 +153,7 @@ MIGRATION_3 = [
 ]
 
 # Version 4: the robustness regressor.
-# `architectures` holds the features of a timm architecture computed without weights, per input
+# `architectures` contains the features of a timm architecture computed without weights, per input
 # shape and class count, with the timm version and feature version they were computed with.
 # `regressor_fits` records each fitted regressor: its training data hash, its held-out-family
 # metrics next to the baselines', and the file and checksum of the fitted model.
@@ -200,8 +200,8 @@ MIGRATION_4 = [
 ]
 
 # Version 5: published timings. Latency rows get a provenance ('measured' for every row written
-# before) and a citation; a published timing may lack what the product measures itself
-# (p90, p99, spread, repeats, threads, output check, weight bytes).
+# before) and a citation. A published timing may lack what the product measures itself (p90,
+# p99, spread, repeats, threads, output check, weight bytes), so those columns become nullable.
 MIGRATION_5 = [
     "ALTER TABLE latency ADD COLUMN provenance VARCHAR DEFAULT 'measured'",
     "ALTER TABLE latency ADD COLUMN source VARCHAR",

@@ -182,8 +182,8 @@ def test_bench_erk_with_corrections(tiny_setup):
     assert row["achieved_sparsity_targeted"] == pytest.approx(0.6, abs=1e-4)
     per_layer = json.loads(row["layer_sparsity_json"])
     assert per_layer["layer4.0.conv1"] == 0.0
-    shown = CliRunner().invoke(main, ["--db", str(db_path), "recommend", "--sparse-only", "--dataset", row["dataset"]])
-    assert "magnitude+bias_correction+bn_reestimation (erk)" in shown.stdout
+    listing = CliRunner().invoke(main, ["--db", str(db_path), "recommend", "--sparse-only", "--dataset", row["dataset"]])
+    assert "magnitude+bias_correction+bn_reestimation (erk)" in listing.stdout
 
 
 def test_bench_unknown_correction(tiny_setup):

@@ -226,7 +226,7 @@ def test_recommend_on_a_sparse_runtime_reports_measured_speedup(runner, fixture_
     assert "* latency and speedup measured for the same model, sparsity and pattern" in text.stdout
 
 
-def test_recommend_latency_budget_on_an_untimed_runtime_exits_2(runner, fixture_db):
+def test_recommend_untimed_runtime_exits_2(runner, fixture_db):
     result = runner.invoke(main, ["--db", str(fixture_db), "recommend", "--runtime", "onnxruntime-cpu",
                                   "--max-latency-ms", "5"])
     assert result.exit_code == 2
@@ -253,7 +253,7 @@ def test_profiles_lists_each_profile_with_its_timings(runner, fixture_db):
     assert payload[0]["timings"] == {"torch-eager batch 1": 6}
 
 
-def test_published_timings_answer_a_latency_budget_on_a_fresh_database(runner, tmp_path):
+def test_recommend_published_timings_empty_database(runner, tmp_path):
     from db import Store
 
     path = tmp_path / "fresh.duckdb"

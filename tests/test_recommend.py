@@ -155,7 +155,7 @@ def by_criterion(result, model="mnist/resnet10t"):
     return {c.row["criterion"]: c for c in result.ranked + result.nearest if c.row["model_key"] == model}
 
 
-def test_runtime_latency_comes_from_the_same_sparsity_and_never_from_flops(fixture_db):
+def test_latency_from_same_sparsity_timing(fixture_db):
     with_timings(fixture_db, [make_latency(criterion="dense", p50_ms=4.5, p90_ms=4.8), make_latency()])
     result = evidence_for(fixture_db, Budget(runtime="torch-sparse-csr", dataset="mnist"))
     found = by_criterion(result)
@@ -179,7 +179,7 @@ def test_runtime_latency_comes_from_the_same_sparsity_and_never_from_flops(fixtu
     assert all(c.latency_ms is None for c in result.ranked if c.row["model_key"] == "mnist/convnext_atto")
 
 
-def test_a_timing_of_the_result_itself_wins(fixture_db):
+def test_latency_prefers_result_timing(fixture_db):
     with Store.open(fixture_db, read_only=True) as store:
         sparsegpt = store.query("SELECT result_id FROM results WHERE criterion = 'sparsegpt' AND dataset = 'mnist'")[0]
     with_timings(fixture_db, [
@@ -194,7 +194,7 @@ def test_a_timing_of_the_result_itself_wins(fixture_db):
     assert found["sparsegpt"].timing.speedup == 1.9
 
 
-def test_dense_kernel_runtime_uses_the_dense_timing_and_says_so(fixture_db):
+def test_latency_dense_kernel_inference(fixture_db):
     dense_kernel = {"runtime": "onnxruntime-cpu", "sparse_kernel": None, "speedup": 0.98, "verdict": "no sparse kernel"}
     with_timings(fixture_db, [make_latency(criterion="dense", runtime="onnxruntime-cpu", p50_ms=2.0, p90_ms=2.2),
                               make_latency(**dense_kernel, p90_ms=2.3)])
@@ -224,27 +224,27 @@ def test_profiles_never_mix_and_default_to_the_latest(fixture_db):
         evidence_for(fixture_db, Budget(profile="env"))
 
 
-def test_measured_evidence_replaces_a_prediction_of_the_same_configuration(fixture_db):
+def test_measured_row_replaces_prediction(fixture_db):
     rows = candidates(fixture_db, "mnist")
     magnitude = next(r for r in rows if r["criterion"] == "magnitude")
     predicted = dict(magnitude, result_id="p1", provenance="predicted", top1=99.9,
                      prediction_json='{"retention": 103.0, "retention_low": 90.0, "retention_high": 110.0}')
     other = dict(predicted, result_id="p2", requested_sparsity=0.9)  # no measurement at 90 %
     result = recommend(rows + [predicted, other], Budget(dataset="mnist"))
-    shown = {(c.row["criterion"], c.row["requested_sparsity"]): c for c in result.ranked}
-    assert shown[("magnitude", 0.5)].row["provenance"] == "measured"
-    assert shown[("magnitude", 0.9)].row["provenance"] == "predicted"
-    evidence = shown[("magnitude", 0.9)].to_dict()["evidence"]
+    ranked = {(c.row["criterion"], c.row["requested_sparsity"]): c for c in result.ranked}
+    assert ranked[("magnitude", 0.5)].row["provenance"] == "measured"
+    assert ranked[("magnitude", 0.9)].row["provenance"] == "predicted"
+    evidence = ranked[("magnitude", 0.9)].to_dict()["evidence"]
     assert evidence["prediction"]["retention_low"] == 90.0
 
 
-def test_a_prediction_meets_an_accuracy_limit_only_with_its_interval(fixture_db):
+def test_prediction_accuracy_uses_interval_low(fixture_db):
     rows = candidates(fixture_db, "mnist")
     magnitude = next(r for r in rows if r["criterion"] == "magnitude")
     wide = dict(magnitude, result_id="p3", provenance="predicted", requested_sparsity=0.8, top1=96.0,
                 prediction_json='{"retention": 99.0, "top1_low": 60.0, "top1_high": 97.0}')
     narrow = dict(wide, result_id="p4", requested_sparsity=0.85, prediction_json='{"top1_low": 95.5}')
     result = recommend(rows + [wide, narrow], Budget(dataset="mnist", min_accuracy=95))
-    kept = {c.row["result_id"] for c in result.ranked}
-    assert "p4" in kept  # its low end, 95.5, meets 95
-    assert "p3" not in kept  # its median 96 would, its low end 60 does not
+    ranked_ids = {c.row["result_id"] for c in result.ranked}
+    assert "p4" in ranked_ids  # its low end, 95.5, meets 95
+    assert "p3" not in ranked_ids  # its median 96 would, its low end 60 does not
