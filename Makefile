@@ -9,7 +9,7 @@ export HF_HUB_OFFLINE := 1
 # that fails to import). On this workplace pip takes both from the local disk.
 TORCH_PINS ?= torch==2.14.1 torchvision==0.29.1
 
-.PHONY: demo test setup lint clean-venv latency-evidence
+.PHONY: demo test setup lint clean-venv latency-evidence catalog-template catalogs
 
 $(VENV)/.installed: pyproject.toml
 	$(PYTHON) -m venv $(VENV)
@@ -37,3 +37,15 @@ clean-venv:
 # the table of p50s. On a GPU server: LATENCY_ARGS="--batch 1,64".
 latency-evidence: $(VENV)/.installed
 	$(VENV)/bin/python benchmarks/latency_evidence.py $(LATENCY_ARGS)
+
+# Translations: `make catalog-template` extracts the English messages into build/ptsa.pot; merge
+# it into assets/locale/ja/LC_MESSAGES/ptsa.po (pybabel update), translate, then `make catalogs`
+# compiles the .mo that ships. tests/test_i18n.py fails when a message lacks a translation or the
+# .mo is older than the .po.
+CATALOG_SOURCES = advisor/report.py advisor/tui/app.py
+catalog-template: $(VENV)/.installed
+	mkdir -p build
+	$(VENV)/bin/pybabel extract -k t -k _ --no-location -o build/ptsa.pot $(CATALOG_SOURCES)
+
+catalogs: $(VENV)/.installed
+	$(VENV)/bin/python -m advisor.i18n

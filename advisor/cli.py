@@ -24,12 +24,14 @@ import click
 from advisor import formatting
 from bench_engine.errors import BenchError  # light: no torch import
 from advisor.published import ensure_published
-from advisor.errors import RegressorError
+from advisor.errors import RegressorError, ReportError
+from advisor.roi import Workload, WorkloadError
 from advisor.recommend import (
     LATENCY_STATS,
     OBJECTIVES,
     Budget,
     BudgetError,
+    Recommendation,
     load_candidates,
     load_profiles,
     load_timings,
@@ -55,7 +57,7 @@ def handle_errors(func: Callable[..., Any]) -> Callable[..., Any]:
     def wrapper(*args: Any, **kwargs: Any) -> Any:
         try:
             return func(*args, **kwargs)
-        except (DatabaseError, BudgetError, BenchError, RegressorError) as exc:
+        except (DatabaseError, BudgetError, WorkloadError, BenchError, RegressorError, ReportError) as exc:
             _fail(str(exc))
 
     return wrapper
@@ -324,8 +326,7 @@ def latency(obj: dict[str, Any], model: str, weights: Path | None, runtimes: str
         click.echo(f"runtime {name} skipped: {reason}", err=True)
     even = break_even(rows)
     if as_json:
-        click.echo(json.dumps({"run_id": run_id, "unavailable": unavailable, "break_even_sparsity": even,
-                               "measurements": rows}, indent=2, default=str))
+        _print_json({"run_id": run_id, "unavailable": unavailable, "break_even_sparsity": even, "measurements": rows})
         return
     _print_latency(rows)
     click.echo(f"run {run_id}: stored {len(rows)} latency measurements for {bundle.model_key} in {obj['db']}")
@@ -335,20 +336,36 @@ def latency(obj: dict[str, Any], model: str, weights: Path | None, runtimes: str
 
 
 def budget_options(func: Callable[..., Any]) -> Callable[..., Any]:
+    """Add the budget options shared by `recommend`, `roi` and `report` (the TUI offers the same)."""
     options = [
         click.option("--max-latency-ms", type=float, default=None, help="Latency limit in milliseconds at --batch-size."),
         click.option("--latency-stat", type=click.Choice(LATENCY_STATS), default="p90", show_default=True,
                      help="Which latency percentile the limit applies to."),
-        click.option("--batch-size", type=click.IntRange(min=1), default=1, show_default=True, help="Batch size the latency limit refers to."),
+        click.option("--batch-size", type=click.IntRange(min=1), default=1, show_default=True,
+                     help="Batch size the latency and throughput refer to."),
+        click.option("--min-throughput", type=float, default=None,
+                     help="Minimum inferences per second of one instance at --batch-size (from the p50 latency)."),
         click.option("--min-accuracy", type=float, default=None,
                      help="Minimum top-1 in percent (top-1 agreement with the dense model on unlabelled data)."),
         click.option("--max-drop", type=float, default=None, help="Maximum drop from the dense model, in percentage points."),
+        click.option("--max-relative-drop", type=float, default=None,
+                     help="Maximum drop from the dense model, in percent of its accuracy."),
+        click.option("--max-weight-mb", type=float, default=None,
+                     help="Maximum weight memory in MB, in the format the runtime holds the weights in."),
+        click.option("--pattern", "patterns", multiple=True,
+                     help="Allowed sparsity pattern (unstructured, 2:4, ...); repeatable. Default: all."),
+        click.option("--margin", "margin_pct", type=float, default=0.0, show_default=True,
+                     help="Headroom required on the latency, throughput and memory limits, in percent of each."),
+        click.option("--accuracy-margin", type=float, default=0.0, show_default=True,
+                     help="Headroom required on the accuracy limits, in points."),
         click.option("--dataset", default=None, help="Only consider results on this dataset (for example mnist)."),
-        click.option("--objective", type=click.Choice(OBJECTIVES), default="accuracy", show_default=True,
-                     help="What to maximise among candidates that fit: accuracy, lowest latency, or sparsity."),
+        click.option("--objective", type=click.Choice(OBJECTIVES), default=None,
+                     help="What to optimise among candidates that fit: accuracy, latency, sparsity or cost "
+                          "(needs a workload). Default: accuracy; cost for `ptsa roi`."),
         click.option("--sparse-only", is_flag=True, help="Leave the dense models out of the ranking."),
-        click.option("--runtime", default="torch-eager", show_default=True,
-                     help="Runtime whose measured latency counts (torch-eager, torch-sparse-csr, onnxruntime-cpu, ...)."),
+        click.option("--runtime", "runtimes", default="torch-eager", show_default=True,
+                     help="Runtimes whose measured latency counts, comma-separated (torch-eager, torch-sparse-csr, "
+                          "onnxruntime-cpu, ...); each candidate is judged on each."),
         click.option("--profile", default=None,
                      help="Hardware profile (environment key or a unique prefix; see `ptsa profiles`) whose "
                           "timings count. Default: the one with the most recent timing on --runtime."),
@@ -358,56 +375,96 @@ def budget_options(func: Callable[..., Any]) -> Callable[..., Any]:
     return func
 
 
-def _budget(max_latency_ms, latency_stat, batch_size, min_accuracy, max_drop, dataset, objective, sparse_only,
-            runtime, profile) -> Budget:
+def workload_options(func: Callable[..., Any]) -> Callable[..., Any]:
+    """Add the workload and price options of the ROI what-if."""
+    options = [
+        click.option("--peak-rps", type=float, default=None, help="Requests per second at peak (one image each)."),
+        click.option("--requests-per-day", type=float, default=None, help="Requests per day, for the cost per million."),
+        click.option("--price-per-hour", type=float, default=None, help="Price of one instance-hour."),
+        click.option("--price-per-device", type=float, default=None, help="Price of one device, paid once (edge)."),
+        click.option("--instances-today", type=int, default=None,
+                     help="Instances (or devices) running the dense model today, for the saving against today."),
+        click.option("--utilisation", type=float, default=60.0, show_default=True,
+                     help="Share of one instance's capacity to plan for at peak, in percent."),
+        click.option("--currency", default="USD", show_default=True, help="Currency label of the prices."),
+        click.option("--baseline-model", default=None,
+                     help="Model key of the dense model deployed today. Default: each candidate's own dense model."),
+    ]
+    for option in reversed(options):
+        func = option(func)
+    return func
+
+
+BUDGET_KEYS = ("max_latency_ms", "latency_stat", "batch_size", "min_throughput", "min_accuracy", "max_drop",
+               "max_relative_drop", "max_weight_mb", "patterns", "margin_pct", "accuracy_margin", "dataset",
+               "objective", "sparse_only", "runtimes", "profile")
+WORKLOAD_KEYS = ("peak_rps", "requests_per_day", "price_per_hour", "price_per_device", "instances_today",
+                 "utilisation", "currency", "baseline_model")
+
+
+def _budget(options: dict[str, Any], default_objective: str = "accuracy") -> Budget:
+    from bench_engine.runtime_names import PUBLISHED_RUNTIMES, RUNTIME_NAMES
+
+    runtimes = tuple(dict.fromkeys(r.strip() for r in options["runtimes"].split(",") if r.strip()))
+    for runtime in runtimes:
+        if runtime not in RUNTIME_NAMES + PUBLISHED_RUNTIMES:
+            _fail(f"unknown runtime {runtime!r}; choose from {', '.join(RUNTIME_NAMES + PUBLISHED_RUNTIMES)}.")
     return Budget(
-        runtime=runtime,
-        profile=profile,
-        max_latency_ms=max_latency_ms,
-        latency_stat=latency_stat,
-        batch_size=batch_size,
-        min_accuracy=min_accuracy,
-        max_drop=max_drop,
-        dataset=dataset,
-        objective=objective,
-        include_dense=not sparse_only,
+        runtimes=runtimes,
+        profile=options["profile"],
+        max_latency_ms=options["max_latency_ms"],
+        latency_stat=options["latency_stat"],
+        batch_size=options["batch_size"],
+        min_throughput=options["min_throughput"],
+        min_accuracy=options["min_accuracy"],
+        max_drop=options["max_drop"],
+        max_relative_drop=options["max_relative_drop"],
+        max_weight_mb=options["max_weight_mb"],
+        patterns=tuple(options["patterns"]) or None,
+        margin_pct=options["margin_pct"],
+        accuracy_margin=options["accuracy_margin"],
+        dataset=options["dataset"],
+        objective=options["objective"] or default_objective,
+        include_dense=not options["sparse_only"],
     )
 
 
-@main.command(name="recommend")
-@budget_options
-@click.option("--limit", type=click.IntRange(min=1), default=10, show_default=True, help="Rows to show.")
-@click.option("--json", "as_json", is_flag=True, help="Print machine-readable JSON on stdout.")
-@click.pass_obj
-@handle_errors
-def recommend_command(obj: dict[str, Any], max_latency_ms, latency_stat, batch_size, min_accuracy, max_drop,
-                      dataset, objective, sparse_only, runtime, profile, limit: int, as_json: bool) -> None:
-    """Rank stored candidates (model × method × sparsity) that meet a budget.
+def _workload(options: dict[str, Any], required: bool) -> Workload | None:
+    """Return the workload from the options; None when none is given and none is required."""
+    given = [k for k in ("peak_rps", "requests_per_day", "price_per_hour", "price_per_device", "instances_today",
+                         "baseline_model") if options[k] is not None]
+    if not given and not required:
+        return None
+    if options["peak_rps"] is None:
+        _fail("the ROI what-if needs the peak rate: add --peak-rps (requests per second at peak), for example "
+              "--peak-rps 50.")
+    return Workload(
+        peak_rps=options["peak_rps"], price_per_hour=options["price_per_hour"],
+        price_per_device=options["price_per_device"], requests_per_day=options["requests_per_day"],
+        instances_today=options["instances_today"], utilisation=options["utilisation"] / 100.0,
+        currency=options["currency"], baseline_model=options["baseline_model"],
+    )
 
-    Latency is the measured latency on one hardware profile, runtime and batch size; see
-    `ptsa profiles`. It is never estimated from FLOPs or parameter counts.
-    """
-    from bench_engine.runtime_names import PUBLISHED_RUNTIMES, RUNTIME_NAMES
 
-    if runtime not in RUNTIME_NAMES + PUBLISHED_RUNTIMES:
-        _fail(f"unknown runtime {runtime!r}; choose from {', '.join(RUNTIME_NAMES + PUBLISHED_RUNTIMES)}.")
-    budget = _budget(max_latency_ms, latency_stat, batch_size, min_accuracy, max_drop, dataset, objective, sparse_only,
-                     runtime, profile)
-    if Path(obj["db"]).is_file():
-        ensure_published(obj["db"])  # a database made before the published evidence shipped
-    with Store.open(obj["db"], read_only=True) as store:
+def _recommendation(db_path: Path, budget: Budget, workload: Workload | None) -> Recommendation:
+    """Read the evidence and rank it; exits 2 with the fix when the database cannot answer."""
+    from bench_engine.runtime_names import PUBLISHED_RUNTIMES
+
+    if Path(db_path).is_file():
+        ensure_published(db_path)  # a database made before the published evidence shipped
+    with Store.open(db_path, read_only=True) as store:
         rows = load_candidates(store, budget.dataset)
         timings, profiles = load_timings(store), load_profiles(store)
         datasets = [r["dataset"] for r in store.query("SELECT DISTINCT dataset FROM results ORDER BY dataset")]
     if not rows and budget.dataset and datasets:
-        _fail(f"database {obj['db']} has no results for dataset {budget.dataset!r}; it has results for "
+        _fail(f"database {db_path} has no results for dataset {budget.dataset!r}; it has results for "
               f"{', '.join(datasets)}. Pass one of them to --dataset, or bench that dataset first.")
     if not rows:
-        _fail(f"database {obj['db']} has no results; run `ptsa demo` or `ptsa bench` first.")
+        _fail(f"database {db_path} has no results; run `ptsa demo` or `ptsa bench` first.")
     if budget.dataset is None and len(datasets) > 1:
         log.warning("results span datasets %s with different data and metrics; pass --dataset to "
                     "compare like with like", ", ".join(datasets))
-    result = recommend(rows, budget, timings=timings, profiles=profiles)
+    result = recommend(rows, budget, timings=timings, profiles=profiles, workload=workload)
     if result.profile is None:
         # Runtimes the product measured come before the published ones.
         runtimes = sorted({(t.runtime, t.batch_size) for t in timings}, key=lambda k: (k[0] in PUBLISHED_RUNTIMES, k))
@@ -416,23 +473,109 @@ def recommend_command(obj: dict[str, Any], max_latency_ms, latency_stat, batch_s
             measured += f" and {len(runtimes) - 8} more (see `ptsa profiles`)"
         has = (f"the database has timings for {measured}. Pass one of those with --runtime and --batch-size, or "
                if measured else "the database has no timings yet; ")
-        message = (f"no latency measured on runtime {budget.runtime!r} at batch {budget.batch_size}; {has}time it "
+        where = ",".join(budget.runtimes)
+        message = (f"no latency measured on runtime {where!r} at batch {budget.batch_size}; {has}time it "
                    f"with `ptsa latency MODEL --runtime {budget.runtime} --batch {budget.batch_size}`.")
-        if budget.max_latency_ms is not None or budget.objective == "latency":
+        if budget.max_latency_ms is not None or budget.min_throughput is not None or \
+                budget.objective in ("latency", "cost") or workload is not None:
             _fail(message)
         log.warning("%s", message)
+    return result
+
+
+@main.command(name="recommend")
+@budget_options
+@workload_options
+@click.option("--pareto", is_flag=True, help="Show only the Pareto front over accuracy, latency and weight memory.")
+@click.option("--limit", type=click.IntRange(min=1), default=10, show_default=True, help="Rows to show.")
+@click.option("--json", "as_json", is_flag=True, help="Print machine-readable JSON on stdout (docs/json-output.md).")
+@click.pass_obj
+@handle_errors
+def recommend_command(obj: dict[str, Any], pareto: bool, limit: int, as_json: bool, **options: Any) -> None:
+    """Rank stored candidates (model × method × sparsity × runtime) that meet a budget.
+
+    Latency is the measured latency on one hardware profile and batch size; see `ptsa profiles`.
+    It is never estimated from FLOPs or parameter counts. With a workload (--peak-rps and a
+    price) each candidate also gets its instances and cost, as in `ptsa roi`.
+    """
+    result = _recommendation(obj["db"], _budget(options), _workload(options, required=False))
+    if pareto:
+        result.ranked = result.pareto_front()
     if as_json:
-        click.echo(json.dumps(result.to_dict(limit), indent=2, default=_json_default))
+        _print_json(result.to_dict(limit))
     else:
         click.echo(formatting.recommendation_text(result, limit))
     if not result.found:
         sys.exit(EXIT_NO_CANDIDATE)
 
 
+@main.command(name="roi")
+@budget_options
+@workload_options
+@click.option("--limit", type=click.IntRange(min=1), default=10, show_default=True, help="Rows to show.")
+@click.option("--json", "as_json", is_flag=True, help="Print machine-readable JSON on stdout (docs/json-output.md).")
+@click.pass_obj
+@handle_errors
+def roi_command(obj: dict[str, Any], limit: int, as_json: bool, **options: Any) -> None:
+    """What each candidate costs under a workload, against the dense model it replaces.
+
+    Instances = ceil(peak / (capacity × utilisation)), capacity = batch × 1000 / p50 ms. A
+    sparse candidate counts as faster only where interleaved timing measured it; otherwise its
+    saving is weight memory and storage, not compute.
+    """
+    result = _recommendation(obj["db"], _budget(options, default_objective="cost"), _workload(options, required=True))
+    if as_json:
+        _print_json(result.to_dict(limit))
+    else:
+        click.echo(formatting.roi_text(result, limit))
+    if not result.found:
+        sys.exit(EXIT_NO_CANDIDATE)
+
+
+@main.command(name="report")
+@budget_options
+@workload_options
+@click.option("--out", "out_path", type=click.Path(dir_okay=False, path_type=Path), required=True,
+              help="Markdown file to write.")
+@click.option("--lang", type=click.Choice(["en", "ja"]), default=None,
+              help="Language of the report. Default: Japanese when LC_ALL, LC_MESSAGES or LANG starts with ja.")
+@click.option("--limit", type=click.IntRange(min=1), default=5, show_default=True, help="Candidates in the table.")
+@click.pass_obj
+@handle_errors
+def report_command(obj: dict[str, Any], out_path: Path, lang: str | None, limit: int, **options: Any) -> None:
+    """Write the recommendation, its evidence, its risks and the ROI as Markdown for a meeting."""
+    from advisor import report
+    from advisor.i18n import pick_language
+
+    budget = _budget(options, default_objective="cost" if options["peak_rps"] is not None else "accuracy")
+    result = _recommendation(obj["db"], budget, _workload(options, required=False))
+    text = report.markdown(result, pick_language(lang), limit=limit, command=_command_line(), database=str(obj["db"]))
+    try:
+        report.write_atomic(out_path, text)
+    except OSError as exc:
+        _fail(f"cannot write {out_path}: {exc.strerror or exc}; pick another --out path.")
+    click.echo(f"wrote {out_path}", err=True)
+    if not result.found:
+        sys.exit(EXIT_NO_CANDIDATE)
+
+
 def _json_default(value: Any) -> Any:
-    if isinstance(value, float) and math.isinf(value):
+    return str(value)  # dates and other values JSON has no type for
+
+
+def _finite(value: Any) -> Any:
+    """Replace infinite and NaN floats by null: JSON has no such numbers (a missing value is inf inside)."""
+    if isinstance(value, float) and not math.isfinite(value):
         return None
-    return str(value)
+    if isinstance(value, dict):
+        return {k: _finite(v) for k, v in value.items()}
+    if isinstance(value, (list, tuple)):
+        return [_finite(v) for v in value]
+    return value
+
+
+def _print_json(payload: Any) -> None:
+    click.echo(json.dumps(_finite(payload), indent=2, default=_json_default, allow_nan=False))
 
 
 # -- demo --------------------------------------------------------------------------------------
@@ -515,8 +658,7 @@ def features(obj: dict[str, Any], architectures: tuple[str, ...], all_models: bo
     for name, reason in failures.items():
         click.echo(f"skipped {reason}", err=True)
     if as_json:
-        click.echo(json.dumps([dict(row, features=json.loads(row.pop("features_json"))) for row in rows],
-                              indent=2, default=str))
+        _print_json([dict(row, features=json.loads(row.pop("features_json"))) for row in rows])
     elif len(rows) <= 20:
         click.echo(formatting.features_table(rows))
     click.echo(f"stored features of {len(rows)} architectures in {obj['db']}; {len(failures)} could not be "
@@ -574,7 +716,7 @@ def fit(obj: dict[str, Any], as_json: bool) -> None:
     if as_json:
         payload = {k: v for k, v in row.items() if k not in ("metrics_json", "feature_names_json")}
         payload.update(metrics=metrics, feature_names=json.loads(row["feature_names_json"]))
-        click.echo(json.dumps(payload, indent=2, default=str))
+        _print_json(payload)
         return
     click.echo(formatting.fit_text(row, metrics))
 
@@ -613,7 +755,7 @@ def predict(obj: dict[str, Any], model: str, recipe: str, sparsities: tuple[floa
                                    num_classes=num_classes, input_size=input_size, dense_top1=dense_top1,
                                    store_rows=not no_store)
     if as_json:
-        click.echo(json.dumps(predictions, indent=2, default=str))
+        _print_json(predictions)
         return
     click.echo(formatting.prediction_text(predictions))
 
@@ -654,7 +796,7 @@ def profiles(obj: dict[str, Any], as_json: bool) -> None:
             "timings": counts.get(env["env_key"], {}),
         })
     if as_json:
-        click.echo(json.dumps(entries, indent=2))
+        _print_json(entries)
         return
     if not entries:
         click.echo(f"database {obj['db']} has no profiles yet; `ptsa bench` or `ptsa latency` records one.")

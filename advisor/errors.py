@@ -7,3 +7,7 @@ and the TUI start without it.
 
 class RegressorError(ValueError):
     """The regressor cannot be fitted or loaded; the message names the fix."""
+
+
+class ReportError(ValueError):
+    """The report cannot be written where it was asked for."""

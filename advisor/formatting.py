@@ -9,8 +9,19 @@ from advisor.recommend import Candidate, Recommendation
 
 CONSTRAINT_LABELS = {
     "max_latency_ms": "max latency",
+    "min_throughput": "min throughput",
     "min_accuracy": "min accuracy",
     "max_drop": "max drop",
+    "max_relative_drop": "max relative drop",
+    "max_weight_mb": "max weight memory",
+}
+CONSTRAINT_UNITS = {
+    "max_latency_ms": "ms",
+    "min_throughput": "/s",
+    "min_accuracy": "points",
+    "max_drop": "points",
+    "max_relative_drop": "% of dense",
+    "max_weight_mb": "MB",
 }
 
 METRIC_LABELS = {"top1": "top-1", "top1_agreement": "agreement"}
@@ -47,12 +58,13 @@ def method_label(row: dict) -> str:
     return f"{row['criterion']}{suffix}{pattern}{allocation}"
 
 
-def candidate_cells(candidate: Candidate) -> list[str]:
+def candidate_cells(candidate: Candidate, with_runtime: bool = False) -> list[str]:
     row = candidate.row
     return [
         row["model_key"],
         method_label(row),
         sparsity_cell(row),
+        *([candidate.runtime or "-"] if with_runtime else []),
         f"{number(candidate.accuracy, 1)} {METRIC_LABELS[candidate.metric]}",
         number(candidate.drop, 1),
         number(candidate.latency_ms, 2),
@@ -91,6 +103,10 @@ def speedup_cell(candidate: Candidate) -> str:
 HEADERS = ["model", "method", "sparsity", "accuracy", "drop", "latency ms", "speedup p50", "evidence"]
 
 
+def headers(with_runtime: bool) -> list[str]:
+    return [*HEADERS[:3], "runtime", *HEADERS[3:]] if with_runtime else HEADERS
+
+
 def _table(rows: list[list[str]], headers: list[str]) -> str:
     widths = [max(len(h), *(len(r[i]) for r in rows)) if rows else len(h) for i, h in enumerate(headers)]
     lines = ["  ".join(h.ljust(w) for h, w in zip(headers, widths))]
@@ -106,14 +122,15 @@ def describe_violation(constraint: str, amount: float, candidate: Candidate) -> 
         if constraint == "max_latency_ms":
             return f"{label}: not measured on this profile, runtime and batch size"
         return f"{label}: not measured"
-    unit = " ms" if constraint == "max_latency_ms" else " points"
-    return f"{label} missed by {amount:.2f}{unit}"
+    if constraint == "max_weight_mb" and math.isinf(amount):
+        return f"{label}: not counted"
+    return f"{label} missed by {amount:.2f} {CONSTRAINT_UNITS.get(constraint, '')}".rstrip()
 
 
 def profile_text(result: Recommendation) -> str:
     """Return one line naming the latency evidence: statistic, runtime, batch size and profile."""
     budget = result.budget
-    where = f"latency {budget.latency_stat} on {budget.runtime} at batch {budget.batch_size}"
+    where = f"latency {budget.latency_stat} on {', '.join(budget.runtimes)} at batch {budget.batch_size}"
     profile = result.profile
     if profile is None:
         return f"{where}: not measured"
@@ -159,26 +176,41 @@ def citation_notes(candidates: list[Candidate]) -> list[str]:
     return notes
 
 
+def binding_text(candidate: Candidate) -> str | None:
+    """Say which constraint binds a candidate and by how much headroom."""
+    binding = candidate.binding()
+    if binding is None:
+        return None
+    return (f"the tightest constraint is {CONSTRAINT_LABELS[binding]}, with {candidate.margins[binding]:.2f} "
+            f"{CONSTRAINT_UNITS[binding]} of headroom")
+
+
+def risk_lines(candidate: Candidate) -> list[str]:
+    return [f"  risk: {risk['detail']}" for risk in candidate.risks]
+
+
 def recommendation_text(result: Recommendation, limit: int = 10) -> str:
     budget = result.budget
+    with_runtime = len(budget.runtimes) > 1
     parts = []
     if result.found:
-        rows = [[str(i + 1), *candidate_cells(c)] for i, c in enumerate(result.ranked[:limit])]
+        shown = result.ranked[:limit]
+        rows = [[str(i + 1), *candidate_cells(c, with_runtime), "P" if c.pareto else ""] for i, c in enumerate(shown)]
         parts.append(
             f"{len(result.ranked)} of {result.total} candidates meet the budget "
             f"(objective: {budget.objective}; {profile_text(result)}):"
         )
-        parts.append(_table(rows, ["#", *HEADERS]))
+        parts.append(_table(rows, ["#", *headers(with_runtime), "front"]))
         best = result.ranked[0]
-        binding = best.binding()
-        if binding:
-            unit = "ms" if binding == "max_latency_ms" else "points"
-            parts.append(
-                f"Top candidate: the tightest constraint is {CONSTRAINT_LABELS[binding]}, with "
-                f"{best.margins[binding]:.2f} {unit} of headroom."
-            )
-        parts.extend(source_notes(result.ranked[:limit]))
-        parts.extend(citation_notes(result.ranked[:limit]))
+        why = binding_text(best)
+        if why:
+            parts.append(f"Top candidate: {why}.")
+        parts.extend(risk_lines(best))
+        if any(c.pareto for c in shown):
+            parts.append("P: on the Pareto front of accuracy, latency and weight memory (no other candidate is "
+                         "better on all three).")
+        parts.extend(source_notes(shown))
+        parts.extend(citation_notes(shown))
     else:
         binding = result.binding_constraint()
         parts.append(
@@ -189,8 +221,80 @@ def recommendation_text(result: Recommendation, limit: int = 10) -> str:
         rows = []
         for c in result.nearest:
             misses = "; ".join(describe_violation(k, v, c) for k, v in c.violations.items())
-            rows.append([*candidate_cells(c), misses])
-        parts.append(_table(rows, [*HEADERS, "why it fails"]))
+            rows.append([*candidate_cells(c, with_runtime), misses])
+        parts.append(_table(rows, [*headers(with_runtime), "why it fails"]))
+    step = result.next_step(limit)
+    if step is not None:
+        parts.append(f"Next measurement to reduce doubt: {step[1]}")
+    return "\n".join(parts)
+
+
+def money(value: float | None, currency: str) -> str:
+    if value is None:
+        return "-"
+    return f"{value:,.0f} {currency}"
+
+
+ROI_HEADERS = ["#", "model", "method", "sparsity", "runtime", "accuracy", "given up", "p50 ms", "speedup",
+               "instances", "cost", "saving", "weight MB", "storage MB"]
+
+
+def workload_text(result: Recommendation) -> str:
+    w = result.workload
+    period = "once" if w.per_device else "a month"
+    unit = "device" if w.per_device else "instance-hour"
+    parts = [f"peak {w.peak_rps:g} requests/s at {w.utilisation * 100:g} % utilisation",
+             f"{w.price:g} {w.currency} per {unit}"]
+    if w.requests_per_day is not None:
+        parts.append(f"{w.requests_per_day:,.0f} requests a day")
+    if w.instances_today is not None:
+        parts.append(f"{w.instances_today} running today")
+    return f"Workload: {', '.join(parts)}; costs are {period}."
+
+
+def roi_text(result: Recommendation, limit: int = 10) -> str:
+    """Return the ROI table: instances, cost and memory of each candidate against its dense baseline."""
+    parts = [workload_text(result)]
+    shown = result.ranked[:limit] if result.found else result.nearest
+    if not result.found:
+        binding = result.binding_constraint()
+        parts.append(f"No candidate meets the budget: {CONSTRAINT_LABELS.get(binding, binding)} rules out "
+                     f"{result.failing_counts.get(binding, 0)} of {result.total} candidates. Nearest:")
+    else:
+        parts.append(f"{len(result.ranked)} of {result.total} candidates meet the budget (objective: "
+                     f"{result.budget.objective}; {profile_text(result)}):")
+    currency = result.workload.currency
+    rows, notes = [], {}
+    for i, c in enumerate(shown):
+        cost = c.costing
+        instances = "-" if cost.instances is None else (
+            f"{cost.baseline_instances}→{cost.instances}" if cost.baseline_instances is not None else str(cost.instances))
+        rows.append([
+            str(i + 1), c.row["model_key"], method_label(c.row), sparsity_cell(c.row), c.runtime or "-",
+            f"{number(c.accuracy, 1)} {METRIC_LABELS[c.metric]}", number(cost.accuracy_given_up, 1),
+            number(c.timing.p50_ms if c.timing else None, 2), speedup_cell(c), instances,
+            money(cost.cost, currency), money(cost.saving, currency),
+            number(cost.weight_mb, 1), number(cost.storage_mb, 1),
+        ])
+        for note in cost.notes:
+            notes.setdefault(note["code"], note["detail"])
+    parts.append(_table(rows, ROI_HEADERS))
+    baseline = result.workload.baseline_model
+    parts.append("instances: dense baseline → candidate; saving = baseline cost − candidate cost; given up = points "
+                 "below " + (f"{baseline} (dense)." if baseline else "the candidate's own dense model."))
+    if result.workload.instances_today is not None and shown and shown[0].costing.saving_vs_today is not None:
+        saving = shown[0].costing.saving_vs_today
+        verb = "saves" if saving >= 0 else "costs more by"
+        parts.append(f"Against the {result.workload.instances_today} instances running today, the top row {verb} "
+                     f"{money(abs(saving), currency)}.")
+    if shown and all(c.costing.instances is None for c in shown):
+        parts.append("None of these candidates has a timing on this profile, runtime and batch size, so none can be "
+                     "sized; time them first (see the next measurement below).")
+    parts.extend(f"note: {detail}" for detail in notes.values())
+    parts.extend(source_notes(shown))
+    step = result.next_step(limit)
+    if step is not None:
+        parts.append(f"Next measurement to reduce doubt: {step[1]}")
     return "\n".join(parts)
 
 

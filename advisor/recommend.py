@@ -23,17 +23,36 @@ from __future__ import annotations
 
 import json
 import math
+import shlex
 from dataclasses import asdict, dataclass, field, replace
 from typing import Any
 
+from bench_engine.runtime_names import MEASURABLE_CHANGE, PUBLISHED_RUNTIMES
 from db import Store
 
-OBJECTIVES = ("accuracy", "latency", "sparsity")
+OBJECTIVES = ("accuracy", "latency", "sparsity", "cost")
 LATENCY_STATS = ("p50", "p90")
+# Every limit a budget can set, in the order they are checked and shown.
+CONSTRAINTS = ("max_latency_ms", "min_throughput", "min_accuracy", "max_drop", "max_relative_drop", "max_weight_mb")
 
 
 class BudgetError(ValueError):
     """A budget value is invalid (negative latency, accuracy above 100 %, ...)."""
+
+
+def _positive(value: float | None) -> bool:
+    return value is None or (value > 0 and math.isfinite(value))
+
+
+def parse_pattern_name(text: str) -> str:
+    """Return 'unstructured' or a normalised 'N:M'; raises BudgetError for anything else."""
+    text = text.strip()
+    if text == "unstructured":
+        return text
+    n, _, m = text.partition(":")
+    if n.isdigit() and m.isdigit() and 0 < int(n) < int(m):
+        return f"{int(n)}:{int(m)}"
+    raise BudgetError(f"pattern {text!r} is invalid; use unstructured or N:M with N < M, for example 2:4.")
 
 
 @dataclass(frozen=True)
@@ -41,24 +60,33 @@ class Budget:
     """Limits a candidate must meet, and what to optimise among those that do.
 
     Accuracy limits apply to each row's primary metric: top-1 (percent) on labelled data, or
-    top-1 agreement with the dense model (percent) on unlabelled data.
+    top-1 agreement with the dense model (percent) on unlabelled data. `margin_pct` is the
+    headroom required on the latency, throughput and memory limits, in percent of each limit;
+    `accuracy_margin` the headroom in points on the accuracy limits.
     """
 
     max_latency_ms: float | None = None
     latency_stat: str = "p90"
     batch_size: int = 1
+    min_throughput: float | None = None  # inferences per second at batch_size, from the p50 latency
     min_accuracy: float | None = None
-    max_drop: float | None = None
+    max_drop: float | None = None  # points below the dense model
+    max_relative_drop: float | None = None  # percent of the dense model's accuracy
+    max_weight_mb: float | None = None  # weight memory in the runtime's format, MB (10^6 bytes)
+    patterns: tuple[str, ...] | None = None  # allowed sparsity patterns; None allows all
+    margin_pct: float = 0.0
+    accuracy_margin: float = 0.0
     dataset: str | None = None
     objective: str = "accuracy"
     include_dense: bool = True
-    # Latency evidence: the runtime, and the hardware profile (environment key, or a unique
-    # prefix of one). None picks the profile with the most recent timing on this runtime.
-    runtime: str = "torch-eager"
+    # Latency evidence: the runtimes (each candidate is judged on each one that has a timing) and
+    # the hardware profile (environment key, or a unique prefix of one). None picks the profile
+    # with the most recent timing on one of the runtimes.
+    runtimes: tuple[str, ...] = ("torch-eager",)
     profile: str | None = None
 
     def __post_init__(self) -> None:
-        if self.max_latency_ms is not None and not (self.max_latency_ms > 0 and math.isfinite(self.max_latency_ms)):
+        if not _positive(self.max_latency_ms):
             raise BudgetError(
                 f"max latency {self.max_latency_ms!r} ms is invalid; give a positive number of "
                 "milliseconds, for example --max-latency-ms 20."
@@ -67,6 +95,9 @@ class Budget:
             raise BudgetError(f"latency statistic {self.latency_stat!r} is invalid; use p50 or p90.")
         if self.batch_size < 1:
             raise BudgetError(f"batch size {self.batch_size} is invalid; it must be at least 1.")
+        if not _positive(self.min_throughput):
+            raise BudgetError(f"minimum throughput {self.min_throughput!r} is invalid; give a positive number of "
+                              "inferences per second, for example --min-throughput 200.")
         if self.min_accuracy is not None and not 0 <= self.min_accuracy <= 100:
             raise BudgetError(
                 f"minimum accuracy {self.min_accuracy!r} is out of range; it is a percentage "
@@ -77,16 +108,48 @@ class Budget:
                 f"maximum drop {self.max_drop!r} is out of range; it is in percentage points "
                 "between 0 and 100, for example --max-drop 2."
             )
+        if self.max_relative_drop is not None and not 0 <= self.max_relative_drop <= 100:
+            raise BudgetError(
+                f"maximum relative drop {self.max_relative_drop!r} is out of range; it is a percentage of the "
+                "dense accuracy between 0 and 100, for example --max-relative-drop 1."
+            )
+        if not _positive(self.max_weight_mb):
+            raise BudgetError(f"maximum weight memory {self.max_weight_mb!r} MB is invalid; give a positive number "
+                              "of megabytes, for example --max-weight-mb 20.")
+        if not (0 <= self.margin_pct < 100 and math.isfinite(self.margin_pct)):
+            raise BudgetError(f"margin {self.margin_pct!r} % is out of range; give a percentage from 0 to below 100, "
+                              "for example --margin 10.")
+        if not 0 <= self.accuracy_margin <= 100:
+            raise BudgetError(f"accuracy margin {self.accuracy_margin!r} is out of range; give points from 0 to 100, "
+                              "for example --accuracy-margin 0.5.")
         if self.objective not in OBJECTIVES:
             raise BudgetError(f"objective {self.objective!r} is invalid; use one of {', '.join(OBJECTIVES)}.")
+        if not self.runtimes:
+            raise BudgetError("no runtime given; name at least one, for example --runtime torch-eager.")
+        if self.patterns is not None:
+            if not self.patterns:
+                raise BudgetError("no pattern allowed; name at least one, for example --pattern unstructured.")
+            object.__setattr__(self, "patterns", tuple(parse_pattern_name(p) for p in self.patterns))
+
+    @property
+    def runtime(self) -> str:
+        """The first runtime, which picks the default profile."""
+        return self.runtimes[0]
+
+    def limit(self, constraint: str) -> float | None:
+        """Return the stated limit of a constraint (without the margin), or None when unset."""
+        return getattr(self, constraint)
 
     def to_dict(self) -> dict[str, Any]:
-        return asdict(self)
+        data = asdict(self)
+        data["runtimes"] = list(self.runtimes)
+        data["patterns"] = None if self.patterns is None else list(self.patterns)
+        return data
 
 
 @dataclass
 class Candidate:
-    """One stored result judged against a budget."""
+    """One stored result on one runtime, judged against a budget."""
 
     row: dict[str, Any]
     metric: str  # 'top1' or 'top1_agreement'
@@ -94,8 +157,18 @@ class Candidate:
     dense_accuracy: float | None
     latency_ms: float | None
     violations: dict[str, float] = field(default_factory=dict)  # constraint -> shortfall
-    margins: dict[str, float] = field(default_factory=dict)  # constraint -> headroom
+    margins: dict[str, float] = field(default_factory=dict)  # constraint -> headroom to the stated limit
+    slack: dict[str, float] = field(default_factory=dict)  # constraint -> headroom as a share of its range
     timing: Timing | None = None  # the timing behind latency_ms
+    runtime: str | None = None  # None when no runtime of the budget has a timing for it
+    batch_size: int = 1
+    weight_bytes: int | None = None  # weights in the runtime's format
+    weight_format: str | None = None
+    storage_bytes: int | None = None  # weights in the smallest format, to store or ship
+    # {'code': ..., 'detail': English text, and the values the text names, for other languages}
+    risks: list[dict[str, Any]] = field(default_factory=list)
+    pareto: bool = False
+    costing: Any = None  # advisor.roi.Costing when the workload is known
 
     @property
     def drop(self) -> float | None:
@@ -104,14 +177,35 @@ class Candidate:
         return self.dense_accuracy - self.accuracy
 
     @property
+    def relative_drop(self) -> float | None:
+        """Drop as a percentage of the dense accuracy."""
+        if self.drop is None or not self.dense_accuracy:
+            return None
+        return 100.0 * self.drop / self.dense_accuracy
+
+    @property
+    def throughput(self) -> float | None:
+        """Inferences per second at the budget's batch size, from the p50 latency."""
+        if self.timing is None or not self.timing.p50_ms:
+            return None
+        return self.batch_size * 1000.0 / self.timing.p50_ms
+
+    @property
+    def is_dense(self) -> bool:
+        return self.row["criterion"] == "dense"
+
+    @property
     def feasible(self) -> bool:
         return not self.violations
 
     def binding(self) -> str | None:
-        """Return the constraint with the least headroom (the one that binds), if any."""
-        if not self.margins:
+        """Return the constraint with the least headroom relative to its range (the one that binds)."""
+        if not self.slack:
             return None
-        return min(self.margins, key=self.margins.get)
+        return min(self.slack, key=self.slack.get)
+
+    def has_risk(self, code: str) -> bool:
+        return any(r["code"] == code for r in self.risks)
 
     def to_dict(self, rank: int | None = None) -> dict[str, Any]:
         from advisor.formatting import method_label  # formatting imports this module
@@ -125,24 +219,34 @@ class Candidate:
             "dataset": row["dataset"],
             "method": method_label(row),
             # The canonical recipe with every parameter; 'dense' for the dense model.
-            "recipe": "dense" if row["criterion"] == "dense" else recipe.get("recipe"),
+            "recipe": "dense" if self.is_dense else recipe.get("recipe"),
             "criterion": row["criterion"],
             "allocation": row["allocation"],
             "pattern": row["pattern"],
             "requested_sparsity": row["requested_sparsity"],
             "achieved_sparsity": row["achieved_sparsity"],
+            "runtime": self.runtime,
             "metric": self.metric,
             "accuracy": self.accuracy,
             "dense_accuracy": self.dense_accuracy,
             "drop": self.drop,
+            "relative_drop": self.relative_drop,
             "top5": row.get("top5"),
             "kl_divergence": row.get("kl_divergence"),
             "latency_ms": self.latency_ms,
+            "throughput_per_s": self.throughput,
             # Where latency_ms comes from: runtime, batch size, profile, threads, source.
             "latency": None if self.timing is None else self.timing.to_dict(),
+            "weight_mb": None if self.weight_bytes is None else self.weight_bytes / 1e6,
+            "weight_format": self.weight_format,
+            "storage_mb": None if self.storage_bytes is None else self.storage_bytes / 1e6,
             "binding_constraint": self.binding(),
             "margins": self.margins,
             "violations": self.violations,
+            "risks": self.risks,
+            "pareto": self.pareto,
+            "next_measurement": next_measurement(self),
+            "cost": None if self.costing is None else self.costing.to_dict(),
             "evidence": {
                 "provenance": row["provenance"],
                 "source": row.get("source"),
@@ -170,6 +274,7 @@ class Recommendation:
     failing_counts: dict[str, int]  # constraint -> candidates it rules out
     total: int
     profile: Profile | None = None  # the hardware profile whose timings were used
+    workload: Any = None  # advisor.roi.Workload, when costs were computed
 
     @property
     def found(self) -> bool:
@@ -181,19 +286,87 @@ class Recommendation:
             return None
         return max(self.failing_counts, key=self.failing_counts.get)
 
+    def pareto_front(self) -> list[Candidate]:
+        """Return the ranked candidates that no other beats on accuracy, latency and weight memory at once."""
+        return [c for c in self.ranked if c.pareto]
+
+    def next_step(self, among: int = 10) -> tuple[Candidate, str] | None:
+        """Return the shown candidate whose next measurement would remove the most doubt, and the command."""
+        shown = self.ranked[:among] if self.found else self.nearest
+        best: tuple[int, int, Candidate, str] | None = None
+        for position, candidate in enumerate(shown):
+            command = next_measurement(candidate)
+            if command is None:
+                continue
+            weight = _uncertainty_weight(candidate)
+            if best is None or (weight, -position) > (best[0], -best[1]):
+                best = (weight, position, candidate, command)
+        return None if best is None else (best[2], best[3])
+
     def to_dict(self, limit: int | None = None) -> dict[str, Any]:
         ranked = self.ranked[:limit] if limit else self.ranked
+        step = self.next_step(limit or 10)
         return {
+            "schema_version": JSON_SCHEMA_VERSION,
             "status": "ok" if self.found else "no_candidate",
             "budget": self.budget.to_dict(),
+            "workload": None if self.workload is None else self.workload.to_dict(),
             "latency_profile": None if self.profile is None else asdict(self.profile),
             "candidates_considered": self.total,
             "candidates_meeting_budget": len(self.ranked),
             "candidates": [c.to_dict(rank=i + 1) for i, c in enumerate(ranked)],
+            "pareto_front": [c.row["result_id"] + "@" + str(c.runtime) for c in self.pareto_front()],
             "binding_constraint": None if self.found else self.binding_constraint(),
             "failing_counts": self.failing_counts,
             "nearest": [] if self.found else [c.to_dict() for c in self.nearest],
+            "next_measurement": None if step is None else {"result_id": step[0].row["result_id"], "command": step[1]},
         }
+
+
+# Raised when a field of the JSON output changes meaning or goes away (docs/json-output.md).
+JSON_SCHEMA_VERSION = 1
+
+
+def _uncertainty_weight(candidate: Candidate) -> int:
+    """Rank how much a candidate's evidence is in doubt: higher means measure it first."""
+    if candidate.has_risk("interval_crosses_limit"):
+        return 5
+    if candidate.row["provenance"] == "predicted":
+        return 4
+    if candidate.timing is None and candidate.runtime is not None:
+        return 3
+    if candidate.has_risk("latency_inferred"):
+        return 2
+    if candidate.row["provenance"] == "published":
+        return 1
+    return 0
+
+
+def _bench_target(row: dict[str, Any]) -> str:
+    return row["model_key"] if row["provenance"] == "measured" else (row.get("architecture") or row["model_key"])
+
+
+def next_measurement(candidate: Candidate) -> str | None:
+    """Return the `ptsa` command that would replace this candidate's weakest evidence, or None."""
+    row = candidate.row
+    model = _bench_target(row)
+    recipe = json.loads(row.get("recipe_json") or "{}").get("recipe")
+    if row["provenance"] in ("predicted", "published") and not candidate.is_dense:
+        what = f"--recipe {shlex.quote(recipe)}" if recipe else f"--criterion {row['criterion']}"
+        return (f"ptsa bench {model} --data {row['dataset']} {what} --sparsity {row['requested_sparsity']:g}"
+                + (f" --runtime {candidate.runtime}" if candidate.runtime else ""))
+    runtime = candidate.runtime
+    if runtime is None or runtime in PUBLISHED_RUNTIMES:
+        return None
+    timing = candidate.timing
+    if timing is not None and timing.source in ("result", "dense"):
+        return None
+    if candidate.is_dense or row.get("allocation") == "uniform" and row.get("criterion") == "magnitude":
+        sparsity = "" if candidate.is_dense else f" --sparsity {row['requested_sparsity']:g}"
+        return f"ptsa latency {model} --runtime {runtime} --batch {candidate.batch_size}{sparsity}"
+    what = f"--recipe {shlex.quote(recipe)}" if recipe else f"--criterion {row['criterion']}"
+    return (f"ptsa bench {model} --data {row['dataset']} {what} --sparsity {row['requested_sparsity']:g} "
+            f"--runtime {runtime} --batch {candidate.batch_size}")
 
 
 LATENCY_SOURCES = {
@@ -326,11 +499,11 @@ class LatencyEvidence:
                 self._by_config[(*where, t.pattern, _sparsity_key(t.requested_sparsity))] = t
             self._kernels.setdefault(where[:3], set()).add(t.sparse_kernel is not None)
 
-    def profiles(self, runtime: str, batch_size: int) -> list[str]:
-        """Return the profiles with timings on this runtime and batch size, most recent first."""
+    def profiles(self, runtimes: tuple[str, ...], batch_size: int) -> list[str]:
+        """Return the profiles with timings on these runtimes and batch size, most recent first."""
         seen: list[str] = []
         for t in reversed(self.timings):
-            if t.runtime == runtime and t.batch_size == batch_size and t.env_key not in seen:
+            if t.runtime in runtimes and t.batch_size == batch_size and t.env_key not in seen:
                 seen.append(t.env_key)
         return seen
 
@@ -360,7 +533,7 @@ class LatencyEvidence:
 def resolve_profile(evidence: LatencyEvidence, budget: Budget, known: dict[str, Profile]) -> str | None:
     """Return the environment key whose timings the budget uses; raises BudgetError for an unknown profile."""
     if budget.profile is None:
-        measured = evidence.profiles(budget.runtime, budget.batch_size)
+        measured = evidence.profiles(budget.runtimes, budget.batch_size)
         return measured[0] if measured else None
     matches = [key for key in known if key.startswith(budget.profile)]
     if len(matches) == 1:
@@ -418,52 +591,161 @@ def prefer_measured(rows: list[dict[str, Any]]) -> list[dict[str, Any]]:
     return [row for row in rows if id(row) in chosen]
 
 
-def evaluate(row: dict[str, Any], budget: Budget, timing: Timing | None = None) -> Candidate:
-    """Check one row, with the timing that applies to it, against the budget."""
+# The weight format each runtime holds pruned weights in. The 2:4 runtime stores the layers
+# that fit the pattern semi-structured and the rest dense, as `semi_structured_2_4` counts
+# them. The CSR runtime converts only Linear layers, so its bytes are counted dense: an upper
+# bound. The others run dense kernels on dense weights.
+RUNTIME_WEIGHT_FORMAT = {"torch-2:4-cuda": "semi_structured_2_4"}
+# Below this share of a limit's range, a margin is reported as thin.
+THIN_SLACK = 0.05
+# Above this half-width of the 95 % interval of a top-1 on the evaluation set, in points, the
+# evaluation set is reported as small.
+WIDE_EVAL_INTERVAL = 1.0
+
+
+def weight_bytes(row: dict[str, Any], runtime: str | None, dense_bytes: dict[str, int]) -> tuple[int | None, str, int | None]:
+    """Return the weight bytes in the runtime's format, that format, and the smallest format's bytes."""
+    storage_format = RUNTIME_WEIGHT_FORMAT.get(runtime or "", "dense")
+    counted = json.loads(row["weight_bytes_json"]) if row.get("weight_bytes_json") else None
+    if counted:
+        return counted.get(storage_format), storage_format, min(counted.values())
+    # Dense bytes do not depend on the mask, so the dense model's count serves every result.
+    dense = dense_bytes.get(row["model_key"])
+    return (dense if storage_format == "dense" else None), storage_format, (dense if row["criterion"] == "dense" else None)
+
+
+def dense_weight_bytes(rows: list[dict[str, Any]]) -> dict[str, int]:
+    """Return each model's dense weight bytes from any of its rows that counted them."""
+    found: dict[str, int] = {}
+    for row in rows:
+        if row["model_key"] not in found and row.get("weight_bytes_json"):
+            dense = json.loads(row["weight_bytes_json"]).get("dense")
+            if dense:
+                found[row["model_key"]] = dense
+    return found
+
+
+def _check(candidate: Candidate, constraint: str, value: float | None, limit: float | None, required: float,
+           span: float, lower_is_better: bool) -> None:
+    """Record the margin or the shortfall of one constraint; `required` is the limit with the margin applied."""
+    if limit is None:
+        return
+    if value is None:
+        candidate.violations[constraint] = math.inf
+        return
+    shortfall = value - required if lower_is_better else required - value
+    if shortfall > 1e-12:
+        candidate.violations[constraint] = shortfall
+        return
+    headroom = limit - value if lower_is_better else value - limit
+    candidate.margins[constraint] = headroom
+    candidate.slack[constraint] = headroom / span if span > 0 else math.inf
+
+
+def _accuracy_checks(candidate: Candidate, budget: Budget, accuracy: float | None) -> dict[str, tuple]:
+    """Return the accuracy constraints as (value, limit, required, span, lower_is_better) for one accuracy."""
+    dense = candidate.dense_accuracy
+    drop = None if accuracy is None or dense is None else dense - accuracy
+    margin = budget.accuracy_margin
+    checks = {}
+    if budget.min_accuracy is not None:
+        checks["min_accuracy"] = (accuracy, budget.min_accuracy, budget.min_accuracy + margin,
+                                  max(100.0 - budget.min_accuracy, 1.0), False)
+    if budget.max_drop is not None:
+        checks["max_drop"] = (drop, budget.max_drop, budget.max_drop - margin, max(budget.max_drop, 1.0), True)
+    if budget.max_relative_drop is not None:
+        relative = None if drop is None or not dense else 100.0 * drop / dense
+        # The margin is in points of accuracy, so it is converted to a share of the dense accuracy.
+        required = budget.max_relative_drop - (100.0 * margin / dense if dense else 0.0)
+        checks["max_relative_drop"] = (relative, budget.max_relative_drop, required,
+                                       max(budget.max_relative_drop, 1.0), True)
+    return checks
+
+
+def evaluate(row: dict[str, Any], budget: Budget, timing: Timing | None = None, runtime: str | None = None,
+             dense_bytes: dict[str, int] | None = None) -> Candidate:
+    """Check one row on one runtime, with the timing that applies to it, against the budget."""
     labelled = bool(row.get("labelled"))
     metric = "top1" if labelled else "top1_agreement"
     accuracy = row.get(metric)
     dense_accuracy = row.get("dense_top1") if labelled else 100.0
     latency = None if timing is None else timing.stat(budget.latency_stat)
-    candidate = Candidate(row, metric, accuracy, dense_accuracy, latency, timing=timing)
-    # A prediction meets an accuracy limit only if the low end of its 80 % interval does.
-    checked = accuracy
-    if row.get("provenance") == "predicted" and row.get("prediction_json"):
-        checked = json.loads(row["prediction_json"]).get("top1_low")
-    checked_drop = None if checked is None or dense_accuracy is None else dense_accuracy - checked
-
+    runtime = runtime if runtime is not None else (timing.runtime if timing is not None else budget.runtime)
+    weights, weight_format, storage = weight_bytes(row, runtime, dense_bytes or {})
+    candidate = Candidate(row, metric, accuracy, dense_accuracy, latency, timing=timing, runtime=runtime,
+                          batch_size=budget.batch_size, weight_bytes=weights, weight_format=weight_format,
+                          storage_bytes=storage)
+    stretch = budget.margin_pct / 100.0
     if budget.max_latency_ms is not None:
-        if latency is None:
-            candidate.violations["max_latency_ms"] = math.inf
-        elif latency > budget.max_latency_ms:
-            candidate.violations["max_latency_ms"] = latency - budget.max_latency_ms
-        else:
-            candidate.margins["max_latency_ms"] = budget.max_latency_ms - latency
-    if budget.min_accuracy is not None:
-        if checked is None:
-            candidate.violations["min_accuracy"] = math.inf
-        elif checked < budget.min_accuracy:
-            candidate.violations["min_accuracy"] = budget.min_accuracy - checked
-        else:
-            candidate.margins["min_accuracy"] = checked - budget.min_accuracy
-    if budget.max_drop is not None:
-        drop = checked_drop
-        if drop is None:
-            candidate.violations["max_drop"] = math.inf
-        elif drop > budget.max_drop:
-            candidate.violations["max_drop"] = drop - budget.max_drop
-        else:
-            candidate.margins["max_drop"] = budget.max_drop - drop
+        _check(candidate, "max_latency_ms", latency, budget.max_latency_ms, budget.max_latency_ms * (1 - stretch),
+               budget.max_latency_ms, True)
+    if budget.min_throughput is not None:
+        _check(candidate, "min_throughput", candidate.throughput, budget.min_throughput,
+               budget.min_throughput * (1 + stretch), budget.min_throughput, False)
+    for constraint, args in _accuracy_checks(candidate, budget, accuracy).items():
+        _check(candidate, constraint, *args)
+    if budget.max_weight_mb is not None:
+        megabytes = None if weights is None else weights / 1e6
+        _check(candidate, "max_weight_mb", megabytes, budget.max_weight_mb, budget.max_weight_mb * (1 - stretch),
+               budget.max_weight_mb, True)
+    _add_risks(candidate, budget)
     return candidate
+
+
+def _add_risks(candidate: Candidate, budget: Budget) -> None:
+    """Flag what could make this candidate worse in production than it looks here."""
+    row = candidate.row
+    risks = candidate.risks
+    if row["provenance"] == "predicted":
+        risks.append({"code": "accuracy_predicted", "detail": "accuracy is predicted by the regressor, not measured"})
+        low = json.loads(row.get("prediction_json") or "{}").get("top1_low")
+        if low is not None and candidate.feasible:
+            crossed = [name for name, args in _accuracy_checks(candidate, budget, low).items()
+                       if args[0] is not None and (args[0] > args[2] if args[4] else args[0] < args[2])]
+            if crossed:
+                risks.append({"code": "interval_crosses_limit", "low": low, "constraints": crossed,
+                              "detail": f"the 80 % interval's low end ({low:.1f}) misses {', '.join(crossed)}"})
+    elif row["provenance"] == "published":
+        risks.append({"code": "accuracy_published", "source": row.get("source") or "published",
+                      "detail": f"accuracy measured elsewhere: {row.get('source') or 'published'}"})
+    timing = candidate.timing
+    if timing is None and candidate.runtime is not None:
+        risks.append({"code": "latency_missing", "runtime": candidate.runtime, "batch_size": candidate.batch_size,
+                      "detail": f"no timing on {candidate.runtime} at batch {candidate.batch_size} on this profile"})
+    elif timing is not None and timing.source in ("same_sparsity", "dense_kernels"):
+        risks.append({"code": "latency_inferred", "source": timing.source, "detail": LATENCY_SOURCES[timing.source]})
+    elif timing is not None and timing.provenance == "published":
+        risks.append({"code": "latency_published", "citation": timing.citation or "",
+                      "detail": f"latency published by {timing.citation or 'a third party'}"})
+    if not candidate.is_dense and timing is not None and not has_measured_speedup(timing):
+        risks.append({"code": "no_measured_speedup", "runtime": timing.runtime,
+                      "detail": f"no speed-up over dense measured on {timing.runtime}: the saving is memory or "
+                                "storage, not compute"})
+    eval_size = row.get("eval_size")
+    if eval_size and candidate.accuracy is not None and row["provenance"] == "measured":
+        p = min(max(candidate.accuracy / 100.0, 0.0), 1.0)
+        half_width = 196.0 * math.sqrt(p * (1 - p) / eval_size)
+        if half_width > WIDE_EVAL_INTERVAL:
+            risks.append({"code": "small_eval_set", "eval_size": eval_size, "half_width": half_width,
+                          "detail": f"{eval_size} evaluation images: the 95 % interval of the accuracy is "
+                                    f"±{half_width:.1f} points"})
+    for constraint, slack in candidate.slack.items():
+        if slack < THIN_SLACK:
+            risks.append({"code": "thin_margin", "constraint": constraint, "headroom": candidate.margins[constraint],
+                          "detail": f"{constraint}: headroom {candidate.margins[constraint]:.2f} is under "
+                                    f"{THIN_SLACK:.0%} of the limit's range"})
+
+
+def has_measured_speedup(timing: Timing) -> bool:
+    """True when interleaved timing against dense showed this result faster beyond measurement noise."""
+    return timing.speedup is not None and timing.source in ("result", "same_sparsity") \
+        and timing.speedup > 1 + MEASURABLE_CHANGE
 
 
 def _scale(constraint: str, budget: Budget) -> float:
     """Return the size of the budget value, to compare shortfalls of different units."""
-    if constraint == "max_latency_ms":
-        return budget.max_latency_ms or 1.0
-    if constraint == "min_accuracy":
-        return max(budget.min_accuracy or 1.0, 1.0)
-    return max(budget.max_drop or 1.0, 1.0)
+    value = budget.limit(constraint)
+    return max(value or 1.0, 1.0) if constraint in ("min_accuracy", "max_drop", "max_relative_drop") else (value or 1.0)
 
 
 def _sort_key(candidate: Candidate, objective: str) -> tuple:
@@ -472,36 +754,90 @@ def _sort_key(candidate: Candidate, objective: str) -> tuple:
     # Published rows may give only the requested sparsity.
     sparsity = candidate.row.get("achieved_sparsity") or candidate.row.get("requested_sparsity") or 0.0
     # Full ties fall back to identifiers, so the order never depends on how rows were read.
-    identity = (candidate.row["model_key"], candidate.row["criterion"], candidate.row["pattern"], candidate.row["result_id"])
+    identity = (candidate.row["model_key"], candidate.row["criterion"], candidate.row["pattern"],
+                candidate.row["result_id"], candidate.runtime or "")
     if objective == "latency":
         return (latency, -accuracy, -sparsity, *identity)
     if objective == "sparsity":
         return (-sparsity, -accuracy, latency, *identity)
+    if objective == "cost":
+        cost = candidate.costing.cost if candidate.costing is not None and candidate.costing.cost is not None else math.inf
+        return (cost, -accuracy, latency, *identity)
     return (-accuracy, latency, -sparsity, *identity)
 
 
+def mark_pareto(candidates: list[Candidate]) -> None:
+    """Mark the candidates that no other beats on accuracy, latency and weight memory at once.
+
+    Only candidates with all three known take part. Sorted by latency, a candidate can only be
+    dominated by one before it, and only the front so far needs checking.
+    """
+    known = [c for c in candidates if c.accuracy is not None and c.latency_ms is not None and c.weight_bytes is not None]
+    known.sort(key=lambda c: (c.latency_ms, -c.accuracy, c.weight_bytes))
+    front: list[Candidate] = []
+    for c in known:
+        dominated = any(f.latency_ms <= c.latency_ms and f.accuracy >= c.accuracy and f.weight_bytes <= c.weight_bytes
+                        and (f.latency_ms, -f.accuracy, f.weight_bytes) != (c.latency_ms, -c.accuracy, c.weight_bytes)
+                        for f in front)
+        if not dominated:
+            front.append(c)
+    for c in front:
+        c.pareto = True
+
+
 def recommend(rows: list[dict[str, Any]], budget: Budget, nearest: int = 3, timings: list[Timing] | None = None,
-              profiles: dict[str, Profile] | None = None) -> Recommendation:
-    """Rank the rows that meet the budget by the budget's objective.
+              profiles: dict[str, Profile] | None = None, workload: Any = None) -> Recommendation:
+    """Rank the (row, runtime) candidates that meet the budget by the budget's objective.
 
     `timings` are the latency measurements to draw on (`load_timings`); without them, each
     row's own bench latency is used. `profiles` describe the environment keys (`load_profiles`).
+    `workload` (`advisor.roi.Workload`) adds the instances and cost of each candidate, which the
+    'cost' objective needs.
     """
+    from advisor import roi
+
+    if budget.objective == "cost" and workload is None:
+        raise BudgetError("objective cost needs a workload: give --peak-rps and --price-per-hour (or "
+                          "--price-per-device).")
     evidence = LatencyEvidence(timings_from_rows(rows) if timings is None else timings)
     profiles = profiles or {}
     env_key = resolve_profile(evidence, budget, profiles or {t.env_key: Profile(t.env_key, None, None, None)
                                                              for t in evidence.timings})
-    if not budget.include_dense:
-        rows = [r for r in rows if r["criterion"] != "dense"]
     if budget.dataset is not None:
         rows = [r for r in rows if r["dataset"] == budget.dataset]
+    if budget.patterns is not None:
+        rows = [r for r in rows if r["criterion"] == "dense" or r["pattern"] in budget.patterns]
     rows = prefer_measured(rows)
-    candidates = [
-        evaluate(row, budget, None if env_key is None else evidence.lookup(row, env_key, budget.runtime, budget.batch_size))
-        for row in rows
-    ]
+    dense_bytes = dense_weight_bytes(rows)
+    candidates: list[Candidate] = []
+    for row in rows:
+        found = []
+        if env_key is not None:
+            for runtime in budget.runtimes:
+                timing = evidence.lookup(row, env_key, runtime, budget.batch_size)
+                if timing is not None:
+                    found.append((runtime, timing))
+        # A row no runtime timed appears once; with several runtimes, none is named for it.
+        found = found or [(budget.runtime if len(budget.runtimes) == 1 else None, None)]
+        candidates.extend(evaluate(row, budget, timing, runtime, dense_bytes) for runtime, timing in found)
+    if workload is not None:
+        own_dense = {(c.row["model_key"], c.row["dataset"], c.runtime): c for c in candidates if c.is_dense}
+        reference = None
+        if workload.baseline_model is not None:
+            reference = {c.runtime: c for c in candidates if c.is_dense and c.row["model_key"] == workload.baseline_model}
+            if not reference:
+                known = sorted({c.row["model_key"] for c in candidates if c.is_dense})
+                raise BudgetError(f"baseline model {workload.baseline_model!r} has no dense result in this selection; "
+                                  f"choose one of {', '.join(known[:12]) or 'none'}" + (" …" if len(known) > 12 else "")
+                                  + ".")
+        for c in candidates:
+            dense = own_dense.get((c.row["model_key"], c.row["dataset"], c.runtime))
+            c.costing = roi.costing(c, dense, dense if reference is None else reference.get(c.runtime), workload)
+    if not budget.include_dense:
+        candidates = [c for c in candidates if not c.is_dense]
     feasible = [c for c in candidates if c.feasible]
     feasible.sort(key=lambda c: _sort_key(c, budget.objective))
+    mark_pareto(feasible)
 
     failing: dict[str, int] = {}
     for candidate in candidates:
@@ -511,7 +847,8 @@ def recommend(rows: list[dict[str, Any]], budget: Budget, nearest: int = 3, timi
     if not feasible:
         closest = sorted(
             candidates,
-            key=lambda c: sum(min(v, 1e9) / _scale(k, budget) for k, v in c.violations.items()),
+            key=lambda c: (sum(min(v, 1e9) / _scale(k, budget) for k, v in c.violations.items()),
+                           *_sort_key(c, budget.objective)),
         )[:nearest]
     profile = None if env_key is None else profiles.get(env_key, Profile(env_key, None, None, None))
-    return Recommendation(budget, feasible, closest, failing, len(candidates), profile)
+    return Recommendation(budget, feasible, closest, failing, len(candidates), profile, workload)

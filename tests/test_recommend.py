@@ -114,7 +114,15 @@ def test_ties_do_not_depend_on_row_order(fixture_db):
         ({"min_accuracy": 101}, "between 0 and 100"),
         ({"max_drop": -2}, "between 0 and 100"),
         ({"batch_size": 0}, "at least 1"),
-        ({"objective": "cost"}, "objective 'cost'"),
+        ({"objective": "price"}, "objective 'price'"),
+        ({"min_throughput": 0}, "positive number of inferences"),
+        ({"max_relative_drop": 120}, "percentage of the dense accuracy"),
+        ({"max_weight_mb": -5}, "positive number of megabytes"),
+        ({"margin_pct": 100}, "below 100"),
+        ({"accuracy_margin": -1}, "points from 0 to 100"),
+        ({"patterns": ("4:2",)}, "N:M with N < M"),
+        ({"patterns": ()}, "no pattern allowed"),
+        ({"runtimes": ()}, "no runtime given"),
         ({"latency_stat": "p99"}, "p50 or p90"),
     ],
 )
@@ -157,7 +165,7 @@ def by_criterion(result, model="mnist/resnet10t"):
 
 def test_latency_from_same_sparsity_timing(fixture_db):
     with_timings(fixture_db, [make_latency(criterion="dense", p50_ms=4.5, p90_ms=4.8), make_latency()])
-    result = evidence_for(fixture_db, Budget(runtime="torch-sparse-csr", dataset="mnist"))
+    result = evidence_for(fixture_db, Budget(runtimes=("torch-sparse-csr",), dataset="mnist"))
     found = by_criterion(result)
     assert result.profile.env_key == "env0"
     assert result.profile.cpu_model == "Test CPU"
@@ -188,7 +196,7 @@ def test_latency_prefers_result_timing(fixture_db):
         make_latency(criterion="sparsegpt", requested_sparsity=0.7, p90_ms=2.5, speedup=1.9,
                      result_id=sparsegpt["result_id"]),
     ])
-    found = by_criterion(evidence_for(fixture_db, Budget(runtime="torch-sparse-csr")))
+    found = by_criterion(evidence_for(fixture_db, Budget(runtimes=("torch-sparse-csr",))))
     assert found["sparsegpt"].latency_ms == 2.5
     assert found["sparsegpt"].timing.source == "result"
     assert found["sparsegpt"].timing.speedup == 1.9
@@ -198,7 +206,7 @@ def test_latency_dense_kernel_inference(fixture_db):
     dense_kernel = {"runtime": "onnxruntime-cpu", "sparse_kernel": None, "speedup": 0.98, "verdict": "no sparse kernel"}
     with_timings(fixture_db, [make_latency(criterion="dense", runtime="onnxruntime-cpu", p50_ms=2.0, p90_ms=2.2),
                               make_latency(**dense_kernel, p90_ms=2.3)])
-    found = by_criterion(evidence_for(fixture_db, Budget(runtime="onnxruntime-cpu")))
+    found = by_criterion(evidence_for(fixture_db, Budget(runtimes=("onnxruntime-cpu",))))
     assert found["sparsegpt"].latency_ms == 2.2  # the dense timing: zeros run through dense kernels
     assert found["sparsegpt"].timing.source == "dense_kernels"
     assert found["sparsegpt"].timing.speedup == 1.0
@@ -209,14 +217,14 @@ def test_profiles_never_mix_and_default_to_the_latest(fixture_db):
     with_timings(fixture_db, [make_latency(criterion="dense", p90_ms=4.8), make_latency(p90_ms=3.2)])
     with_timings(fixture_db, [make_latency(criterion="dense", env_key="env1", p90_ms=1.1),
                               make_latency(env_key="env1", p90_ms=0.6)])
-    latest = evidence_for(fixture_db, Budget(runtime="torch-sparse-csr"))
+    latest = evidence_for(fixture_db, Budget(runtimes=("torch-sparse-csr",)))
     assert latest.profile.env_key == "env1"
     assert by_criterion(latest)["magnitude"].latency_ms == 0.6
-    chosen = evidence_for(fixture_db, Budget(runtime="torch-sparse-csr", profile="env0"))
+    chosen = evidence_for(fixture_db, Budget(runtimes=("torch-sparse-csr",), profile="env0"))
     assert by_criterion(chosen)["magnitude"].latency_ms == 3.2
     assert by_criterion(chosen)["dense"].latency_ms == 4.8
     # torch-eager timings exist on env0 only (the bench rows), so env1's CPU never mixes in.
-    eager = evidence_for(fixture_db, Budget(runtime="torch-eager", profile="env1"))
+    eager = evidence_for(fixture_db, Budget(runtimes=("torch-eager",), profile="env1"))
     assert all(c.latency_ms is None for c in eager.ranked)
     with pytest.raises(BudgetError, match="profile 'env9' is not in the database; known profiles: env0, env1"):
         evidence_for(fixture_db, Budget(profile="env9"))
@@ -238,13 +246,20 @@ def test_measured_row_replaces_prediction(fixture_db):
     assert evidence["prediction"]["retention_low"] == 90.0
 
 
-def test_prediction_accuracy_uses_interval_low(fixture_db):
+def test_prediction_interval_crossing_a_limit_is_flagged_not_hidden(fixture_db):
     rows = candidates(fixture_db, "mnist")
     magnitude = next(r for r in rows if r["criterion"] == "magnitude")
     wide = dict(magnitude, result_id="p3", provenance="predicted", requested_sparsity=0.8, top1=96.0,
                 prediction_json='{"retention": 99.0, "top1_low": 60.0, "top1_high": 97.0}')
     narrow = dict(wide, result_id="p4", requested_sparsity=0.85, prediction_json='{"top1_low": 95.5}')
-    result = recommend(rows + [wide, narrow], Budget(dataset="mnist", min_accuracy=95))
-    ranked_ids = {c.row["result_id"] for c in result.ranked}
-    assert "p4" in ranked_ids  # its low end, 95.5, meets 95
-    assert "p3" not in ranked_ids  # its median 96 would, its low end 60 does not
+    low = dict(wide, result_id="p5", requested_sparsity=0.9, top1=94.0, prediction_json='{"top1_low": 90.0}')
+    result = recommend(rows + [wide, narrow, low], Budget(dataset="mnist", min_accuracy=95))
+    ranked = {c.row["result_id"]: c for c in result.ranked}
+    assert ranked["p3"].has_risk("interval_crosses_limit")  # median 96 meets 95, low end 60 does not
+    assert not ranked["p4"].has_risk("interval_crosses_limit")  # low end 95.5 meets 95
+    assert ranked["p4"].has_risk("accuracy_predicted")
+    assert "p5" not in ranked  # its median, 94, misses
+    # The next measurement to make is the one whose interval crosses the limit.
+    candidate, command = result.next_step()
+    assert candidate.row["result_id"] == "p3"
+    assert command.startswith("ptsa bench mnist/resnet10t --data mnist --recipe") and "--sparsity 0.8" in command

@@ -104,7 +104,7 @@ class BudgetForm(Vertical):
             objective=str(self.query_one("#objective", Select).value),
             dataset=None if dataset == ALL_DATASETS else str(dataset),
             # Runtime, profile and batch size are not on the form yet; keep those the app started with.
-            runtime=self._initial.runtime,
+            runtimes=self._initial.runtimes,
             profile=self._initial.profile,
             batch_size=self._initial.batch_size,
         )
