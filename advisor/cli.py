@@ -32,10 +32,7 @@ from advisor.recommend import (
     Budget,
     BudgetError,
     Recommendation,
-    load_candidates,
-    load_profiles,
     load_timings,
-    recommend,
 )
 from db import DatabaseError, Store, default_db_path
 
@@ -446,28 +443,30 @@ def _workload(options: dict[str, Any], required: bool) -> Workload | None:
     )
 
 
-def _recommendation(db_path: Path, budget: Budget, workload: Workload | None) -> Recommendation:
-    """Read the evidence and rank it; exits 2 with the fix when the database cannot answer."""
+def _recommendation(db_path: Path, budget: Budget, workload: Workload | None, limit: int = 10,
+                    pareto_only: bool = False) -> Recommendation:
+    """Rank the evidence in the database; exits 2 with the fix when the database cannot answer."""
+    from advisor.ranking import TIMINGS_SQL, rank_store
     from bench_engine.runtime_names import PUBLISHED_RUNTIMES
 
     if Path(db_path).is_file():
         ensure_published(db_path)  # a database made before the published evidence shipped
     with Store.open(db_path, read_only=True) as store:
-        rows = load_candidates(store, budget.dataset)
-        timings, profiles = load_timings(store), load_profiles(store)
         datasets = [r["dataset"] for r in store.query("SELECT DISTINCT dataset FROM results ORDER BY dataset")]
-    if not rows and budget.dataset and datasets:
-        _fail(f"database {db_path} has no results for dataset {budget.dataset!r}; it has results for "
-              f"{', '.join(datasets)}. Pass one of them to --dataset, or bench that dataset first.")
-    if not rows:
-        _fail(f"database {db_path} has no results; run `ptsa demo` or `ptsa bench` first.")
-    if budget.dataset is None and len(datasets) > 1:
-        log.warning("results span datasets %s with different data and metrics; pass --dataset to "
-                    "compare like with like", ", ".join(datasets))
-    result = recommend(rows, budget, timings=timings, profiles=profiles, workload=workload)
+        if not datasets:
+            _fail(f"database {db_path} has no results; run `ptsa demo` or `ptsa bench` first.")
+        if budget.dataset is not None and budget.dataset not in datasets:
+            _fail(f"database {db_path} has no results for dataset {budget.dataset!r}; it has results for "
+                  f"{', '.join(datasets)}. Pass one of them to --dataset, or bench that dataset first.")
+        if budget.dataset is None and len(datasets) > 1:
+            log.warning("results span datasets %s with different data and metrics; pass --dataset to "
+                        "compare like with like", ", ".join(datasets))
+        result = rank_store(store, budget, workload, limit=limit, pareto_only=pareto_only)
+        timed = [] if result.profile is not None else store.query(
+            f"SELECT DISTINCT runtime, batch_size FROM ({TIMINGS_SQL})")
     if result.profile is None:
         # Runtimes the product measured come before the published ones.
-        runtimes = sorted({(t.runtime, t.batch_size) for t in timings}, key=lambda k: (k[0] in PUBLISHED_RUNTIMES, k))
+        runtimes = sorted({(t["runtime"], t["batch_size"]) for t in timed}, key=lambda k: (k[0] in PUBLISHED_RUNTIMES, k))
         measured = ", ".join(f"{name} at batch {batch}" for name, batch in runtimes[:8])
         if len(runtimes) > 8:
             measured += f" and {len(runtimes) - 8} more (see `ptsa profiles`)"
@@ -498,9 +497,7 @@ def recommend_command(obj: dict[str, Any], pareto: bool, limit: int, as_json: bo
     It is never estimated from FLOPs or parameter counts. With a workload (--peak-rps and a
     price) each candidate also gets its instances and cost, as in `ptsa roi`.
     """
-    result = _recommendation(obj["db"], _budget(options), _workload(options, required=False))
-    if pareto:
-        result.ranked = result.pareto_front()
+    result = _recommendation(obj["db"], _budget(options), _workload(options, required=False), limit, pareto)
     if as_json:
         _print_json(result.to_dict(limit))
     else:
@@ -523,7 +520,8 @@ def roi_command(obj: dict[str, Any], limit: int, as_json: bool, **options: Any) 
     sparse candidate counts as faster only where interleaved timing measured it; otherwise its
     saving is weight memory and storage, not compute.
     """
-    result = _recommendation(obj["db"], _budget(options, default_objective="cost"), _workload(options, required=True))
+    result = _recommendation(obj["db"], _budget(options, default_objective="cost"), _workload(options, required=True),
+                             limit)
     if as_json:
         _print_json(result.to_dict(limit))
     else:
@@ -548,7 +546,7 @@ def report_command(obj: dict[str, Any], out_path: Path, lang: str | None, limit:
     from advisor.i18n import pick_language
 
     budget = _budget(options, default_objective="cost" if options["peak_rps"] is not None else "accuracy")
-    result = _recommendation(obj["db"], budget, _workload(options, required=False))
+    result = _recommendation(obj["db"], budget, _workload(options, required=False), limit)
     text = report.markdown(result, pick_language(lang), limit=limit, command=_command_line(), database=str(obj["db"]))
     try:
         report.write_atomic(out_path, text)
@@ -605,10 +603,10 @@ def demo(obj: dict[str, Any], no_tui: bool, threads: int | None, skip_lite0: boo
     click.echo(f"run {run_id}: stored {count} measured results in {obj['db']}", err=True)
     budget = Budget(dataset="mnist", max_drop=2.0, objective="sparsity")
     if no_tui or not sys.stdout.isatty():
+        from advisor.ranking import rank_store
+
         with Store.open(obj["db"], read_only=True) as store:
-            rows = load_candidates(store, budget.dataset)
-            timings, profiles = load_timings(store), load_profiles(store)
-        click.echo(formatting.recommendation_text(recommend(rows, budget, timings=timings, profiles=profiles), 10))
+            click.echo(formatting.recommendation_text(rank_store(store, budget, limit=10), 10))
     else:
         _open_tui(obj["db"], budget)
 

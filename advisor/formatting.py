@@ -197,7 +197,7 @@ def recommendation_text(result: Recommendation, limit: int = 10) -> str:
         shown = result.ranked[:limit]
         rows = [[str(i + 1), *candidate_cells(c, with_runtime), "P" if c.pareto else ""] for i, c in enumerate(shown)]
         parts.append(
-            f"{len(result.ranked)} of {result.total} candidates meet the budget "
+            f"{result.meeting_count} of {result.total} candidates meet the budget "
             f"(objective: {budget.objective}; {profile_text(result)}):"
         )
         parts.append(_table(rows, ["#", *headers(with_runtime), "front"]))
@@ -261,7 +261,7 @@ def roi_text(result: Recommendation, limit: int = 10) -> str:
         parts.append(f"No candidate meets the budget: {CONSTRAINT_LABELS.get(binding, binding)} rules out "
                      f"{result.failing_counts.get(binding, 0)} of {result.total} candidates. Nearest:")
     else:
-        parts.append(f"{len(result.ranked)} of {result.total} candidates meet the budget (objective: "
+        parts.append(f"{result.meeting_count} of {result.total} candidates meet the budget (objective: "
                      f"{result.budget.objective}; {profile_text(result)}):")
     currency = result.workload.currency
     rows, notes = [], {}

@@ -275,10 +275,19 @@ class Recommendation:
     total: int
     profile: Profile | None = None  # the hardware profile whose timings were used
     workload: Any = None  # advisor.roi.Workload, when costs were computed
+    # Set by advisor.ranking, which returns only the shown candidates: how many meet the budget,
+    # and the Pareto front among all of them (result_id@runtime).
+    meeting: int | None = None
+    front: list[str] | None = None
 
     @property
     def found(self) -> bool:
         return bool(self.ranked)
+
+    @property
+    def meeting_count(self) -> int:
+        """How many candidates meet the budget (`ranked` may hold only the first of them)."""
+        return len(self.ranked) if self.meeting is None else self.meeting
 
     def binding_constraint(self) -> str | None:
         """Return the constraint that rules out the most candidates (when none fits)."""
@@ -313,9 +322,10 @@ class Recommendation:
             "workload": None if self.workload is None else self.workload.to_dict(),
             "latency_profile": None if self.profile is None else asdict(self.profile),
             "candidates_considered": self.total,
-            "candidates_meeting_budget": len(self.ranked),
+            "candidates_meeting_budget": len(self.ranked) if self.meeting is None else self.meeting,
             "candidates": [c.to_dict(rank=i + 1) for i, c in enumerate(ranked)],
-            "pareto_front": [c.row["result_id"] + "@" + str(c.runtime) for c in self.pareto_front()],
+            "pareto_front": self.front if self.front is not None else [
+                f"{c.row['result_id']}@{c.runtime or ''}" for c in self.pareto_front()],
             "binding_constraint": None if self.found else self.binding_constraint(),
             "failing_counts": self.failing_counts,
             "nearest": [] if self.found else [c.to_dict() for c in self.nearest],
@@ -578,6 +588,12 @@ def load_candidates(store: Store, dataset: str | None = None, latest_only: bool 
 EVIDENCE_RANK = {"measured": 0, "published": 1, "predicted": 2}
 
 
+def _preference(row: dict[str, Any]) -> tuple:
+    created = row.get("created_at")
+    stamp = -created.timestamp() if hasattr(created, "timestamp") else 0.0
+    return (EVIDENCE_RANK[row["provenance"]], stamp, row["result_id"])
+
+
 def prefer_measured(rows: list[dict[str, Any]]) -> list[dict[str, Any]]:
     """Keep one row per model, dataset, recipe and sparsity: measured before published before predicted."""
     best: dict[tuple, dict[str, Any]] = {}
@@ -585,7 +601,8 @@ def prefer_measured(rows: list[dict[str, Any]]) -> list[dict[str, Any]]:
         recipe = json.loads(row.get("recipe_json") or "{}").get("recipe") or row["criterion"]
         key = (row["model_key"], row["dataset"], recipe, row["pattern"], round(float(row["requested_sparsity"]), 4))
         current = best.get(key)
-        if current is None or EVIDENCE_RANK[row["provenance"]] < EVIDENCE_RANK[current["provenance"]]:
+        # Among rows of the same kind, the newest wins, then the smallest id (as advisor.ranking does).
+        if current is None or _preference(row) < _preference(current):
             best[key] = row
     chosen = {id(row) for row in best.values()}
     return [row for row in rows if id(row) in chosen]
@@ -615,13 +632,13 @@ def weight_bytes(row: dict[str, Any], runtime: str | None, dense_bytes: dict[str
 
 
 def dense_weight_bytes(rows: list[dict[str, Any]]) -> dict[str, int]:
-    """Return each model's dense weight bytes from any of its rows that counted them."""
+    """Return each model's dense weight bytes from its rows that counted them (the largest count)."""
     found: dict[str, int] = {}
     for row in rows:
-        if row["model_key"] not in found and row.get("weight_bytes_json"):
+        if row.get("weight_bytes_json"):
             dense = json.loads(row["weight_bytes_json"]).get("dense")
             if dense:
-                found[row["model_key"]] = dense
+                found[row["model_key"]] = max(dense, found.get(row["model_key"], 0))
     return found
 
 

@@ -223,7 +223,7 @@ def markdown(result: Recommendation, lang: str, limit: int = 5, command: str = "
         best = result.ranked[0]
         out += [_headline(best, result, t), ""]
         out += [t("{n} of {total} candidates meet the budget; ranked by {objective}.").format(
-            n=len(result.ranked), total=result.total, objective=t(OBJECTIVE_NAMES[result.budget.objective])), ""]
+            n=result.meeting_count, total=result.total, objective=t(OBJECTIVE_NAMES[result.budget.objective])), ""]
     else:
         binding = result.binding_constraint()
         out += [t("No candidate meets the budget: {name} rules out {n} of {total} candidates. The nearest ones are "

@@ -339,9 +339,9 @@ class Store:
 
     # -- reading ---------------------------------------------------------------------------
 
-    def query(self, sql: str, params: Sequence[Any] | None = None) -> list[dict[str, Any]]:
-        """Run a read query and return the rows as dictionaries."""
-        cursor = self._con.execute(sql, list(params or []))
+    def query(self, sql: str, params: Sequence[Any] | Mapping[str, Any] | None = None) -> list[dict[str, Any]]:
+        """Run a read query and return the rows as dictionaries; named parameters ($name) take a mapping."""
+        cursor = self._con.execute(sql, dict(params) if isinstance(params, Mapping) else list(params or []))
         names = [d[0] for d in cursor.description]
         return [dict(zip(names, row)) for row in cursor.fetchall()]
 

@@ -22,23 +22,12 @@ from textual.message import Message
 from textual.widgets import DataTable, Footer, Header, Input, Label, Select, Static
 
 from advisor.formatting import CONSTRAINT_LABELS, METRIC_LABELS, describe_violation, method_label, number
-from advisor.recommend import (
-    LATENCY_SOURCES,
-    OBJECTIVES,
-    Budget,
-    BudgetError,
-    Candidate,
-    Profile,
-    Recommendation,
-    Timing,
-    load_candidates,
-    load_profiles,
-    load_timings,
-    recommend,
-)
+from advisor.ranking import rank_store
+from advisor.recommend import LATENCY_SOURCES, OBJECTIVES, Budget, BudgetError, Candidate, Recommendation
 from db import DatabaseError, Store
 
 ALL_DATASETS = "all"
+SHOWN_ROWS = 200  # rows of the ranking table; the status line gives the full count
 
 
 def _parse_optional_float(text: str) -> float | None:
@@ -167,9 +156,7 @@ class PTSAdvisorApp(App):
         super().__init__()
         self.db_path = Path(db_path)
         self.budget = budget or Budget()
-        self.rows: list[dict] = []
-        self.timings: list[Timing] = []
-        self.profiles: dict[str, Profile] = {}
+        self.dataset_names: list[str] = []
         self.load_error: str | None = None
         self.result: Recommendation | None = None
         self._load()
@@ -177,16 +164,16 @@ class PTSAdvisorApp(App):
     def _load(self) -> None:
         try:
             with Store.open(self.db_path, read_only=True) as store:
-                self.rows = load_candidates(store)
-                self.timings, self.profiles = load_timings(store), load_profiles(store)
+                self.dataset_names = [r["dataset"] for r in store.query(
+                    "SELECT DISTINCT dataset FROM results ORDER BY dataset")]
             self.load_error = None
         except DatabaseError as exc:
-            self.rows = []
+            self.dataset_names = []
             self.load_error = str(exc)
 
     @property
     def datasets(self) -> list[str]:
-        return sorted({r["dataset"] for r in self.rows})
+        return self.dataset_names
 
     def compose(self) -> ComposeResult:
         yield Header()
@@ -227,11 +214,17 @@ class PTSAdvisorApp(App):
             status.update(f"[b]Cannot read the database[/b]: {self.load_error}")
             self.query_one("#evidence", Static).update("")
             return
-        if not self.rows:
+        if not self.dataset_names:
             status.update(f"No results in {self.db_path.name}. Run `ptsa demo` or `ptsa bench`, then press r.")
             return
         try:
-            self.result = recommend(self.rows, self.budget, timings=self.timings, profiles=self.profiles)
+            # The database is opened for this query only, so a bench can write between queries.
+            with Store.open(self.db_path, read_only=True) as store:
+                self.result = rank_store(store, self.budget, limit=SHOWN_ROWS)
+        except DatabaseError as exc:
+            status.update(f"[b]Cannot read the database[/b]: {exc}")
+            self.result = None
+            return
         except BudgetError as exc:  # a --profile that is not in this database
             status.update(f"[b]Invalid budget[/b]: {exc}")
             self.query_one("#evidence", Static).update("")
@@ -242,8 +235,9 @@ class PTSAdvisorApp(App):
             rank = str(index + 1) if self.result.found else "✗"
             table.add_row(rank, *tui_cells(candidate), key=str(index))
         if self.result.found:
-            status.update(f"{len(self.result.ranked)} of {self.result.total} candidates meet the budget "
-                          f"(objective: {self.budget.objective}).")
+            status.update(f"{self.result.meeting_count} of {self.result.total} candidates meet the budget "
+                          f"(objective: {self.budget.objective})"
+                          + (f"; the first {SHOWN_ROWS} are shown." if self.result.meeting_count > SHOWN_ROWS else "."))
         else:
             binding = self.result.binding_constraint()
             status.update(
