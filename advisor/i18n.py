@@ -1,9 +1,9 @@
 """The user's language: English, or Japanese through the gettext catalog in assets/locale.
 
 Messages are written in English in the code and looked up in
-`assets/locale/<lang>/LC_MESSAGES/ptsa.mo`, compiled from the `ptsa.po` beside it
-(`make catalogs`; a test checks that the two agree). A message missing from the catalog is
-shown in English.
+`assets/locale/<lang>/LC_MESSAGES/ptsa.mo`. `make catalogs` compiles it from the `ptsa.po`
+beside it, and a test checks that the two agree. A message missing from the catalog is shown
+in English.
 """
 
 from __future__ import annotations

@@ -1,10 +1,11 @@
 """The recommender over a database: every candidate scored in DuckDB, the shown ones in Python.
 
-`advisor.recommend.recommend` judges candidates one by one in Python; over 100,000 results that
-takes seconds. Here DuckDB scores every (result, runtime) candidate with the same rules (the
-latency evidence of `LatencyEvidence`, the limits of `evaluate`, the cost of `roi.costing`, the
-order of `_sort_key`) into a temporary table, counts what fails, and picks the rows to show.
-Only those rows go through the Python code, which adds margins, risks, costs and citations.
+`advisor.recommend.recommend` judges candidates one by one in Python, which takes seconds over
+100,000 results. Here DuckDB scores every (result, runtime) candidate into a temporary table
+with the same rules: the latency evidence of `LatencyEvidence`, the limits of `evaluate`, the
+cost of `roi.costing` and the order of `_sort_key`. It counts what fails and picks the rows to
+show. Only those rows go through the Python code, which adds margins, risks, costs and
+citations.
 
 tests/test_ranking.py runs both on the same databases and budgets and requires the same
 rankings, counts and nearest candidates, so the two cannot drift apart unnoticed.
@@ -253,7 +254,7 @@ def _scale_sql(constraint: str, budget: Budget) -> float:
 
 
 class _MostRecent:
-    """The one method of LatencyEvidence that resolve_profile needs, answered by the database."""
+    """The one method of LatencyEvidence that resolve_profile needs, computed by a query."""
 
     def __init__(self, store: Store):
         self.store = store

@@ -7,7 +7,7 @@ batches back to back, as the timing did, on the profiled hardware and threads. S
 
 and the peak rate needs ceil(peak / (capacity × utilisation)) instances, where utilisation is
 the share of capacity one plans to use at peak (headroom for bursts). With a price per
-instance-hour the cost is instances × price × 730 hours a month (365 × 24 / 12); with a price
+instance-hour the cost is instances × price × 730 hours a month (365 × 24 / 12). With a price
 per device it is instances × price, paid once.
 
 A sparse candidate is sized from its own timing only when interleaved rounds against its dense

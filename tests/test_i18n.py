@@ -27,7 +27,7 @@ def placeholders(text: str) -> set[str]:
     return {field for _, field, _, _ in string.Formatter().parse(text) if field is not None}
 
 
-def test_every_message_in_the_code_has_a_japanese_translation():
+def test_every_message_translated():
     translated = {m.id: m.string for m in catalog() if m.id}
     for source in SOURCES:
         for _, message, _, _ in extract_from_file("python", str(source), keywords={"_": None, "t": None}):

@@ -58,15 +58,17 @@ def test_instances_and_cost_worked_by_hand():
     assert (dense.instances, dense.cost) == (10, 10 * 0.5 * 730)  # 3,650 a month
     # 3.125 ms -> 320/s, 160/s usable -> 1000 / 160 = 6.25 -> 7 instances, 2,555 a month.
     assert (fast.instances, fast.cost, fast.sized_by) == (7, 2555.0, "own_timing")
-    assert fast.baseline_instances == 10 and fast.saving == pytest.approx(1095.0)
+    assert fast.baseline_instances == 10
+    assert fast.saving == pytest.approx(1095.0)
     assert fast.saving_vs_today == pytest.approx(12 * 365 - 2555.0)
     # 40 M requests a day × 30.42 days = 1,216.7 M requests a month.
     assert fast.cost_per_million == pytest.approx(2555.0 / (40 * 365 / 12))
-    assert fast.compute_saving and fast.accuracy_given_up == pytest.approx(1.5)
+    assert fast.compute_saving
+    assert fast.accuracy_given_up == pytest.approx(1.5)
     assert (fast.weight_mb, fast.storage_mb, fast.baseline_storage_mb) == (40.0, 8.0, 40.0)
 
 
-def test_no_measured_speedup_is_sized_like_dense_and_said_plainly():
+def test_no_measured_speedup_sized_like_dense():
     workload = Workload(peak_rps=1000, price_per_hour=0.5, utilisation=0.5)
     same = by_id(run(workload=workload))["same"]
     assert same.costing.sized_by == "dense_timing"  # 1.03× is within the 5 % noise band
@@ -121,12 +123,13 @@ def test_baseline_model_compares_every_candidate_with_today_deployment():
         run(workload=Workload(peak_rps=1, price_per_hour=1, baseline_model="nope"))
 
 
-def test_candidate_without_timing_has_no_cost_and_ranks_last():
+def test_untimed_candidate_ranks_last():
     untimed = make_result(result_id="untimed", criterion="wanda", requested_sparsity=0.7, top1=79.9)
     result = run(Budget(dataset="mnist", objective="cost"), Workload(peak_rps=10, price_per_hour=1.0),
                  rows=ROWS + [untimed])
     last = result.ranked[-1]
-    assert last.row["result_id"] == "untimed" and last.costing.instances is None
+    assert last.row["result_id"] == "untimed"
+    assert last.costing.instances is None
     assert last.has_risk("latency_missing")
     assert last.costing.notes[0]["code"] == "no_timing"
 
@@ -169,13 +172,14 @@ def test_relative_drop_and_accuracy_margin():
     assert with_margin.failing_counts["max_relative_drop"] == 1
 
 
-def test_weight_memory_in_the_runtime_format_and_latency_margin():
+def test_weight_format_and_latency_margin():
     rows = [DENSE, FAST]
     timings = [timing(DENSE, 5.0, runtime="torch-2:4-cuda"), timing(FAST, 3.125, speedup=1.6, runtime="torch-2:4-cuda")]
     budget = Budget(dataset="mnist", runtimes=("torch-2:4-cuda",), max_weight_mb=45)
     found = by_id(run(budget, rows=rows, timings=timings))
-    assert found["fast"].weight_format == "semi_structured_2_4" and found["fast"].weight_bytes == 40_000_000
-    # A 10 % margin asks for 4.5 ms under a 5 ms limit: the dense model (5.0 ms) no longer fits.
+    assert found["fast"].weight_format == "semi_structured_2_4"
+    assert found["fast"].weight_bytes == 40_000_000
+    # A 10 % margin requires 4.5 ms under a 5 ms limit: the dense model (5.0 ms) no longer fits.
     tight = run(Budget(dataset="mnist", max_latency_ms=5.0, latency_stat="p50", margin_pct=10))
     assert [c.row["result_id"] for c in tight.ranked] == ["fast"]
     assert run(Budget(dataset="mnist", max_latency_ms=5.0, latency_stat="p50")).ranked[0].row["result_id"] == "dense"
@@ -255,17 +259,19 @@ def test_roi_table_and_json_follow_the_schema(roi_db):
     lines = text.stdout.splitlines()
     assert lines[0].startswith("Workload: peak 1000 requests/s at 50 % utilisation, 0.5 USD per instance-hour")
     first = lines[4]
-    assert "wanda" in first and "10→7" in first and "2,555 USD" in first and "1,095 USD" in first
+    for cell in ("wanda", "10→7", "2,555 USD", "1,095 USD"):
+        assert cell in first
     assert "no speed-up measured on torch-eager: sized like the dense model" in text.stdout
 
     payload = json.loads(invoke(*args, "--json").stdout)
     validate(payload)
-    assert payload["status"] == "ok" and payload["budget"]["objective"] == "cost"
+    assert payload["status"] == "ok"
+    assert payload["budget"]["objective"] == "cost"
     assert [c["cost"]["instances"] for c in payload["candidates"]] == [7, 10, 10, 20]
     assert payload["workload"]["cost_period"] == "month"
 
 
-def test_weight_memory_limit_counts_unmeasured_rows_from_the_dense_model(roi_db):
+def test_weight_limit_uses_dense_count(roi_db):
     result = invoke("--db", roi_db, "recommend", "--dataset", "mnist", "--max-weight-mb", 30, "--json")
     assert result.exit_code == 3  # no row has fewer than 30 MB of weights in dense format
     payload = json.loads(result.stdout)
@@ -273,7 +279,8 @@ def test_weight_memory_limit_counts_unmeasured_rows_from_the_dense_model(roi_db)
     assert payload["binding_constraint"] == "max_weight_mb"
     # SparseGPT at 60 % has no byte count of its own: dense bytes do not depend on the mask.
     slow = next(c for c in payload["nearest"] if c["evidence"]["result_id"] == "slow")
-    assert slow["weight_mb"] == 40.0 and slow["violations"]["max_weight_mb"] == pytest.approx(10.0)
+    assert slow["weight_mb"] == 40.0
+    assert slow["violations"]["max_weight_mb"] == pytest.approx(10.0)
 
 
 def test_json_writes_unmeasured_shortfalls_as_null(fixture_db):
@@ -300,7 +307,8 @@ def test_json_writes_unmeasured_shortfalls_as_null(fixture_db):
 def test_invalid_inputs_exit_2_with_the_fix(roi_db, args, message):
     result = invoke("--db", roi_db, *args)
     assert result.exit_code == 2, result.output
-    assert message in result.stderr and not result.stdout
+    assert message in result.stderr
+    assert not result.stdout
 
 
 def test_report_in_english_and_japanese(roi_db, tmp_path):
@@ -314,7 +322,8 @@ def test_report_in_english_and_japanese(roi_db, tmp_path):
     assert "Deploy **mnist/resnet10t** with **wanda** at 49.0% sparsity on torch-eager" in text
     assert "- Dense baseline (mnist/resnet10t): 10 instances, 3,650 USD per month." in text
     assert "- Recommended: 7 instances, 2,555 USD per month." in text
-    assert "## Risks" in text and "## Method" in text
+    assert "## Risks" in text
+    assert "## Method" in text
     japanese = tmp_path / "report.ja.md"
     assert invoke(*args, "--out", japanese, "--lang", "ja").exit_code == 0
     ja = japanese.read_text()
@@ -337,7 +346,7 @@ def test_report_into_a_missing_folder_leaves_nothing(roi_db, tmp_path):
     out = tmp_path / "missing" / "report.md"
     result = invoke("--db", roi_db, "report", "--out", out)
     assert result.exit_code == 2
-    assert "folder" in result.stderr and "does not exist" in result.stderr
+    assert "does not exist" in result.stderr
     assert not (tmp_path / "missing").exists()
     assert not list(tmp_path.glob("**/*.partial"))
 
