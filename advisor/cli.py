@@ -88,23 +88,26 @@ def _command_line() -> str:
 @click.option("--db", "db_path", type=click.Path(dir_okay=False, path_type=Path), default=None,
               help="DuckDB file to read and write. Default: $PTSA_DB, else results.duckdb in the user data folder.")
 @click.option("-v", "--verbose", count=True, help="Log more to stderr (-v info, -vv debug).")
+@click.option("--lang", type=click.Choice(["en", "ja"]), default=None,
+              help="Language of the TUI and the report. Default: Japanese when LC_ALL, LC_MESSAGES or LANG starts "
+                   "with ja, else English.")
 @click.pass_context
-def main(ctx: click.Context, db_path: Path | None, verbose: int) -> None:
+def main(ctx: click.Context, db_path: Path | None, verbose: int, lang: str | None) -> None:
     """PTS Advisor: which model, which post-training sparsity method, which sparsity, for your budget.
 
     Run without a command to open the TUI.
     """
     _setup_logging(verbose)
-    ctx.obj = {"db": db_path or default_db_path()}
+    ctx.obj = {"db": db_path or default_db_path(), "lang": lang}
     if ctx.invoked_subcommand is None:
-        _open_tui(ctx.obj["db"])
+        _open_tui(ctx.obj["db"], lang=lang)
 
 
 @handle_errors
-def _open_tui(db_path: Path, budget: Budget | None = None) -> None:
+def _open_tui(db_path: Path, budget: Budget | None = None, lang: str | None = None) -> None:
     from advisor.tui.app import run_app
 
-    run_app(db_path, budget)
+    run_app(db_path, budget, lang=lang)
 
 
 # -- bench -------------------------------------------------------------------------------------
@@ -547,7 +550,7 @@ def report_command(obj: dict[str, Any], out_path: Path, lang: str | None, limit:
 
     budget = _budget(options, default_objective="cost" if options["peak_rps"] is not None else "accuracy")
     result = _recommendation(obj["db"], budget, _workload(options, required=False), limit)
-    text = report.markdown(result, pick_language(lang), limit=limit, command=_command_line(), database=str(obj["db"]))
+    text = report.markdown(result, pick_language(lang or obj["lang"]), limit=limit, command=_command_line(), database=str(obj["db"]))
     try:
         report.write_atomic(out_path, text)
     except OSError as exc:
@@ -608,7 +611,7 @@ def demo(obj: dict[str, Any], no_tui: bool, threads: int | None, skip_lite0: boo
         with Store.open(obj["db"], read_only=True) as store:
             click.echo(formatting.recommendation_text(rank_store(store, budget, limit=10), 10))
     else:
-        _open_tui(obj["db"], budget)
+        _open_tui(obj["db"], budget, lang=obj["lang"])
 
 
 # -- features ----------------------------------------------------------------------------------

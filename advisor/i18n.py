@@ -29,6 +29,25 @@ def pick_language(option: str | None = None) -> str:
     return "en"
 
 
+_active: gettext.NullTranslations = gettext.NullTranslations()
+
+
+def use_language(lang: str) -> None:
+    """Make `_` translate into `lang` for the rest of the process (the TUI and the CLI set it once)."""
+    global _active
+    _active = translation(lang)
+
+
+def _(message: str) -> str:
+    """Return `message` in the language chosen with `use_language` (English by default)."""
+    return _active.gettext(message)
+
+
+def N_(message: str) -> str:
+    """Mark a message for the catalog without translating it yet (for module-level tables)."""
+    return message
+
+
 def translation(lang: str) -> gettext.NullTranslations:
     """Return the catalog for `lang`; English (the messages as written) for 'en' or a missing catalog."""
     if lang == "en":

@@ -10,81 +10,19 @@ import datetime as dt
 import os
 import tempfile
 from pathlib import Path
-from typing import Any, Callable
 
 from advisor.formatting import method_label, number, sparsity_cell
 from advisor.i18n import translation
+from advisor.labels import (
+    CONSTRAINT_NAMES,
+    CONSTRAINT_UNITS,
+    LATENCY_SOURCE_TEXT,
+    OBJECTIVE_NAMES,
+    PROVENANCE_NAMES,
+    Gettext,
+    risk_text,
+)
 from advisor.recommend import Candidate, Recommendation
-
-Gettext = Callable[[str], str]
-
-
-def _(message: str) -> str:
-    """Mark a message for the catalog; `markdown` translates it when it writes."""
-    return message
-
-
-CONSTRAINT_NAMES = {
-    "max_latency_ms": _("max latency"),
-    "min_throughput": _("min throughput"),
-    "min_accuracy": _("min accuracy"),
-    "max_drop": _("max drop from dense"),
-    "max_relative_drop": _("max relative drop"),
-    "max_weight_mb": _("max weight memory"),
-}
-CONSTRAINT_UNITS = {
-    "max_latency_ms": "ms",
-    "min_throughput": _("/s"),
-    "min_accuracy": _("points"),
-    "max_drop": _("points"),
-    "max_relative_drop": _("% of dense"),
-    "max_weight_mb": "MB",
-}
-OBJECTIVE_NAMES = {
-    "accuracy": _("highest accuracy"),
-    "latency": _("lowest latency"),
-    "sparsity": _("highest sparsity"),
-    "cost": _("lowest cost"),
-}
-PROVENANCE_NAMES = {"measured": _("measured"), "published": _("published"), "predicted": _("predicted")}
-LATENCY_SOURCE_TEXT = {
-    "result": _("measured for this result"),
-    "same_sparsity": _("measured for the same model, sparsity and pattern with a magnitude mask"),
-    "dense_kernels": _("the dense model's timing: this runtime ran dense kernels only, so the zeros do not change it"),
-    "dense": _("measured for the dense model"),
-    "published_dense": _("published for the same architecture and input size, dense"),
-}
-
-
-def _risk_text(risk: dict[str, Any], t: Gettext) -> str:
-    """Return one risk as a sentence in the report's language."""
-    code = risk["code"]
-    if code == "accuracy_predicted":
-        return t("Accuracy is predicted by the regressor, not measured.")
-    if code == "interval_crosses_limit":
-        names = ", ".join(t(CONSTRAINT_NAMES[c]) for c in risk["constraints"])
-        return t("The low end of the prediction's 80 % interval ({low:.1f} %) misses {names}.").format(
-            low=risk["low"], names=names)
-    if code == "accuracy_published":
-        return t("Accuracy was measured by others, on their data and setup: {source}.").format(source=risk["source"])
-    if code == "latency_missing":
-        return t("No latency measured on {runtime} at batch {batch} on this hardware profile.").format(
-            runtime=risk["runtime"], batch=risk["batch_size"])
-    if code == "latency_inferred":
-        return t("Latency not measured for this result: {how}.").format(how=t(LATENCY_SOURCE_TEXT[risk["source"]]))
-    if code == "latency_published":
-        return t("Latency published by {citation}, on other hardware and software.").format(citation=risk["citation"])
-    if code == "no_measured_speedup":
-        return t("No speed-up over dense measured on {runtime}: the saving is memory or storage, not compute.").format(
-            runtime=risk["runtime"])
-    if code == "small_eval_set":
-        return t("Accuracy from {n} evaluation images: its 95 % interval is ±{width:.1f} points.").format(
-            n=risk["eval_size"], width=risk["half_width"])
-    if code == "thin_margin":
-        return t("Little headroom on {name}: {headroom:.2f} {unit}.").format(
-            name=t(CONSTRAINT_NAMES[risk["constraint"]]), headroom=risk["headroom"],
-            unit=t(CONSTRAINT_UNITS[risk["constraint"]]))
-    return risk["detail"]
 
 
 def _money(value: float | None, currency: str) -> str:
@@ -244,7 +182,7 @@ def markdown(result: Recommendation, lang: str, limit: int = 5, command: str = "
             out += ["## " + t("What it saves"), ""] + _savings(top, result, t) + [""]
         out += ["## " + t("Evidence"), ""] + _evidence(top, t) + [""]
         out += ["## " + t("Risks"), ""]
-        risks = [_risk_text(r, t) for r in top.risks]
+        risks = [risk_text(r, t) for r in top.risks]
         out += [f"- {r}" for r in risks] if risks else ["- " + t("None found in the evidence.")]
         out += [""]
     step = result.next_step(limit)

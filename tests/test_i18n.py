@@ -15,7 +15,7 @@ from advisor.i18n import pick_language, translation
 
 ROOT = Path(__file__).parents[1]
 PO = ROOT / "assets" / "locale" / "ja" / "LC_MESSAGES" / "ptsa.po"
-SOURCES = [ROOT / "advisor" / "report.py"]
+SOURCES = [ROOT / "advisor" / name for name in ("labels.py", "report.py", "tui/app.py", "tui/forms.py")]
 
 
 def catalog():
@@ -30,7 +30,7 @@ def placeholders(text: str) -> set[str]:
 def test_every_message_translated():
     translated = {m.id: m.string for m in catalog() if m.id}
     for source in SOURCES:
-        for _, message, _, _ in extract_from_file("python", str(source), keywords={"_": None, "t": None}):
+        for _, message, _, _ in extract_from_file("python", str(source), keywords={"_": None, "t": None, "N_": None}):
             assert translated.get(message), f"{source.name}: no Japanese for {message!r}; run `make catalog-template`"
 
 

@@ -104,3 +104,93 @@ async def test_predicted_and_published_rows_say_what_they_are(tmp_path):
     assert "achieved not published" in first
     assert "predicted retention 91.0 % of dense, 80 % interval 80.5 to 99.0" in second
     assert "held-out-family MAE 13.4" in second
+
+
+# -- tabs: ROI, Evidence, Help; both languages ---------------------------------------------------
+
+
+async def test_roi_tab_recomputes_as_the_workload_changes(fixture_db):
+    app = PTSAdvisorApp(fixture_db, Budget(dataset="mnist"))
+    async with app.run_test(size=(80, 24)) as pilot:
+        await pilot.press("f3")
+        status = app.query_one("#roi-status", Static)
+        assert "Enter the peak rate" in str(status.render())
+        app.query_one("#peak-rps", Input).value = "1000"
+        app.query_one("#price-per-hour", Input).value = "0.5"
+        await pilot.pause()
+        table = app.query_one("#roi-table", DataTable)
+        # p50 4.0 ms -> 250/s, 150/s at 60 % -> 7 instances of the dense model; 2,555 a month.
+        assert table.row_count == 6
+        first = table.get_row_at(0)
+        assert first[1] == "7→7"
+        assert first[2] == "2,555 USD"
+        assert "costs per month, cheapest first" in str(status.render())
+        assert "saving is weight memory and storage, not compute" in str(app.query_one("#roi-notes", Static).render())
+
+        app.query_one("#utilisation", Input).value = "150"
+        await pilot.pause()
+        assert "Invalid workload" in str(status.render())
+        assert "150 %" in str(status.render())
+        assert table.row_count == 0
+
+
+async def test_evidence_tab_plots_the_highlighted_model(fixture_db):
+    app = PTSAdvisorApp(fixture_db, Budget(dataset="mnist"))
+    async with app.run_test(size=(80, 24)) as pilot:
+        await pilot.press("ctrl+t", "down", "f4")
+        await pilot.pause()
+        title = str(app.query_one("#evidence-title", Static).render())
+        assert "mnist/resnet10t on mnist" in title
+        assert app.selected.row["criterion"] == "magnitude"
+        detail = str(app.query_one("#evidence-detail", Static).render())
+        assert "measured on mnist (1000 eval inputs" in detail
+
+
+async def test_japanese_labels_everywhere(fixture_db):
+    app = PTSAdvisorApp(fixture_db, Budget(dataset="mnist", max_latency_ms=5.0), lang="ja")
+    async with app.run_test(size=(80, 24)) as pilot:
+        assert "6 件の候補のうち 3 件が予算を満たします" in status_text(app)
+        app.query_one("#max-latency", Input).value = "1"
+        await pilot.pause()
+        assert "予算を満たす候補はありません" in status_text(app)
+        assert "最大レイテンシで 6 件中 6 件が外れます" in status_text(app)
+        app.query_one("#max-latency", Input).value = "abc"
+        await pilot.pause()
+        assert "最大レイテンシ ms: 'abc' は数値ではありません" in status_text(app)
+
+
+def test_first_screen_japanese_snapshot(snap_compare, fixture_db):
+    app = PTSAdvisorApp(fixture_db, Budget(dataset="mnist", max_latency_ms=5.0), lang="ja")
+    assert snap_compare(app, terminal_size=(80, 24))
+
+
+def roi_app(fixture_db, lang):
+    from advisor.roi import Workload
+
+    return PTSAdvisorApp(fixture_db, Budget(dataset="mnist"), Workload(peak_rps=1000, price_per_hour=0.5), lang=lang)
+
+
+def test_roi_snapshot(snap_compare, fixture_db):
+    assert snap_compare(roi_app(fixture_db, "en"), press=["f3"], terminal_size=(80, 24))
+
+
+def test_roi_japanese_snapshot(snap_compare, fixture_db):
+    assert snap_compare(roi_app(fixture_db, "ja"), press=["f3"], terminal_size=(80, 24))
+
+
+def test_evidence_snapshot(snap_compare, fixture_db):
+    app = PTSAdvisorApp(fixture_db, Budget(dataset="mnist"), lang="en")
+    assert snap_compare(app, press=["ctrl+t", "down", "f4"], terminal_size=(80, 24))
+
+
+def test_evidence_japanese_snapshot(snap_compare, fixture_db):
+    app = PTSAdvisorApp(fixture_db, Budget(dataset="mnist"), lang="ja")
+    assert snap_compare(app, press=["ctrl+t", "down", "f4"], terminal_size=(80, 24))
+
+
+def test_help_snapshot(snap_compare, fixture_db):
+    assert snap_compare(PTSAdvisorApp(fixture_db, lang="en"), press=["f1"], terminal_size=(80, 24))
+
+
+def test_help_japanese_snapshot(snap_compare, fixture_db):
+    assert snap_compare(PTSAdvisorApp(fixture_db, lang="ja"), press=["f1"], terminal_size=(80, 24))

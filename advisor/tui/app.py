@@ -1,165 +1,147 @@
-"""The PTS Advisor TUI: budget inputs, the ranked candidates, and the evidence of one row.
+"""The PTS Advisor TUI: budgets and the ranked candidates, the ROI what-if, the evidence, and help.
 
-It reads the database at start and on `r` with a read-only connection that it closes at once.
-A bench opens the file only to record its run and insert each model's rows, so the TUI can read
-between those moments. A read that meets the writer's lock is reported as an error, and `r`
-retries.
-torch and timm are never imported here, so the first screen paints without them.
+Every query opens the database read-only and closes it at once, so a bench can write between
+queries; a read that meets the writer's lock is reported, and `r` retries. torch and timm are
+never imported here, so the first screen paints without them. Labels and messages go through
+the gettext catalog (`advisor.i18n`), in Japanese when the locale or `--lang ja` asks for it.
 """
 
 from __future__ import annotations
 
 import json
-
-import math
 from pathlib import Path
 
 from textual import on
 from textual.app import App, ComposeResult
 from textual.binding import Binding
 from textual.containers import Horizontal, Vertical
-from textual.message import Message
-from textual.widgets import DataTable, Footer, Header, Input, Label, Select, Static
+from textual.widgets import DataTable, Footer, Markdown, Static, TabbedContent, TabPane
+from textual_plotext import PlotextPlot
 
-from advisor.formatting import CONSTRAINT_LABELS, METRIC_LABELS, describe_violation, method_label, number
+from advisor.evidence import model_evidence
+from advisor.formatting import method_label, number
+from advisor.i18n import _, pick_language, use_language
+from advisor.labels import CONSTRAINT_NAMES, CONSTRAINT_UNITS, LATENCY_SOURCE_TEXT, OBJECTIVE_NAMES, risk_text
 from advisor.ranking import rank_store
-from advisor.recommend import LATENCY_SOURCES, OBJECTIVES, Budget, BudgetError, Candidate, Recommendation
+from advisor.recommend import Budget, BudgetError, Candidate, Recommendation
+from advisor.roi import Workload
+from advisor.tui.forms import BudgetForm, WorkloadForm
 from db import DatabaseError, Store
 
-ALL_DATASETS = "all"
 SHOWN_ROWS = 200  # rows of the ranking table; the status line gives the full count
 
 
-def _parse_optional_float(text: str) -> float | None:
-    text = text.strip()
-    if not text:
-        return None
-    value = float(text)  # ValueError is reported by the caller
-    if math.isnan(value):
-        raise ValueError("NaN is not a valid budget value")
-    return value
+def sparsity_text(row: dict) -> str:
+    if row.get("achieved_sparsity") is not None:
+        return number(row["achieved_sparsity"] * 100, 0, "%")
+    return "~" + number((row.get("requested_sparsity") or 0) * 100, 0, "%")
 
 
-class BudgetForm(Vertical):
-    """Budget inputs. Posts `BudgetForm.Changed` with a valid budget, `Invalid` with the reason."""
-
-    class Changed(Message):
-        """The inputs form a valid budget."""
-
-        def __init__(self, budget: Budget) -> None:
-            super().__init__()
-            self.budget = budget
-
-    class Invalid(Message):
-        """An input cannot be read as a budget; `reason` names the input and the problem."""
-
-        def __init__(self, reason: str) -> None:
-            super().__init__()
-            self.reason = reason
-
-    def __init__(self, budget: Budget, datasets: list[str], **kwargs) -> None:
-        super().__init__(**kwargs)
-        self._initial = budget
-        self._datasets = datasets
-
-    def compose(self) -> ComposeResult:
-        b = self._initial
-        yield Label("Max p90 latency ms")
-        yield Input(value=_fmt(b.max_latency_ms), placeholder="none", id="max-latency", type="number", compact=True)
-        yield Label("Min accuracy (%)")
-        yield Input(value=_fmt(b.min_accuracy), placeholder="none", id="min-accuracy", type="number", compact=True)
-        yield Label("Max drop (points)")
-        yield Input(value=_fmt(b.max_drop), placeholder="none", id="max-drop", type="number", compact=True)
-        yield Label("Objective")
-        yield Select([(o, o) for o in OBJECTIVES], value=b.objective, allow_blank=False, id="objective", compact=True)
-        yield Label("Dataset")
-        options = [(ALL_DATASETS, ALL_DATASETS)] + [(d, d) for d in self._datasets]
-        value = b.dataset if b.dataset in self._datasets else ALL_DATASETS
-        yield Select(options, value=value, allow_blank=False, id="dataset", compact=True)
-
-    def read_budget(self) -> Budget:
-        """Build a budget from the inputs; raises ValueError or BudgetError naming the bad field."""
-        fields = {}
-        for field_id, name in (("max-latency", "max_latency_ms"), ("min-accuracy", "min_accuracy"), ("max-drop", "max_drop")):
-            text = self.query_one(f"#{field_id}", Input).value
-            try:
-                fields[name] = _parse_optional_float(text)
-            except ValueError:
-                raise ValueError(f"{CONSTRAINT_LABELS[name]}: {text!r} is not a number") from None
-        dataset = self.query_one("#dataset", Select).value
-        return Budget(
-            **fields,
-            latency_stat="p90",
-            objective=str(self.query_one("#objective", Select).value),
-            dataset=None if dataset == ALL_DATASETS else str(dataset),
-            # Runtime, profile and batch size are not on the form yet; keep those the app started with.
-            runtimes=self._initial.runtimes,
-            profile=self._initial.profile,
-            batch_size=self._initial.batch_size,
-        )
-
-    @on(Input.Changed)
-    @on(Select.Changed)
-    def _inputs_changed(self) -> None:
-        try:
-            self.post_message(self.Changed(self.read_budget()))
-        except (ValueError, BudgetError) as exc:
-            self.post_message(self.Invalid(str(exc)))
+def binding_text(candidate: Candidate) -> str:
+    """Return the binding limit and its headroom in a few characters, such as 'drop +0.5'."""
+    binding = candidate.binding()
+    if binding is None:
+        return "-"
+    short = {"max_latency_ms": _("lat"), "min_throughput": _("thr"), "min_accuracy": _("acc"),
+             "max_drop": _("drop"), "max_relative_drop": _("rel"), "max_weight_mb": _("mem")}[binding]
+    return f"{short} +{candidate.margins[binding]:.1f}"
 
 
-def _fmt(value: float | None) -> str:
-    return "" if value is None else f"{value:g}"
+def ranking_headers() -> list[str]:
+    # Narrower than the CLI table so that it fits an 80-column terminal beside the budget. The
+    # budgeted values come first, so they stay visible when long model names need scrolling.
+    return ["#", _("acc %"), _("drop"), _("latency"), _("sparsity"), _("binds"), _("method"), _("model"),
+            _("evidence")]
 
 
-# Narrower than the CLI table so that the ranking fits an 80-column terminal.
-# The budgeted values come first, so they stay visible when long model names need scrolling.
-TUI_HEADERS = ["acc %", "drop", "p90 ms", "sparsity", "method", "model", "evidence"]
-
-
-def tui_cells(candidate: Candidate) -> list[str]:
+def ranking_cells(rank: str, candidate: Candidate) -> list[str]:
     row = candidate.row
     accuracy = number(candidate.accuracy)
     if candidate.metric == "top1_agreement":
-        accuracy += " agr"
-    return [
-        accuracy,
-        number(candidate.drop),
-        number(candidate.latency_ms, 1),
-        number((row.get("achieved_sparsity") or 0) * 100, 0, "%") if row.get("achieved_sparsity") is not None
-        else "~" + number((row.get("requested_sparsity") or 0) * 100, 0, "%"),
-        method_label(row),
-        row["model_key"],
-        row["provenance"],
-    ]
+        accuracy += " " + _("agr")
+    return [rank, accuracy, number(candidate.drop), number(candidate.latency_ms, 1), sparsity_text(row),
+            binding_text(candidate), method_label(row), row["model_key"], _(row["provenance"])]
+
+
+def help_markdown() -> str:
+    return "\n".join([
+        "# " + _("PTS Advisor"),
+        _("Pick a model, a post-training sparsity method and a sparsity that meet your budget, from measured, "
+          "published and predicted evidence."),
+        "",
+        "## " + _("Keys"),
+        "",
+        "| " + _("key") + " | " + _("action") + " |",
+        "|---|---|",
+        "| F1 | " + _("this help") + " |",
+        "| F2 | " + _("Recommend: budget and ranked candidates") + " |",
+        "| F3 | " + _("ROI: instances and cost against dense") + " |",
+        "| F4 | " + _("Evidence of the highlighted candidate") + " |",
+        "| Tab, Shift+Tab | " + _("move between inputs and the table") + " |",
+        "| ↑ ↓ | " + _("highlight a candidate") + " |",
+        "| Ctrl+T | " + _("focus the table") + " |",
+        "| r | " + _("read the database again") + " |",
+        "| q | " + _("quit") + " |",
+        "",
+        "## " + _("Terms"),
+        "",
+        "- **" + _("sparsity") + "**: " + _("share of Conv2d and Linear weights set to zero."),
+        "- **" + _("binds") + "**: " + _("the limit with the least headroom, and that headroom."),
+        "- **" + _("latency") + "**: " + _("the chosen statistic (p90 by default) in ms, measured on one hardware "
+                                          "profile and runtime; never estimated from FLOPs."),
+        "- **" + _("evidence") + "**: " + _("measured here, published by others (with its source), or predicted "
+                                           "by the regressor (with its 80 % interval)."),
+        "- **" + _("speed-up") + "**: " + _("counted only where dense and sparse were timed in the same "
+                                           "interleaved rounds and differ by more than 5 %."),
+        "- **" + _("ROI") + "**: " + _("instances = ceil(peak / (capacity × utilisation)); capacity = batch × "
+                                      "1000 / p50 ms; a month is 730 hours."),
+    ])
 
 
 class PTSAdvisorApp(App):
-    """Plan a deployment: budgets on the left, ranked candidates and their evidence on the right."""
+    """Plan a deployment: budget, ranked candidates, their cost and their evidence."""
 
     TITLE = "PTS Advisor"
     CSS = """
-    BudgetForm { width: 22; padding: 0 1; border-right: solid $primary; }
-    BudgetForm Label { margin-top: 1; color: $text-muted; }
-    BudgetForm Input, BudgetForm Select { width: 100%; }
-    #main { width: 1fr; }
-    #ranking { height: 1fr; }
-    #status { height: auto; padding: 0 1; color: $text-muted; }
-    #evidence { height: 9; padding: 0 1; border-top: solid $primary; }
+    BudgetForm, WorkloadForm { width: 24; padding: 0 1; border-right: solid $primary; }
+    BudgetForm Label, WorkloadForm Label { color: $text-muted; }
+    BudgetForm, WorkloadForm { scrollbar-size-vertical: 1; }
+    BudgetForm Input, BudgetForm Select, WorkloadForm Input { width: 100%; }
+    TabPane { padding: 0; }
+    .main { width: 1fr; }
+    #ranking, #roi-table { height: 1fr; }
+    #status, #roi-status, #evidence-title { height: auto; padding: 0 1; color: $text-muted; }
+    #evidence, #roi-notes { height: 7; padding: 0 1; border-top: solid $primary; }
+    #plots { height: 1fr; }
+    #plots PlotextPlot { width: 1fr; }
+    #evidence-detail { height: 5; padding: 0 1; border-top: solid $primary; }
     """
     BINDINGS = [
         Binding("q", "quit", "Quit"),
         Binding("r", "reload", "Reload"),
-        Binding("ctrl+t", "focus_table", "Table"),
+        Binding("f1", "show_tab('help')", "Help"),
+        Binding("f2", "show_tab('recommend')", "Recommend"),
+        Binding("f3", "show_tab('roi')", "ROI"),
+        Binding("f4", "show_tab('evidence-tab')", "Evidence"),
+        Binding("ctrl+t", "focus_table", "Table", show=False),
     ]
 
-    def __init__(self, db_path: Path, budget: Budget | None = None) -> None:
+    def __init__(self, db_path: Path, budget: Budget | None = None, workload: Workload | None = None,
+                 lang: str | None = None) -> None:
         super().__init__()
+        self.lang = pick_language(lang)
+        use_language(self.lang)
         self.db_path = Path(db_path)
         self.budget = budget or Budget()
+        self.workload = workload
         self.dataset_names: list[str] = []
         self.load_error: str | None = None
         self.result: Recommendation | None = None
+        self.roi_result: Recommendation | None = None
+        self.selected: Candidate | None = None
         self._load()
+
+    # -- data ---------------------------------------------------------------------------------
 
     def _load(self) -> None:
         try:
@@ -171,31 +153,68 @@ class PTSAdvisorApp(App):
             self.dataset_names = []
             self.load_error = str(exc)
 
-    @property
-    def datasets(self) -> list[str]:
-        return self.dataset_names
+    def _rank(self, budget: Budget, workload: Workload | None) -> Recommendation | str:
+        """Return the ranking, or the message that explains why there is none."""
+        if self.load_error:
+            return _("Cannot read the database: {error}").format(error=self.load_error)
+        if not self.dataset_names:
+            return _("No results in {name}. Run `ptsa demo` or `ptsa bench`, then press r.").format(
+                name=self.db_path.name)
+        try:
+            # The database is opened for this query only, so a bench can write between queries.
+            with Store.open(self.db_path, read_only=True) as store:
+                return rank_store(store, budget, workload, limit=SHOWN_ROWS)
+        except DatabaseError as exc:
+            return _("Cannot read the database: {error}").format(error=exc)
+        except BudgetError as exc:  # a --profile that is not in this database, or cost without a workload
+            return _("Invalid budget: {reason}").format(reason=exc)
+
+    # -- layout -------------------------------------------------------------------------------
 
     def compose(self) -> ComposeResult:
-        yield Header()
-        with Horizontal():
-            yield BudgetForm(self.budget, self.datasets, id="budget")
-            with Vertical(id="main"):
-                yield Static(id="status")
-                yield DataTable(id="ranking", cursor_type="row", zebra_stripes=True)
-                yield Static(id="evidence")
+        with TabbedContent(initial="recommend"):
+            with TabPane(_("Recommend"), id="recommend"):
+                with Horizontal():
+                    yield BudgetForm(self.budget, self.dataset_names, id="budget")
+                    with Vertical(classes="main"):
+                        yield Static(id="status")
+                        yield DataTable(id="ranking", cursor_type="row", zebra_stripes=True)
+                        yield Static(id="evidence")
+            with TabPane(_("ROI"), id="roi"):
+                with Horizontal():
+                    yield WorkloadForm(self.workload, id="workload")
+                    with Vertical(classes="main"):
+                        yield Static(id="roi-status")
+                        yield DataTable(id="roi-table", cursor_type="row", zebra_stripes=True)
+                        yield Static(id="roi-notes")
+            with TabPane(_("Evidence"), id="evidence-tab"):
+                with Vertical():
+                    yield Static(id="evidence-title")
+                    with Horizontal(id="plots"):
+                        yield PlotextPlot(id="accuracy-plot")
+                        yield PlotextPlot(id="latency-plot")
+                    yield Static(id="evidence-detail")
+            with TabPane(_("Help"), id="help"):
+                yield Markdown(help_markdown(), id="help-text")
         yield Footer()
 
     def on_mount(self) -> None:
         self.sub_title = self.db_path.name
-        table = self.query_one("#ranking", DataTable)
-        table.add_columns("#", *TUI_HEADERS)
+        self.query_one("#ranking", DataTable).add_columns(*ranking_headers())
+        self.query_one("#roi-table", DataTable).add_columns(
+            "#", _("instances"), _("cost"), _("saving"), _("acc %"), _("sparsity"), _("method"), _("model"),
+            _("weight MB"))
         self.refresh_ranking()
-        table.focus()  # keys such as q and r work at once; Tab reaches the budget inputs
+        self.refresh_roi()
+        self.query_one("#ranking", DataTable).focus()  # q and r work at once; Tab reaches the inputs
+
+    # -- Recommend tab ------------------------------------------------------------------------
 
     @on(BudgetForm.Changed)
     def _budget_changed(self, message: BudgetForm.Changed) -> None:
-        self.budget = message.budget
+        self.budget = message.value
         self.refresh_ranking()
+        self.refresh_roi()
 
     @on(BudgetForm.Invalid)
     def _budget_invalid(self, message: BudgetForm.Invalid) -> None:
@@ -203,130 +222,266 @@ class PTSAdvisorApp(App):
         self.query_one("#ranking", DataTable).clear()
         self.query_one("#evidence", Static).update("")
         self.result = None
-        self.query_one("#status", Static).update(f"[b]Invalid budget[/b]: {message.reason}")
+        self.query_one("#status", Static).update(_("[b]Invalid budget[/b]: {reason}").format(reason=message.reason))
 
     def refresh_ranking(self) -> None:
-        """Recompute the recommendation for the current budget and redraw the table."""
+        """Rank the candidates for the current budget and redraw the table."""
         status = self.query_one("#status", Static)
         table = self.query_one("#ranking", DataTable)
         table.clear()
-        if self.load_error:
-            status.update(f"[b]Cannot read the database[/b]: {self.load_error}")
+        workload = self.workload if self.budget.objective == "cost" else None
+        ranked = self._rank(self.budget, workload)
+        if isinstance(ranked, str):
+            self.result = None
+            status.update(ranked)
             self.query_one("#evidence", Static).update("")
             return
-        if not self.dataset_names:
-            status.update(f"No results in {self.db_path.name}. Run `ptsa demo` or `ptsa bench`, then press r.")
-            return
-        try:
-            # The database is opened for this query only, so a bench can write between queries.
-            with Store.open(self.db_path, read_only=True) as store:
-                self.result = rank_store(store, self.budget, limit=SHOWN_ROWS)
-        except DatabaseError as exc:
-            status.update(f"[b]Cannot read the database[/b]: {exc}")
-            self.result = None
-            return
-        except BudgetError as exc:  # a --profile that is not in this database
-            status.update(f"[b]Invalid budget[/b]: {exc}")
-            self.query_one("#evidence", Static).update("")
-            self.result = None
-            return
-        shown = self.result.ranked if self.result.found else self.result.nearest
+        self.result = ranked
+        shown = ranked.ranked if ranked.found else ranked.nearest
         for index, candidate in enumerate(shown):
-            rank = str(index + 1) if self.result.found else "✗"
-            table.add_row(rank, *tui_cells(candidate), key=str(index))
-        if self.result.found:
-            status.update(f"{self.result.meeting_count} of {self.result.total} candidates meet the budget "
-                          f"(objective: {self.budget.objective})"
-                          + (f"; the first {SHOWN_ROWS} are shown." if self.result.meeting_count > SHOWN_ROWS else "."))
+            table.add_row(*ranking_cells(str(index + 1) if ranked.found else "✗", candidate), key=str(index))
+        if ranked.found:
+            text = _("{n} of {total} candidates meet the budget (objective: {objective}).").format(
+                n=ranked.meeting_count, total=ranked.total, objective=_(OBJECTIVE_NAMES[self.budget.objective]))
+            if ranked.meeting_count > SHOWN_ROWS:
+                text += " " + _("The first {n} are shown.").format(n=SHOWN_ROWS)
         else:
-            binding = self.result.binding_constraint()
-            status.update(
-                f"[b]No candidate meets the budget[/b]: {CONSTRAINT_LABELS.get(binding, binding)} rules out "
-                f"{self.result.failing_counts.get(binding, 0)} of {self.result.total}. Nearest shown."
-            )
-        self._show_evidence(shown[0] if shown else None)
+            binding = ranked.binding_constraint()
+            text = _("[b]No candidate meets the budget[/b]: {name} rules out {n} of {total}. Nearest shown.").format(
+                name=_(CONSTRAINT_NAMES.get(binding, binding or "-")), n=ranked.failing_counts.get(binding, 0),
+                total=ranked.total)
+        status.update(text)
+        self._select(shown[0] if shown else None)
 
-    def selected_candidates(self) -> list[Candidate]:
+    def shown_candidates(self) -> list[Candidate]:
         if self.result is None:
             return []
         return self.result.ranked if self.result.found else self.result.nearest
 
-    @on(DataTable.RowHighlighted)
+    @on(DataTable.RowHighlighted, "#ranking")
     def _row_highlighted(self, event: DataTable.RowHighlighted) -> None:
-        candidates = self.selected_candidates()
+        candidates = self.shown_candidates()
         if event.row_key is not None and event.row_key.value is not None:
             index = int(event.row_key.value)
             if 0 <= index < len(candidates):
-                self._show_evidence(candidates[index])
+                self._select(candidates[index])
 
-    def _show_evidence(self, candidate: Candidate | None) -> None:
-        panel = self.query_one("#evidence", Static)
-        if candidate is None:
-            panel.update("")
-            return
+    def _select(self, candidate: Candidate | None) -> None:
+        self.selected = candidate
+        self.query_one("#evidence", Static).update("" if candidate is None else "\n".join(self.evidence_lines(candidate)))
+        self.refresh_evidence_tab()
+
+    def evidence_lines(self, candidate: Candidate) -> list[str]:
+        """Describe a candidate: what it is, its accuracy and where it comes from, its latency, its risks."""
         row = candidate.row
+        achieved = (_("achieved {value} of Conv/Linear weights").format(value=f"{row['achieved_sparsity']:.1%}")
+                    if row.get("achieved_sparsity") is not None else _("achieved not published"))
         lines = [
-            f"[b]{row['model_key']}[/b] · {method_label(row)} · requested {row['requested_sparsity']:.0%}, "
-            + (f"achieved {row['achieved_sparsity']:.1%} of Conv/Linear weights" if row.get("achieved_sparsity") is not None
-               else "achieved not published"),
+            f"[b]{row['model_key']}[/b] · {method_label(row)} · "
+            + _("requested {value}").format(value=f"{row['requested_sparsity']:.0%}") + ", " + achieved,
             *self._recipe_lines(row),
-            f"{METRIC_LABELS[candidate.metric]} {number(candidate.accuracy)} % "
-            f"(dense {number(candidate.dense_accuracy)} %)",
+            _("{metric} {accuracy} % (dense {dense} %)").format(
+                metric=_("top-1") if candidate.metric == "top1" else _("agreement"),
+                accuracy=number(candidate.accuracy), dense=number(candidate.dense_accuracy)),
             *self._provenance_lines(row),
             *self._latency_lines(candidate),
         ]
         if row.get("kl_divergence") is not None:
-            lines.append(f"agreement with dense {row.get('top1_agreement') or 0:.1f} %, KL {row['kl_divergence']:.4f}")
-
+            lines.append(_("agreement with dense {agreement} %, KL {kl}").format(
+                agreement=f"{row.get('top1_agreement') or 0:.1f}", kl=f"{row['kl_divergence']:.4f}"))
         for constraint, amount in candidate.violations.items():
-            lines.append(describe_violation(constraint, amount, candidate))
-        panel.update("\n".join(lines))
+            lines.append(self._violation_text(constraint, amount))
+        lines += [_("risk: {text}").format(text=risk_text(risk, _)) for risk in candidate.risks]
+        return lines
+
+    @staticmethod
+    def _violation_text(constraint: str, amount: float) -> str:
+        name = _(CONSTRAINT_NAMES[constraint])
+        if amount == float("inf"):
+            return _("{name}: not measured on this profile, runtime and batch size").format(name=name)
+        return _("{name} missed by {amount} {unit}").format(name=name, amount=f"{amount:.2f}",
+                                                            unit=_(CONSTRAINT_UNITS[constraint]))
 
     @staticmethod
     def _provenance_lines(row: dict) -> list[str]:
         """Say where the accuracy comes from: measured here, published (cited) or predicted (with its interval)."""
         if row["provenance"] == "published":
-            return [f"published on {row['dataset']}: {row.get('source')}"]
+            return [_("published on {dataset}: {source}").format(dataset=row["dataset"], source=row.get("source"))]
         if row["provenance"] == "predicted":
             prediction = json.loads(row.get("prediction_json") or "{}")
-            return [
-                f"[b]predicted[/b] retention {number(prediction.get('retention'))} % of dense, 80 % interval "
-                f"{number(prediction.get('retention_low'))} to {number(prediction.get('retention_high'))} "
-                f"(fit {prediction.get('fit_id')}, held-out-family MAE {number(prediction.get('held_out_family_mae'))})",
-            ]
-        return [f"{row['provenance']} on {row['dataset']} ({row.get('eval_size')} eval inputs, "
-                f"{row.get('calibration_size')} calibration), run {row.get('run_id')}"]
+            return [_("[b]predicted[/b] retention {retention} % of dense, 80 % interval {low} to {high} (fit {fit}, "
+                      "held-out-family MAE {mae})").format(
+                retention=number(prediction.get("retention")), low=number(prediction.get("retention_low")),
+                high=number(prediction.get("retention_high")), fit=prediction.get("fit_id"),
+                mae=number(prediction.get("held_out_family_mae")))]
+        return [_("measured on {dataset} ({eval} eval inputs, {calibration} calibration), run {run}").format(
+            dataset=row["dataset"], eval=row.get("eval_size"), calibration=row.get("calibration_size"),
+            run=row.get("run_id"))]
 
     def _latency_lines(self, candidate: Candidate) -> list[str]:
         timing = candidate.timing
-        budget = self.budget
         if timing is None:
-            return [f"latency: not measured on {budget.runtime} at batch {budget.batch_size} on this profile"]
+            return [_("latency: not measured on {runtime} at batch {batch} on this profile").format(
+                runtime=candidate.runtime or ", ".join(self.budget.runtimes), batch=self.budget.batch_size)]
         profile = self.result.profile if self.result else None
-        cpu = (profile.cpu_model if profile else None) or "unknown CPU"
-        speedup = ""
+        cpu = (profile.cpu_model if profile else None) or _("unknown CPU")
+        line = _("latency p50 {p50} ms, p90 {p90} ms at batch {batch}, {runtime}").format(
+            p50=f"{timing.p50_ms:.2f}", p90=number(timing.p90_ms, 2), batch=timing.batch_size, runtime=timing.runtime)
         if candidate.row["criterion"] != "dense" and timing.speedup is not None:
-            kernel = timing.sparse_kernel or "dense kernels only"
-            speedup = f", {timing.speedup:.2f}× dense ({kernel})"
-        return [
-            f"latency p50 {timing.p50_ms:.2f} ms, p90 {timing.p90_ms:.2f} ms at batch {timing.batch_size}, "
-            f"{timing.runtime}{speedup}",
-            f"{LATENCY_SOURCES[timing.source]}; profile {timing.env_key} ({cpu})",
-        ]
+            line += ", " + _("{speedup}× dense ({kernel})").format(
+                speedup=f"{timing.speedup:.2f}", kernel=timing.sparse_kernel or _("dense kernels only"))
+        return [line, _("{source}; profile {profile} ({cpu})").format(
+            source=_(LATENCY_SOURCE_TEXT[timing.source]), profile=timing.env_key, cpu=cpu)]
 
     @staticmethod
     def _recipe_lines(row: dict) -> list[str]:
         # The method label leaves parameters out, so rows that differ only in them need the recipe.
         recipe = json.loads(row.get("recipe_json") or "{}").get("recipe")
-        return [f"recipe: {recipe}"] if recipe and row["criterion"] != "dense" else []
+        return [_("recipe: {recipe}").format(recipe=recipe)] if recipe and row["criterion"] != "dense" else []
+
+    # -- ROI tab ------------------------------------------------------------------------------
+
+    @on(WorkloadForm.Changed)
+    def _workload_changed(self, message: WorkloadForm.Changed) -> None:
+        self.workload = message.value
+        self.refresh_roi()
+        if self.budget.objective == "cost":
+            self.refresh_ranking()
+
+    @on(WorkloadForm.Invalid)
+    def _workload_invalid(self, message: WorkloadForm.Invalid) -> None:
+        self.query_one("#roi-table", DataTable).clear()
+        self.query_one("#roi-notes", Static).update("")
+        self.roi_result = None
+        self.query_one("#roi-status", Static).update(
+            _("[b]Invalid workload[/b]: {reason}").format(reason=message.reason))
+
+    def refresh_roi(self) -> None:
+        """Size and price the candidates of the current budget under the workload, cheapest first."""
+        status = self.query_one("#roi-status", Static)
+        table = self.query_one("#roi-table", DataTable)
+        notes = self.query_one("#roi-notes", Static)
+        table.clear()
+        notes.update("")
+        if self.workload is None:
+            self.roi_result = None
+            status.update(_("Enter the peak rate and the price per instance-hour to size and price the candidates."))
+            return
+        ranked = self._rank(Budget(**{**self.budget.to_dict(), "objective": "cost",
+                                      "runtimes": self.budget.runtimes, "patterns": self.budget.patterns}),
+                            self.workload)
+        if isinstance(ranked, str):
+            self.roi_result = None
+            status.update(ranked)
+            return
+        self.roi_result = ranked
+        shown = ranked.ranked if ranked.found else ranked.nearest
+        currency = self.workload.currency
+        seen: dict[str, str] = {}
+        for index, c in enumerate(shown):
+            cost = c.costing
+            instances = "-" if cost.instances is None else (
+                f"{cost.baseline_instances}→{cost.instances}" if cost.baseline_instances is not None
+                else str(cost.instances))
+            # Sizes and costs first, so they stay visible when long model names need scrolling.
+            table.add_row(str(index + 1), instances, _money(cost.cost, currency), _money(cost.saving, currency),
+                          number(c.accuracy), sparsity_text(c.row), method_label(c.row), c.row["model_key"],
+                          number(cost.weight_mb, 1), key=str(index))
+            for note in cost.notes:
+                seen.setdefault(note["code"], self._note_text(note["code"], c))
+        status.update(_("Peak {peak:g}/s at {util:g} % utilisation, {price:g} {currency} per instance-hour; costs "
+                        "per month, cheapest first. instances: dense → candidate.").format(
+            peak=self.workload.peak_rps, util=self.workload.utilisation * 100, price=self.workload.price,
+            currency=currency))
+        notes.update("\n".join(seen.values()))
+
+    @staticmethod
+    def _note_text(code: str, candidate: Candidate) -> str:
+        if code == "no_compute_saving":
+            return _("No speed-up measured on {runtime}: those rows are sized like dense; their saving is weight "
+                     "memory and storage, not compute.").format(runtime=candidate.runtime)
+        if code == "slower_than_dense":
+            return _("Some rows run slower than dense on {runtime} and need more instances.").format(
+                runtime=candidate.runtime)
+        return _("Rows without a timing on this profile cannot be sized; time them with `ptsa latency`.")
+
+    # -- Evidence tab -------------------------------------------------------------------------
+
+    def refresh_evidence_tab(self) -> None:
+        """Plot accuracy and latency against sparsity for the model of the highlighted candidate."""
+        title = self.query_one("#evidence-title", Static)
+        accuracy_plot = self.query_one("#accuracy-plot", PlotextPlot)
+        latency_plot = self.query_one("#latency-plot", PlotextPlot)
+        detail = self.query_one("#evidence-detail", Static)
+        for plot in (accuracy_plot, latency_plot):
+            plot.plt.clear_figure()
+            plot.plt.clear_data()
+        candidate = self.selected
+        if candidate is None:
+            title.update(_("Highlight a candidate on the Recommend tab (F2) to see its evidence."))
+            detail.update("")
+            for plot in (accuracy_plot, latency_plot):
+                plot.refresh()
+            return
+        row = candidate.row
+        profile = self.result.profile.env_key if self.result and self.result.profile else None
+        try:
+            with Store.open(self.db_path, read_only=True) as store:
+                evidence = model_evidence(store, row["model_key"], row["dataset"], profile, self.budget.batch_size,
+                                          row["result_id"])
+        except DatabaseError as exc:
+            title.update(_("Cannot read the database: {error}").format(error=exc))
+            return
+        title.update(_("{model} on {dataset}: ● measured, ◆ published, ○ predicted with its 80 % interval").format(
+            model=row["model_key"], dataset=row["dataset"]))
+        plt = accuracy_plot.plt
+        if evidence.dense_accuracy is not None:
+            plt.scatter([0.0], [evidence.dense_accuracy], marker="■", label=_("dense"))
+        markers = {"measured": "●", "published": "◆", "predicted": "○"}
+        for name, points in evidence.accuracy.items():
+            for provenance, marker in markers.items():
+                chosen = [p for p in points if p.provenance == provenance]
+                if chosen:
+                    plt.scatter([p.sparsity * 100 for p in chosen], [p.accuracy for p in chosen], marker=marker,
+                                label=name if provenance == "measured" or not any(
+                                    p.provenance == "measured" for p in points) else None)
+            for point in (p for p in points if p.low is not None and p.high is not None):
+                plt.plot([point.sparsity * 100] * 2, [point.low, point.high], marker="·")
+        plt.title(_("accuracy % against sparsity %"))
+        accuracy_plot.refresh()
+        plt = latency_plot.plt
+        for runtime, points in evidence.latency.items():
+            plt.plot([s * 100 for s, _p50 in points], [p50 for _s, p50 in points], marker="●", label=runtime)
+        plt.title(_("p50 ms against sparsity % (magnitude, batch {batch})").format(batch=self.budget.batch_size)
+                  if evidence.latency else _("no latency sweep on this profile: run `ptsa latency`"))
+        latency_plot.refresh()
+        layers = sorted(evidence.layers.items(), key=lambda item: -item[1])
+        layer_text = ", ".join(f"{name} {value:.0%}" for name, value in layers[:6])
+        detail.update("\n".join([
+            *self._provenance_lines(row),
+            _("most pruned layers: {layers}").format(layers=layer_text) if layer_text
+            else _("per-layer sparsity: not stored for this result"),
+        ]))
+
+    # -- actions ------------------------------------------------------------------------------
+
+    def action_show_tab(self, tab: str) -> None:
+        self.query_one(TabbedContent).active = tab
 
     def action_reload(self) -> None:
         self._load()
         self.refresh_ranking()
+        self.refresh_roi()
 
     def action_focus_table(self) -> None:
+        self.query_one(TabbedContent).active = "recommend"
         self.query_one("#ranking", DataTable).focus()
 
 
-def run_app(db_path: Path, budget: Budget | None = None) -> None:
-    PTSAdvisorApp(db_path, budget).run()
+def _money(value: float | None, currency: str) -> str:
+    return "-" if value is None else f"{value:,.0f} {currency}"
+
+
+def run_app(db_path: Path, budget: Budget | None = None, workload: Workload | None = None,
+            lang: str | None = None) -> None:
+    PTSAdvisorApp(db_path, budget, workload, lang).run()

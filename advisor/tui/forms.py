@@ -1,0 +1,197 @@
+"""The TUI's input forms: the budget (Recommend tab) and the workload (ROI tab).
+
+Each form posts `Changed` with a valid value on every edit, or `Invalid` with the reason,
+which names the field and the problem in the user's language.
+"""
+
+from __future__ import annotations
+
+import math
+from typing import Any
+
+from textual import on
+from textual.app import ComposeResult
+from textual.containers import VerticalScroll
+from textual.message import Message
+from textual.widgets import Input, Label, Select
+
+from advisor.i18n import N_, _
+from advisor.recommend import LATENCY_STATS, OBJECTIVES, Budget, BudgetError
+from advisor.roi import Workload, WorkloadError
+
+ALL_DATASETS = "all"
+OBJECTIVE_LABELS = {"accuracy": N_("highest accuracy"), "latency": N_("lowest latency"),
+                    "sparsity": N_("highest sparsity"), "cost": N_("lowest cost")}
+
+
+def parse_number(text: str, label: str, integer: bool = False) -> float | int | None:
+    """Return the number in `text`, None when empty; raises ValueError naming the field."""
+    text = text.strip()
+    if not text:
+        return None
+    try:
+        value = int(text) if integer else float(text)
+    except ValueError:
+        raise ValueError(_("{field}: {text!r} is not a number").format(field=label, text=text)) from None
+    if isinstance(value, float) and math.isnan(value):
+        raise ValueError(_("{field}: NaN is not a valid value").format(field=label))
+    return value
+
+
+def _fmt(value: Any) -> str:
+    if value is None:
+        return ""
+    return value if isinstance(value, str) else f"{value:g}"
+
+
+class _Form(VerticalScroll):
+    """A column of labelled inputs that reports every change."""
+
+    class Changed(Message):
+        def __init__(self, value: Any) -> None:
+            super().__init__()
+            self.value = value
+
+    class Invalid(Message):
+        def __init__(self, reason: str) -> None:
+            super().__init__()
+            self.reason = reason
+
+    FIELDS: tuple[tuple[str, str, str], ...] = ()  # (input id, label, placeholder)
+
+    def _inputs(self, values: dict[str, Any]) -> ComposeResult:
+        for field_id, label, placeholder in self.FIELDS:
+            yield Label(_(label))
+            yield Input(value=_fmt(values.get(field_id)), placeholder=_(placeholder), id=field_id, compact=True)
+
+    def text(self, field_id: str) -> str:
+        return self.query_one(f"#{field_id}", Input).value
+
+    def number(self, field_id: str, integer: bool = False) -> float | int | None:
+        label = next(_(label) for fid, label, _placeholder in self.FIELDS if fid == field_id)
+        return parse_number(self.text(field_id), label, integer)
+
+    def read(self) -> Any:
+        raise NotImplementedError
+
+    @on(Input.Changed)
+    @on(Select.Changed)
+    def _inputs_changed(self) -> None:
+        try:
+            self.post_message(self.Changed(self.read()))
+        except (ValueError, BudgetError, WorkloadError) as exc:
+            self.post_message(self.Invalid(str(exc)))
+
+
+class BudgetForm(_Form):
+    """Budget inputs; runtimes, profile and the allowed patterns come from the command line."""
+
+    class Changed(_Form.Changed):
+        """The inputs form a valid budget (`value`)."""
+
+    class Invalid(_Form.Invalid):
+        """An input cannot be read as a budget; `reason` names the input and the problem."""
+
+    FIELDS = (
+        ("max-latency", N_("Max latency ms"), N_("none")),
+        ("batch-size", N_("Batch size"), "1"),
+        ("min-throughput", N_("Min throughput /s"), N_("none")),
+        ("min-accuracy", N_("Min accuracy %"), N_("none")),
+        ("max-drop", N_("Max drop (points)"), N_("none")),
+        ("max-relative-drop", N_("Max relative drop %"), N_("none")),
+        ("max-weight", N_("Max weight MB"), N_("none")),
+        ("margin", N_("Headroom %"), "0"),
+    )
+
+    def __init__(self, budget: Budget, datasets: list[str], **kwargs: Any) -> None:
+        super().__init__(**kwargs)
+        self._initial = budget
+        self._datasets = datasets
+
+    def compose(self) -> ComposeResult:
+        b = self._initial
+        values = {"max-latency": b.max_latency_ms, "batch-size": b.batch_size, "min-throughput": b.min_throughput,
+                  "min-accuracy": b.min_accuracy, "max-drop": b.max_drop, "max-relative-drop": b.max_relative_drop,
+                  "max-weight": b.max_weight_mb, "margin": b.margin_pct or None}
+        yield from self._inputs(values)
+        yield Label(_("Latency statistic"))
+        yield Select([(s, s) for s in LATENCY_STATS], value=b.latency_stat, allow_blank=False, id="latency-stat",
+                     compact=True)
+        yield Label(_("Objective"))
+        yield Select([(_(OBJECTIVE_LABELS[o]), o) for o in OBJECTIVES], value=b.objective, allow_blank=False,
+                     id="objective", compact=True)
+        yield Label(_("Dataset"))
+        options = [(_("all"), ALL_DATASETS)] + [(d, d) for d in self._datasets]
+        value = b.dataset if b.dataset in self._datasets else ALL_DATASETS
+        yield Select(options, value=value, allow_blank=False, id="dataset", compact=True)
+        yield Label(_("Runtimes"))
+        yield Input(value=",".join(b.runtimes), id="runtimes", compact=True)
+
+    def read(self) -> Budget:
+        """Build a budget from the inputs; raises ValueError or BudgetError naming the bad field."""
+        b = self._initial
+        dataset = self.query_one("#dataset", Select).value
+        batch = self.number("batch-size", integer=True)
+        runtimes = tuple(r.strip() for r in self.text("runtimes").split(",") if r.strip())
+        return Budget(
+            max_latency_ms=self.number("max-latency"),
+            latency_stat=str(self.query_one("#latency-stat", Select).value),
+            batch_size=1 if batch is None else batch,
+            min_throughput=self.number("min-throughput"),
+            min_accuracy=self.number("min-accuracy"),
+            max_drop=self.number("max-drop"),
+            max_relative_drop=self.number("max-relative-drop"),
+            max_weight_mb=self.number("max-weight"),
+            margin_pct=self.number("margin") or 0.0,
+            accuracy_margin=b.accuracy_margin,
+            patterns=b.patterns,
+            objective=str(self.query_one("#objective", Select).value),
+            dataset=None if dataset == ALL_DATASETS else str(dataset),
+            include_dense=b.include_dense,
+            runtimes=runtimes,
+            profile=b.profile,
+        )
+
+
+class WorkloadForm(_Form):
+    """Workload inputs of the ROI what-if; empty until the peak rate and a price are given."""
+
+    class Changed(_Form.Changed):
+        """The inputs form a valid workload (`value`), or None while the peak rate or the price is empty."""
+
+    class Invalid(_Form.Invalid):
+        """An input cannot be read as a workload; `reason` names the input and the problem."""
+
+    FIELDS = (
+        ("peak-rps", N_("Peak requests/s"), N_("required")),
+        ("price-per-hour", N_("Price per instance-hour"), N_("required")),
+        ("requests-per-day", N_("Requests per day"), N_("optional")),
+        ("instances-today", N_("Instances today"), N_("optional")),
+        ("utilisation", N_("Utilisation %"), "60"),
+        ("currency", N_("Currency"), "USD"),
+    )
+
+    def __init__(self, workload: Workload | None, **kwargs: Any) -> None:
+        super().__init__(**kwargs)
+        self._initial = workload
+
+    def compose(self) -> ComposeResult:
+        w = self._initial
+        values = {"currency": "USD"} if w is None else {
+            "peak-rps": w.peak_rps, "price-per-hour": w.price_per_hour, "requests-per-day": w.requests_per_day,
+            "instances-today": w.instances_today, "utilisation": w.utilisation * 100, "currency": w.currency}
+        yield from self._inputs(values)
+
+    def read(self) -> Workload | None:
+        peak, price = self.number("peak-rps"), self.number("price-per-hour")
+        if peak is None or price is None:
+            return None
+        utilisation = self.number("utilisation")
+        return Workload(
+            peak_rps=peak,
+            price_per_hour=price,
+            requests_per_day=self.number("requests-per-day"),
+            instances_today=self.number("instances-today", integer=True),
+            utilisation=(60.0 if utilisation is None else utilisation) / 100.0,
+            currency=self.text("currency").strip() or "USD",
+        )
