@@ -435,6 +435,9 @@ def _workload(options: dict[str, Any], required: bool) -> Workload | None:
                          "baseline_model") if options[k] is not None]
     if not given and not required:
         return None
+    if options["utilisation"] is not None and 0 < options["utilisation"] <= 1:
+        _fail(f"--utilisation {options['utilisation']:g} is read as a percentage, {options['utilisation']:g} %; "
+              f"for {options['utilisation'] * 100:g} % pass --utilisation {options['utilisation'] * 100:g}.")
     if options["peak_rps"] is None:
         _fail("the ROI what-if needs the peak rate: add --peak-rps (requests per second at peak), for example "
               "--peak-rps 50.")
@@ -467,6 +470,18 @@ def _recommendation(db_path: Path, budget: Budget, workload: Workload | None, li
         result = rank_store(store, budget, workload, limit=limit, pareto_only=pareto_only)
         timed = [] if result.profile is not None else store.query(
             f"SELECT DISTINCT runtime, batch_size FROM ({TIMINGS_SQL})")
+        patterns = [r["pattern"] for r in store.query(
+            "SELECT DISTINCT pattern FROM results WHERE criterion <> 'dense' AND ($d IS NULL OR dataset = $d) "
+            "ORDER BY pattern", {"d": budget.dataset})]
+    if result.total == 0:
+        allowed = ", ".join(budget.patterns or ["any"])
+        _fail(f"no candidate to judge: no result on {budget.dataset or 'any dataset'} has pattern {allowed}"
+              + ("" if budget.include_dense else " (and --sparse-only leaves the dense models out)")
+              + f". The results have patterns {', '.join(patterns) or 'none'}; pass one of them to --pattern.")
+    latency_used = budget.max_latency_ms is not None or budget.objective == "latency"
+    if latency_used and budget.latency_stat == "p90" and all(r in PUBLISHED_RUNTIMES for r in budget.runtimes):
+        _fail(f"runtime {budget.runtime} holds published mean step times as p50 only, so a p90 limit rules out "
+              "every candidate; add --latency-stat p50.")
     if result.profile is None:
         # Runtimes the product measured come before the published ones.
         runtimes = sorted({(t["runtime"], t["batch_size"]) for t in timed}, key=lambda k: (k[0] in PUBLISHED_RUNTIMES, k))
@@ -536,14 +551,14 @@ def roi_command(obj: dict[str, Any], limit: int, as_json: bool, **options: Any) 
 @main.command(name="report")
 @budget_options
 @workload_options
-@click.option("--out", "out_path", type=click.Path(dir_okay=False, path_type=Path), required=True,
+@click.option("--out", "out_path", required=True,
               help="Markdown file to write.")
 @click.option("--lang", type=click.Choice(["en", "ja"]), default=None,
               help="Language of the report. Default: Japanese when LC_ALL, LC_MESSAGES or LANG starts with ja.")
 @click.option("--limit", type=click.IntRange(min=1), default=5, show_default=True, help="Candidates in the table.")
 @click.pass_obj
 @handle_errors
-def report_command(obj: dict[str, Any], out_path: Path, lang: str | None, limit: int, **options: Any) -> None:
+def report_command(obj: dict[str, Any], out_path: str, lang: str | None, limit: int, **options: Any) -> None:
     """Write the recommendation, its evidence, its risks and the ROI as Markdown for a meeting."""
     from advisor import report
     from advisor.i18n import pick_language
@@ -774,6 +789,8 @@ def profiles(obj: dict[str, Any], as_json: bool) -> None:
     A profile is the environment a measurement ran in (CPU, GPU, threads, library versions);
     `ptsa recommend --profile KEY` uses one profile's timings only.
     """
+    if Path(obj["db"]).is_file():
+        ensure_published(obj["db"])  # the published profiles, as `ptsa recommend` sees them
     with Store.open(obj["db"], read_only=True) as store:
         known = store.query("SELECT * FROM environments ORDER BY first_seen, env_key")
         timings = load_timings(store)

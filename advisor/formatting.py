@@ -235,7 +235,7 @@ def money(value: float | None, currency: str) -> str:
     return f"{value:,.0f} {currency}"
 
 
-ROI_HEADERS = ["#", "model", "method", "sparsity", "runtime", "accuracy", "given up", "p50 ms", "speedup",
+ROI_HEADERS = ["#", "model", "method", "sparsity", "runtime", "accuracy", "given up", "sized by p50 ms", "speedup",
                "instances", "cost", "saving", "weight MB", "storage MB"]
 
 
@@ -250,6 +250,12 @@ def workload_text(result: Recommendation) -> str:
     if w.instances_today is not None:
         parts.append(f"{w.instances_today} running today")
     return f"Workload: {', '.join(parts)}; costs are {period}."
+
+
+def _sized_cell(cost) -> str:
+    """Return the p50 that sized a candidate, marked when it is the dense model's."""
+    text = number(cost.sized_p50_ms, 2)
+    return f"{text} (dense)" if cost.sized_by == "dense_timing" else text
 
 
 def roi_text(result: Recommendation, limit: int = 10) -> str:
@@ -272,7 +278,7 @@ def roi_text(result: Recommendation, limit: int = 10) -> str:
         rows.append([
             str(i + 1), c.row["model_key"], method_label(c.row), sparsity_cell(c.row), c.runtime or "-",
             f"{number(c.accuracy, 1)} {METRIC_LABELS[c.metric]}", number(cost.accuracy_given_up, 1),
-            number(c.timing.p50_ms if c.timing else None, 2), speedup_cell(c), instances,
+            _sized_cell(cost), speedup_cell(c), instances,
             money(cost.cost, currency), money(cost.saving, currency),
             number(cost.weight_mb, 1), number(cost.storage_mb, 1),
         ])

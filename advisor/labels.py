@@ -66,6 +66,9 @@ def risk_text(risk: dict[str, Any], t: Gettext) -> str:
     if code == "no_measured_speedup":
         return t("No speed-up over dense measured on {runtime}: the saving is memory or storage, not compute.").format(
             runtime=risk["runtime"])
+    if code == "unreliable_timing":
+        return t("The timing varied by {spread:.0%} while it was measured, so its latency is unreliable; time it "
+                 "again on an idle machine.").format(spread=risk["spread"])
     if code == "small_eval_set":
         return t("Accuracy from {n} evaluation images: its 95 % interval is ±{width:.1f} points.").format(
             n=risk["eval_size"], width=risk["half_width"])

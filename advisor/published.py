@@ -272,6 +272,10 @@ def ensure_published(db_path: Any) -> None:
     """
     try:
         with Store.open(db_path) as store:
-            import_published(store)
+            added = import_published(store)
+        if added:
+            # One line on stderr: a read command such as `ptsa recommend` has written to the file.
+            log.warning("imported %d published rows and timings into %s (once per version of the published tables)",
+                        added, db_path)
     except DatabaseLockedError:
         log.info("database %s is locked; published evidence will be imported later", db_path)

@@ -352,31 +352,51 @@ def _uncertainty_weight(candidate: Candidate) -> int:
     return 0
 
 
-def _bench_target(row: dict[str, Any]) -> str:
-    return row["model_key"] if row["provenance"] == "measured" else (row.get("architecture") or row["model_key"])
+# Data sets `ptsa bench --data` has built in; any other needs a folder of images.
+BUILT_IN_DATA = ("mnist", "photos")
+
+
+def _loadable(model_key: str) -> bool:
+    """True for a model `ptsa` loads by name (MNIST baselines, named weights), not one that needs --weights."""
+    return "@" not in model_key and (model_key.startswith("mnist/") or model_key.startswith("efficientnet_lite"))
+
+
+def _bench_command(row: dict[str, Any], runtime: str | None, batch_size: int) -> str:
+    """Return `ptsa bench` for this row's recipe and sparsity; WEIGHTS and DATA_DIR stand for what only the user has."""
+    recipe = json.loads(row.get("recipe_json") or "{}").get("recipe")
+    what = f"--recipe {shlex.quote(recipe)}" if recipe else f"--criterion {row['criterion']}"
+    model = row["model_key"]
+    if not _loadable(model):
+        model = f"{row.get('architecture') or model.split('@')[0]} --weights WEIGHTS"
+    data = row["dataset"] if row["dataset"] in BUILT_IN_DATA else "DATA_DIR"
+    command = f"ptsa bench {model} --data {data} {what} --sparsity {row['requested_sparsity']:g}"
+    if runtime is not None and runtime not in PUBLISHED_RUNTIMES:
+        command += f" --runtime {runtime} --batch {batch_size}"
+    return command
 
 
 def next_measurement(candidate: Candidate) -> str | None:
-    """Return the `ptsa` command that would replace this candidate's weakest evidence, or None."""
+    """Return the `ptsa` command that would replace this candidate's weakest evidence, or None.
+
+    Latency does not depend on the weights' values, so `ptsa latency` runs on random weights
+    where the model is not one `ptsa` loads by name. A bench needs the real weights and data;
+    the command then names them WEIGHTS and DATA_DIR.
+    """
     row = candidate.row
-    model = _bench_target(row)
-    recipe = json.loads(row.get("recipe_json") or "{}").get("recipe")
-    if row["provenance"] in ("predicted", "published") and not candidate.is_dense:
-        what = f"--recipe {shlex.quote(recipe)}" if recipe else f"--criterion {row['criterion']}"
-        return (f"ptsa bench {model} --data {row['dataset']} {what} --sparsity {row['requested_sparsity']:g}"
-                + (f" --runtime {candidate.runtime}" if candidate.runtime else ""))
     runtime = candidate.runtime
+    if row["provenance"] in ("predicted", "published") and not candidate.is_dense:
+        return _bench_command(row, runtime, candidate.batch_size)
     if runtime is None or runtime in PUBLISHED_RUNTIMES:
         return None
     timing = candidate.timing
     if timing is not None and timing.source in ("result", "dense"):
         return None
-    if candidate.is_dense or row.get("allocation") == "uniform" and row.get("criterion") == "magnitude":
-        sparsity = "" if candidate.is_dense else f" --sparsity {row['requested_sparsity']:g}"
-        return f"ptsa latency {model} --runtime {runtime} --batch {candidate.batch_size}{sparsity}"
-    what = f"--recipe {shlex.quote(recipe)}" if recipe else f"--criterion {row['criterion']}"
-    return (f"ptsa bench {model} --data {row['dataset']} {what} --sparsity {row['requested_sparsity']:g} "
-            f"--runtime {runtime} --batch {candidate.batch_size}")
+    if candidate.is_dense and timing is None:
+        model = row["model_key"] if _loadable(row["model_key"]) else \
+            f"{row.get('architecture') or row['model_key'].split('@')[0]} --random-init"
+        return f"ptsa latency {model} --runtime {runtime} --batch {candidate.batch_size} --sparsity 0.5"
+    # A timing of the same sparsity (or of the dense model) stands in: time this result itself.
+    return _bench_command(row, runtime, candidate.batch_size)
 
 
 LATENCY_SOURCES = {
@@ -411,6 +431,7 @@ class Timing:
     input_size: int | None = None
     provenance: str = "measured"
     citation: str | None = None  # where a published timing comes from
+    spread: float | None = None  # interquartile range / median of the timed passes
     source: str = "result"  # a key of LATENCY_SOURCES, set when a candidate takes it
 
     def stat(self, name: str) -> float | None:
@@ -445,12 +466,12 @@ class Profile:
 _TIMINGS_SQL = """
 SELECT l.model_key, l.env_key, l.runtime, l.batch_size, l.criterion, l.pattern, l.requested_sparsity, l.p50_ms,
        l.p90_ms, l.sparse_kernel, l.speedup, l.result_id, m.architecture, m.input_size,
-       coalesce(l.provenance, 'measured') AS provenance, l.source AS citation, l.created_at
+       coalesce(l.provenance, 'measured') AS provenance, l.source AS citation, l.spread, l.created_at
 FROM latency l LEFT JOIN models m USING (model_key)
 UNION ALL
 SELECT r.model_key, r.env_key, r.runtime, r.latency_batch_size, r.criterion, r.pattern, r.requested_sparsity,
        r.latency_p50_ms, r.latency_p90_ms, NULL, NULL, r.result_id, m.architecture, m.input_size, 'measured', NULL,
-       r.created_at
+       r.latency_spread, r.created_at
 FROM results r LEFT JOIN models m USING (model_key)
 WHERE r.provenance = 'measured' AND r.latency_p50_ms IS NOT NULL AND r.env_key IS NOT NULL
 ORDER BY created_at
@@ -477,7 +498,7 @@ def timings_from_rows(rows: list[dict[str, Any]]) -> list[Timing]:
         timings.append(Timing(
             row["model_key"], row["env_key"], row["runtime"], row["latency_batch_size"], row["criterion"],
             row["pattern"], row["requested_sparsity"], row["latency_p50_ms"], row["latency_p90_ms"], None, None,
-            row["result_id"],
+            row["result_id"], spread=row.get("latency_spread"),
         ))
     return timings
 
@@ -613,6 +634,8 @@ def prefer_measured(rows: list[dict[str, Any]]) -> list[dict[str, Any]]:
 # them. The CSR runtime converts only Linear layers, so its bytes are counted dense: an upper
 # bound. The others run dense kernels on dense weights.
 RUNTIME_WEIGHT_FORMAT = {"torch-2:4-cuda": "semi_structured_2_4"}
+# Above this spread (IQR / median) a timing is reported as unreliable, as `ptsa latency` warns.
+NOISY_SPREAD = 0.10
 # Below this share of a limit's range, a margin is reported as thin.
 THIN_SLACK = 0.05
 # Above this half-width of the 95 % interval of a top-1 on the evaluation set, in points, the
@@ -734,6 +757,10 @@ def _add_risks(candidate: Candidate, budget: Budget) -> None:
     elif timing is not None and timing.provenance == "published":
         risks.append({"code": "latency_published", "citation": timing.citation or "",
                       "detail": f"latency published by {timing.citation or 'a third party'}"})
+    if timing is not None and timing.spread is not None and timing.spread > NOISY_SPREAD:
+        risks.append({"code": "unreliable_timing", "spread": timing.spread,
+                      "detail": f"the timing varied by {timing.spread:.0%} (IQR / median) while it was measured, so "
+                                "its latency is unreliable; time it again on an idle machine"})
     if not candidate.is_dense and timing is not None and not has_measured_speedup(timing):
         risks.append({"code": "no_measured_speedup", "runtime": timing.runtime,
                       "detail": f"no speed-up over dense measured on {timing.runtime}: the saving is memory or "

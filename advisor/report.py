@@ -47,7 +47,9 @@ def _budget_rows(result: Recommendation, t: Gettext) -> list[list[str]]:
         value = b.limit(name)
         if value is None:
             continue
-        text = f"{value:g} {t(CONSTRAINT_UNITS[name])}"
+        # The minimum accuracy is a level in percent; the other accuracy limits are distances.
+        unit = "%" if name == "min_accuracy" else t(CONSTRAINT_UNITS[name])
+        text = f"{value:,g} {unit}"
         if name == "max_latency_ms":
             text += f" ({b.latency_stat}, " + t("batch {batch}").format(batch=b.batch_size) + ")"
         rows.append([t(CONSTRAINT_NAMES[name]), text])
@@ -61,6 +63,10 @@ def _budget_rows(result: Recommendation, t: Gettext) -> list[list[str]]:
     rows.append([t("dataset"), b.dataset or t("all")])
     if b.patterns:
         rows.append([t("allowed patterns"), ", ".join(b.patterns)])
+    if not b.include_dense:
+        rows.append([t("dense models"), t("left out")])
+    if result.workload is not None:
+        rows.append([t("planned utilisation at peak"), f"{result.workload.utilisation * 100:g} %"])
     return rows
 
 
@@ -73,21 +79,50 @@ def _candidate_row(rank: int, c: Candidate, t: Gettext, currency: str | None) ->
     if currency is not None:
         cost = c.costing
         instances = "-" if cost.instances is None else str(cost.instances)
-        cells += [instances, _money(cost.cost, currency), _money(cost.saving, currency), number(cost.weight_mb, 1)]
+        cells += [instances, _money(cost.cost, currency), _money(cost.saving, currency), number(cost.weight_mb, 1),
+                  number(cost.storage_mb, 1)]
     return cells
 
 
-def _headline(c: Candidate, result: Recommendation, t: Gettext) -> str:
-    text = t("Deploy **{model}** with **{method}** at {sparsity} sparsity on {runtime}: accuracy {accuracy} % "
+def _headline(c: Candidate, result: Recommendation, t: Gettext, sep: str = " ") -> str:
+    """Return the recommendation in one paragraph; `sep` joins its sentences ('' in Japanese)."""
+    text = t("We recommend **{model}** with **{method}** at {sparsity} sparsity on {runtime}: accuracy {accuracy} % "
              "({drop} points below dense), {stat} latency {latency} ms.").format(
         model=c.row["model_key"], method=method_label(c.row), sparsity=sparsity_cell(c.row),
         runtime=c.runtime or "-", accuracy=number(c.accuracy, 1), drop=number(c.drop, 1),
         stat=result.budget.latency_stat, latency=number(c.latency_ms, 2))
     binding = c.binding()
     if binding is not None:
-        text += " " + t("The tightest limit is {name}, with {headroom:.2f} {unit} of headroom.").format(
+        text += sep + t("The tightest limit is {name}, with {headroom:.2f} {unit} of headroom.").format(
             name=t(CONSTRAINT_NAMES[binding]), headroom=c.margins[binding], unit=t(CONSTRAINT_UNITS[binding]))
+        if binding in ("max_latency_ms", "min_throughput", "max_weight_mb") and result.budget.margin_pct:
+            text += sep + t("The budget asks for {margin:g} % of the limit as headroom.").format(
+                margin=result.budget.margin_pct)
     return text
+
+
+def _nearest_headline(c: Candidate, result: Recommendation, t: Gettext) -> str:
+    misses = "; ".join(_miss_text(name, amount, t) for name, amount in c.violations.items())
+    return t("The nearest candidate, **{model}** with **{method}** at {sparsity} sparsity on {runtime}, does not meet "
+             "the budget: {misses}. Do not deploy it as it is.").format(
+        model=c.row["model_key"], method=method_label(c.row), sparsity=sparsity_cell(c.row), runtime=c.runtime or "-",
+        misses=misses)
+
+
+def _miss_text(constraint: str, amount: float, t: Gettext) -> str:
+    name = t(CONSTRAINT_NAMES[constraint])
+    if amount == float("inf"):
+        return t("{name} not measured").format(name=name)
+    return t("{name} missed by {amount:.2f} {unit}").format(name=name, amount=amount, unit=t(CONSTRAINT_UNITS[constraint]))
+
+
+def _signed_money(value: float | None, currency: str, t: Gettext) -> str:
+    """Return a saving, or for a negative one the extra cost, in words."""
+    if value is None:
+        return "-"
+    if value < 0:
+        return t("{amount} more").format(amount=_money(-value, currency))
+    return _money(value, currency)
 
 
 def _savings(c: Candidate, result: Recommendation, t: Gettext) -> list[str]:
@@ -108,12 +143,14 @@ def _savings(c: Candidate, result: Recommendation, t: Gettext) -> list[str]:
         n=cost.instances, cost=_money(cost.cost, w.currency), period=period))
     if cost.saving is not None:
         lines.append("- " + t("Saving: {saving} {period}; accuracy given up: {points} points.").format(
-            saving=_money(cost.saving, w.currency), period=period, points=number(cost.accuracy_given_up, 1)))
+            saving=_signed_money(cost.saving, w.currency, t), period=period,
+            points=number(cost.accuracy_given_up, 1)))
     if cost.saving_vs_today is not None:
         lines.append("- " + t("Saving against the {n} instances running today: {saving} {period}.").format(
-            n=w.instances_today, saving=_money(cost.saving_vs_today, w.currency), period=period))
+            n=w.instances_today, saving=_signed_money(cost.saving_vs_today, w.currency, t), period=period))
     if cost.cost_per_million is not None:
-        lines.append("- " + t("Cost per million requests: {cost}.").format(cost=_money(cost.cost_per_million, w.currency)))
+        lines.append("- " + t("Cost per million requests: {cost}.").format(
+            cost=f"{cost.cost_per_million:,.2f} {w.currency}"))
     if not cost.compute_saving and not c.is_dense:
         lines.append("- " + t("Sparsity brings no measured speed-up here on {runtime}, so it saves no compute; what it "
                               "saves is weight memory ({dense_mb} → {mb} MB in the runtime's format) and storage "
@@ -154,14 +191,18 @@ def markdown(result: Recommendation, lang: str, limit: int = 5, command: str = "
     headers = [t("#"), t("model"), t("method"), t("sparsity"), t("runtime"), t("accuracy"), t("drop (points)"),
                t("latency ms"), t("speed-up"), t("evidence")]
     if currency is not None:
-        headers += [t("instances"), t("cost"), t("saving"), t("weight MB")]
+        headers += [t("instances"), t("cost"), t("saving"), t("weight MB"), t("storage MB")]
 
     out += ["## " + t("Recommendation"), ""]
     if result.found:
         best = result.ranked[0]
-        out += [_headline(best, result, t), ""]
+        out += [_headline(best, result, t, "" if lang == "ja" else " "), ""]
         out += [t("{n} of {total} candidates meet the budget; ranked by {objective}.").format(
             n=result.meeting_count, total=result.total, objective=t(OBJECTIVE_NAMES[result.budget.objective])), ""]
+        b = result.budget
+        if all(limit is None for limit in (b.min_accuracy, b.max_drop, b.max_relative_drop)):
+            out += ["**" + t("The budget sets no accuracy limit, so this ranking does not protect accuracy; add a "
+                             "minimum accuracy or a maximum drop.") + "**", ""]
     else:
         binding = result.binding_constraint()
         out += [t("No candidate meets the budget: {name} rules out {n} of {total} candidates. The nearest ones are "
@@ -178,9 +219,12 @@ def markdown(result: Recommendation, lang: str, limit: int = 5, command: str = "
 
     if shown:
         top = shown[0]
-        if currency is not None:
+        if not result.found:
+            out += [_nearest_headline(top, result, t), ""]
+        elif currency is not None:
             out += ["## " + t("What it saves"), ""] + _savings(top, result, t) + [""]
-        out += ["## " + t("Evidence"), ""] + _evidence(top, t) + [""]
+        out += ["## " + (t("Evidence") if result.found else t("Evidence of the nearest candidate")), ""]
+        out += _evidence(top, t) + [""]
         out += ["## " + t("Risks"), ""]
         risks = [risk_text(r, t) for r in top.risks]
         out += [f"- {r}" for r in risks] if risks else ["- " + t("None found in the evidence.")]
@@ -203,16 +247,31 @@ def markdown(result: Recommendation, lang: str, limit: int = 5, command: str = "
 
 
 def write_atomic(path: Path, text: str) -> None:
-    """Write `text` to `path` through a temporary file in the same folder, so no half-written report is left."""
-    path = Path(path)
-    if not path.parent.is_dir():
-        from advisor.errors import ReportError
+    """Write `text` to `path` through a temporary file in the same folder, so no half-written report is left.
 
+    A symbolic link is followed, so the file it points to is replaced; the file gets the mode an
+    ordinary new file would get (the umask applies), or keeps the mode of the file it replaces.
+    """
+    from advisor.errors import ReportError
+
+    if not str(path).strip():
+        raise ReportError("--out is empty; give the path of the Markdown file to write, for example --out report.md.")
+    path = Path(path).resolve()
+    if path.is_dir():
+        raise ReportError(f"{path} is a folder; give a file path, for example --out {path / 'report.md'}.")
+    if not path.parent.is_dir():
         raise ReportError(f"folder {path.parent} does not exist; create it or pick another --out path.")
+    if path.exists():
+        mode = path.stat().st_mode & 0o777
+    else:
+        umask = os.umask(0)
+        os.umask(umask)
+        mode = 0o666 & ~umask
     handle, temporary = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".partial")
     try:
         with os.fdopen(handle, "w", encoding="utf-8") as stream:
             stream.write(text)
+        os.chmod(temporary, mode)
         os.replace(temporary, path)
     except BaseException:
         Path(temporary).unlink(missing_ok=True)

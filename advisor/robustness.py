@@ -18,8 +18,9 @@ retention of the training rows with the same recipe and sparsity, because a fami
 is undefined when the family is held out.
 
 The fitted models are saved with skops, which rebuilds scikit-learn objects without running
-code from the file. skops marks one type, the tree (`sklearn.tree._tree.Tree`), as unsafe to
-load from untrusted files, because out-of-range node indices can crash `predict`. So
+code from the file. skops marks one type, the histogram-boosting tree
+(`sklearn.ensemble._hist_gradient_boosting.predictor.TreePredictor`), as unsafe to load from
+untrusted files, because out-of-range node indices can crash `predict`. So
 `load_fit` trusts it only for a file inside the product's data folder whose SHA-256 equals the
 one recorded in the database when it was fitted.
 """
@@ -39,15 +40,16 @@ from typing import Any
 
 import numpy as np
 import sklearn
-from sklearn.ensemble import GradientBoostingRegressor
+from sklearn.ensemble import HistGradientBoostingRegressor
 from sklearn.model_selection import GroupKFold, LeaveOneGroupOut
+from threadpoolctl import threadpool_limits
 
 from advisor.errors import RegressorError
 from db import Store
 
 log = logging.getLogger(__name__)
 
-MODEL_VERSION = 2  # raised when the inputs, targets or learner change
+MODEL_VERSION = 3  # raised when the inputs, targets or learner change
 QUANTILES = (0.1, 0.5, 0.9)
 # Feature names of the recipe part, in a fixed order.
 CRITERIA = ("magnitude", "wanda", "sparsegpt")
@@ -58,15 +60,16 @@ RECIPE_FEATURES = (
     "nm_pattern", "nm_density", "reconstruction_layer", "reconstruction_block", "reconstruction_sparse_input",
     "reconstruction_log10_steps", *CORRECTIONS, "log10_calibration_size",
 )
-# The architecture features the regressor reads (bench_engine.features computes more). With
-# 10 architectures in the quick-start training data, the full set of 26 let the trees tell
-# families apart and fit them: held-out-family MAE 13.9 against 13.4 with these 7
-# (docs/benchmarks.md). NOTE: this set was chosen among six on that same cross-validation, so
-# its lead over the parameter-count baseline (0.1 points of MAE) is within selection noise
-# (benchmarks/regressor_variants.py).
+# The architecture features the regressor reads: every scalar that bench_engine.features
+# computes. A 7-feature subset scored better on the 7 families of the first quick-start data,
+# but it had been chosen on those same folds, and on 13 families it was the worst of the sets
+# tried (benchmarks/regressor_variants.py, docs/benchmarks.md).
 ARCHITECTURE_FEATURES = (
-    "log10_params", "log10_macs", "depthwise_conv_share", "linear_share", "width_median", "input_size",
-    "log10_num_classes",
+    "log10_params", "log10_macs", "prunable_layers", "prunable_param_share", "linear_share", "dense_conv_share",
+    "depthwise_conv_share", "grouped_conv_share", "kernel_1x1_share", "kernel_3x3_share", "kernel_large_share",
+    "max_kernel", "width_min", "width_median", "width_max", "attention_modules", "residual_adds",
+    "act_relu_share", "act_gelu_share", "act_silu_share", "act_hardswish_share", "norm_batchnorm_share",
+    "norm_layernorm_share", "norm_groupnorm_share", "input_size", "log10_num_classes",
 )
 FEATURES = ARCHITECTURE_FEATURES + RECIPE_FEATURES
 PARAMS_ONLY = ("log10_params", *RECIPE_FEATURES)
@@ -174,12 +177,17 @@ def build_training(rows: list[dict[str, Any]], features: dict[tuple, dict]) -> T
                         np.array(targets, dtype=float), np.array(groups, dtype=object))
 
 
-def _learner(quantile: float) -> GradientBoostingRegressor:
-    # Plain gradient boosting, not the histogram variant: on a few hundred rows it is as fast
-    # single-threaded (0.8 s per fit), while the histogram variant's OpenMP threads took 16 s per
-    # fit on a busy 2-core machine.
-    return GradientBoostingRegressor(loss="quantile", alpha=quantile, n_estimators=200, learning_rate=0.05,
-                                     max_depth=3, min_samples_leaf=5, random_state=0)
+def _learner(quantile: float, names: tuple[str, ...] = FEATURES) -> HistGradientBoostingRegressor:
+    """Return a quantile model whose prediction can only fall as sparsity rises.
+
+    More zeros never restore accuracy, and the constraint keeps predictions between and beyond
+    the measured sparsities from bending upwards. Fit it under `threadpool_limits(1)`: on a few
+    hundred rows one thread is as fast, and OpenMP threads took 16 s per fit on a busy
+    2-core machine.
+    """
+    return HistGradientBoostingRegressor(
+        loss="quantile", quantile=quantile, max_iter=200, learning_rate=0.05, max_leaf_nodes=8, min_samples_leaf=5,
+        monotonic_cst=[-1 if name == "sparsity" else 0 for name in names], random_state=0)
 
 
 def _columns(names: tuple[str, ...]) -> list[int]:
@@ -236,10 +244,11 @@ def evaluate(data: TrainingData) -> dict[str, Any]:
     params_columns = _columns(PARAMS_ONLY)
     for train, test in splitter.split(data.X, data.y, data.groups):
         X_train, y_train = data.X[train], data.y[train]
-        quantile_models = [_learner(q).fit(X_train, y_train) for q in QUANTILES]
-        low[test], predicted["regressor"][test], high[test] = (m.predict(data.X[test]) for m in quantile_models)
-        predicted["params_only"][test] = _learner(0.5).fit(X_train[:, params_columns], y_train).predict(
-            data.X[test][:, params_columns])
+        with threadpool_limits(1):
+            quantile_models = [_learner(q).fit(X_train, y_train) for q in QUANTILES]
+            low[test], predicted["regressor"][test], high[test] = (m.predict(data.X[test]) for m in quantile_models)
+            predicted["params_only"][test] = _learner(0.5, PARAMS_ONLY).fit(
+                X_train[:, params_columns], y_train).predict(data.X[test][:, params_columns])
         predicted["recipe_mean"][test] = _recipe_mean([data.rows[i] for i in train], y_train,
                                                       [data.rows[i] for i in test])
 
@@ -278,7 +287,7 @@ class Fit:
     """A fitted regressor: the three quantile models and what they were trained on."""
 
     fit_id: str
-    models: list[GradientBoostingRegressor]
+    models: list[HistGradientBoostingRegressor]
     feature_medians: list[float]
     metrics: dict[str, Any]
 
@@ -319,7 +328,8 @@ def fit(store: Store, data_folder: Path, feature_version: int, product_version: 
             "needs at least 30. Run `ptsa demo` or bench more models first."
         )
     metrics = evaluate(data)
-    quantile_models = [_learner(q).fit(data.X, data.y) for q in QUANTILES]
+    with threadpool_limits(1):
+        quantile_models = [_learner(q).fit(data.X, data.y) for q in QUANTILES]
     fit_id = uuid.uuid4().hex[:12]
     folder = regressor_folder(data_folder)
     folder.mkdir(parents=True, exist_ok=True)
@@ -364,7 +374,7 @@ def latest_fit_row(store: Store) -> dict[str, Any]:
     return rows[0]
 
 
-TRUSTED_TYPES = ["sklearn.tree._tree.Tree"]
+TRUSTED_TYPES = ["sklearn.ensemble._hist_gradient_boosting.predictor.TreePredictor"]
 
 
 def load_fit(row: dict[str, Any], data_folder: Path) -> Fit:

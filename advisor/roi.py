@@ -110,6 +110,7 @@ def instances_needed(peak_rps: float, capacity_rps: float, utilisation: float) -
 class Costing:
     """The instances, cost and memory of one candidate and of the dense model it is compared with."""
 
+    sized_p50_ms: float | None  # the p50 that sized it: its own, or its dense model's (see sized_by)
     capacity_rps: float | None  # one instance at full use
     instances: int | None
     cost: float | None  # per month, or once with a price per device
@@ -172,9 +173,6 @@ def costing(candidate: Candidate, own_dense: Candidate | None, baseline: Candida
         notes.append({"code": "no_compute_saving",
                       "detail": f"no speed-up measured on {candidate.runtime}: sized like the dense model; the "
                                 "saving is weight memory and storage, not compute"})
-    elif speedup is not None and speedup < 1 - MEASURABLE_CHANGE:
-        notes.append({"code": "slower_than_dense",
-                      "detail": f"{speedup:.2f}× the dense speed on {candidate.runtime}: needs more instances"})
 
     baseline_instances = baseline_cost = saving = None
     if baseline is not None:
@@ -183,6 +181,11 @@ def costing(candidate: Candidate, own_dense: Candidate | None, baseline: Candida
             baseline_instances = instances_needed(workload.peak_rps, capacity(base_latency, batch), workload.utilisation)
             baseline_cost = workload.cost(baseline_instances)
             saving = None if cost is None else baseline_cost - cost
+    if speedup is not None and speedup < 1 - MEASURABLE_CHANGE and sized_by == "own_timing":
+        more = instances is not None and baseline_instances is not None and instances > baseline_instances
+        notes.append({"code": "slower_than_dense",
+                      "detail": f"{speedup:.2f}× the dense speed on {candidate.runtime}"
+                                + (": needs more instances" if more else "; the rounding to whole instances hides it")})
     today = None if workload.instances_today is None else workload.cost(workload.instances_today)
     per_million = None
     if cost is not None and not workload.per_device and workload.requests_per_day:
@@ -194,7 +197,7 @@ def costing(candidate: Candidate, own_dense: Candidate | None, baseline: Candida
                 and candidate.metric == baseline.metric:
             given_up = baseline.accuracy - candidate.accuracy
     return Costing(
-        capacity_rps=capacity_rps, instances=instances, cost=cost, sized_by=sized_by, speedup=speedup,
+        sized_p50_ms=latency, capacity_rps=capacity_rps, instances=instances, cost=cost, sized_by=sized_by, speedup=speedup,
         baseline_model=None if baseline is None else baseline.row["model_key"],
         baseline_instances=baseline_instances, baseline_cost=baseline_cost, saving=saving,
         saving_vs_today=None if today is None or cost is None else today - cost,

@@ -41,9 +41,9 @@ def test_quickstart_asset_is_valid():
     from bench_engine.suite import quickstart_jobs
 
     jobs = quickstart_jobs()
-    assert len(jobs) == 7  # six MNIST baselines and EfficientNet-Lite0
-    assert len({job.label for job in jobs}) == 7
-    mnist, lite0 = jobs[:6], jobs[6]
+    assert len(jobs) == 12  # eleven MNIST baselines and EfficientNet-Lite0
+    assert len({job.label for job in jobs}) == 12
+    mnist, lite0 = jobs[:11], jobs[11]
     assert all(len(job.plan.configs()) == 22 for job in mnist)  # 12 grid + 10 technique recipes
     assert len(lite0.plan.configs()) == 12
 

@@ -319,7 +319,7 @@ def test_report_in_english_and_japanese(roi_db, tmp_path):
     assert result.exit_code == 0, result.output
     text = english.read_text()
     assert text.startswith("# PTS Advisor report")
-    assert "Deploy **mnist/resnet10t** with **wanda** at 49.0% sparsity on torch-eager" in text
+    assert "We recommend **mnist/resnet10t** with **wanda** at 49.0% sparsity on torch-eager" in text
     assert "- Dense baseline (mnist/resnet10t): 10 instances, 3,650 USD per month." in text
     assert "- Recommended: 7 instances, 2,555 USD per month." in text
     assert "## Risks" in text
@@ -330,7 +330,7 @@ def test_report_in_english_and_japanese(roi_db, tmp_path):
     assert ja.startswith("# PTS Advisor レポート")
     assert "- 推奨構成: インスタンス 7 台、月額 2,555 USD。" in ja
     assert "## リスク" in ja
-    assert "Deploy" not in ja  # every sentence is translated
+    assert "We recommend" not in ja  # every sentence is translated
 
 
 def test_report_language_follows_the_locale(roi_db, tmp_path, monkeypatch):
@@ -355,4 +355,110 @@ def test_report_when_nothing_fits_names_the_binding_limit(roi_db, tmp_path):
     out = tmp_path / "none.md"
     result = invoke("--db", roi_db, "report", "--dataset", "mnist", "--max-latency-ms", 1, "--out", out, "--lang", "en")
     assert result.exit_code == 3
-    assert "No candidate meets the budget: max latency rules out" in out.read_text()
+    text = out.read_text()
+    assert "No candidate meets the budget: max latency rules out" in text
+    assert "does not meet the budget: max latency missed by" in text
+    assert "Do not deploy it as it is." in text
+    assert "Recommended:" not in text
+    assert "## Evidence of the nearest candidate" in text
+
+
+def test_report_file_mode_symlink_and_empty_path(roi_db, tmp_path):
+    import os
+    import stat
+
+    target = tmp_path / "shared.md"
+    target.write_text("old")
+    target.chmod(0o644)
+    link = tmp_path / "link.md"
+    link.symlink_to(target)
+    assert invoke("--db", roi_db, "report", "--dataset", "mnist", "--out", link, "--lang", "en").exit_code == 0
+    assert link.is_symlink()  # the link stays; the file it points to is replaced
+    assert target.read_text().startswith("# PTS Advisor report")
+    assert stat.S_IMODE(target.stat().st_mode) == 0o644
+    fresh = tmp_path / "fresh.md"
+    old_umask = os.umask(0o022)
+    try:
+        assert invoke("--db", roi_db, "report", "--dataset", "mnist", "--out", fresh).exit_code == 0
+    finally:
+        os.umask(old_umask)
+    assert stat.S_IMODE(fresh.stat().st_mode) == 0o644
+    empty = invoke("--db", roi_db, "report", "--out", "")
+    assert empty.exit_code == 2
+    assert "--out is empty" in empty.stderr
+
+
+def test_report_says_when_no_accuracy_limit_is_set(roi_db, tmp_path):
+    out = tmp_path / "r.md"
+    invoke("--db", roi_db, "report", "--dataset", "mnist", "--out", out, "--lang", "en")
+    assert "The budget sets no accuracy limit" in out.read_text()
+
+
+def test_negative_saving_reads_as_extra_cost(roi_db, tmp_path):
+    out = tmp_path / "r.md"
+    args = ["--db", roi_db, "report", "--dataset", "mnist", "--peak-rps", 1000, "--price-per-hour", 0.5,
+            "--utilisation", 50, "--instances-today", 5, "--max-drop", 1.8, "--out", out, "--lang", "en"]
+    assert invoke(*args).exit_code == 0
+    # 7 instances cost 2,555 a month; 5 today cost 1,825.
+    assert "Saving against the 5 instances running today: 730 USD more per month." in out.read_text()
+
+
+def test_utilisation_as_a_fraction_is_rejected(roi_db):
+    result = invoke("--db", roi_db, "roi", "--peak-rps", 10, "--price-per-hour", 1, "--utilisation", 0.6)
+    assert result.exit_code == 2
+    assert "pass --utilisation 60" in result.stderr
+
+
+def test_pattern_without_results_exits_2(roi_db):
+    result = invoke("--db", roi_db, "recommend", "--dataset", "mnist", "--pattern", "2:8", "--sparse-only")
+    assert result.exit_code == 2
+    assert "has pattern 2:8" in result.stderr
+    assert "The results have patterns unstructured" in result.stderr
+
+
+def test_next_measurement_commands_parse(tmp_path):
+    """Every suggested command is accepted by the CLI's parser once WEIGHTS and DATA_DIR are filled in."""
+    import shlex
+
+    from advisor.cli import main
+    from advisor.recommend import next_measurement
+
+    published = dict(make_result(result_id="pub", model_key="resnet50@msbench", dataset="imagenet",
+                                 recipe_json=json.dumps({"recipe": "uniform+magnitude+unstructured"})),
+                     provenance="published", architecture="resnet50")
+    predicted = dict(make_result(result_id="pred", criterion="wanda"), provenance="predicted")
+    untimed_dense = dict(make_result(result_id="d2", model_key="vit_small_patch16_224@random-init", criterion="dense",
+                                     allocation="none", pattern="dense", requested_sparsity=0.0),
+                         architecture="vit_small_patch16_224")
+    inferred = make_result(result_id="inferred", criterion="sparsegpt", requested_sparsity=0.7)
+    rows = [published, predicted, untimed_dense, inferred]
+    timings = [timing(DENSE, 5.0, runtime="torch-sparse-csr"),
+               timing(dict(inferred, criterion="magnitude"), 4.0, speedup=1.2, runtime="torch-sparse-csr",
+                      source_row=False)]
+    result = run(Budget(runtimes=("torch-sparse-csr",)), rows=rows + [DENSE], timings=timings)
+    commands = {c.row["result_id"]: next_measurement(c) for c in result.ranked}
+    assert commands["pub"].startswith("ptsa bench resnet50 --weights WEIGHTS --data DATA_DIR")
+    assert commands["d2"] == ("ptsa latency vit_small_patch16_224 --random-init --runtime torch-sparse-csr --batch 1 "
+                              "--sparsity 0.5")
+    assert "--runtime torch-sparse-csr" in commands["inferred"]  # a timing of another mask stands in
+    weights = tmp_path / "w.safetensors"
+    weights.write_bytes(b"")
+    for command in filter(None, commands.values()):
+        words = [str(weights) if w == "WEIGHTS" else str(tmp_path) if w == "DATA_DIR" else w
+                 for w in shlex.split(command)]
+        group = main.make_context("ptsa", words[1:2])
+        sub = main.get_command(group, words[1])
+        sub.make_context(words[1], words[2:], parent=group)  # raises on an unknown option or a bad value
+
+
+def test_noisy_timing_is_a_risk_and_roi_shows_the_sizing_p50():
+    noisy = Timing(SAME["model_key"], "env0", "torch-eager", 1, "magnitude", "unstructured", 0.5, 4.85, 5.3, None,
+                   1.03, "same", spread=0.4)
+    result = run(Budget(dataset="mnist"), Workload(peak_rps=1000, price_per_hour=0.5, utilisation=0.5),
+                 timings=[TIMINGS[0], TIMINGS[1], noisy, TIMINGS[3]])
+    same = by_id(result)["same"]
+    assert same.has_risk("unreliable_timing")
+    assert same.costing.sized_p50_ms == 5.0  # the dense model's p50, as 1.03× is within the noise
+    from advisor.formatting import roi_text
+
+    assert "5.00 (dense)" in roi_text(result)
