@@ -25,7 +25,7 @@ from advisor.recommend import (
     Timing,
     evaluate,
     load_profiles,
-    mark_pareto,
+    pareto_flags,
     prefer_measured,
     resolve_profile,
 )
@@ -335,13 +335,20 @@ def rank_store(store: Store, budget: Budget, workload: roi.Workload | None = Non
 
 
 def _pareto_keys(store: Store) -> set[str]:
-    """Mark the Pareto front of the feasible candidates (accuracy, latency, weight memory), as in mark_pareto."""
-    rows = store.query("SELECT result_id, runtime_name, accuracy, latency, weight_bytes FROM scored "
-                       "WHERE feasible AND accuracy IS NOT NULL AND latency IS NOT NULL AND weight_bytes IS NOT NULL")
-    points = [Candidate({"result_id": r["result_id"]}, "top1", r["accuracy"], None, r["latency"],
-                        runtime=r["runtime_name"], weight_bytes=r["weight_bytes"]) for r in rows]
-    mark_pareto(points)
-    return {f"{p.row['result_id']}@{p.runtime or ''}" for p in points if p.pareto}
+    """Return result_id@runtime of the feasible candidates on the Pareto front, as mark_pareto finds it."""
+    # A candidate beaten by one of the same memory is off the front, so only those on the front of
+    # latency and accuracy within their memory value (or tied with it) go to the exact sweep.
+    columns = store.query_columns("""
+        SELECT result_id, runtime, latency, accuracy, weight_bytes FROM (
+            SELECT result_id, coalesce(runtime_name, '') AS runtime, latency, accuracy, weight_bytes,
+                   max(accuracy) OVER (PARTITION BY weight_bytes ORDER BY latency, accuracy DESC
+                                       ROWS BETWEEN UNBOUNDED PRECEDING AND 1 PRECEDING) AS best_before
+            FROM scored
+            WHERE feasible AND accuracy IS NOT NULL AND latency IS NOT NULL AND weight_bytes IS NOT NULL)
+        WHERE best_before IS NULL OR accuracy >= best_before""")
+    flags = pareto_flags(list(zip(columns["latency"], columns["accuracy"], columns["weight_bytes"])))
+    return {f"{result_id}@{runtime}" for result_id, runtime, on_front
+            in zip(columns["result_id"], columns["runtime"], flags) if on_front}
 
 
 def _candidates(store: Store, budget: Budget, workload: roi.Workload | None, env_key: str | None,

@@ -810,23 +810,50 @@ def _sort_key(candidate: Candidate, objective: str) -> tuple:
     return (-accuracy, latency, -sparsity, *identity)
 
 
-def mark_pareto(candidates: list[Candidate]) -> None:
-    """Mark the candidates that no other beats on accuracy, latency and weight memory at once.
+def pareto_flags(points: list[tuple[float, float, float]]) -> list[bool]:
+    """Return, for each (latency, accuracy, memory) point, whether no other point beats it on all three.
 
-    Only candidates with all three known take part. Sorted by latency, a candidate can only be
-    dominated by one before it, and only the front so far needs checking.
+    Equal points do not beat each other. Sorted by latency, then accuracy (descending), then
+    memory, every point that beats one comes before it. So a sweep in that order asks, for each
+    group of equal points, whether one already seen has at most its memory and at least its
+    accuracy: a prefix maximum of accuracy over memory ranks (a Fenwick tree), O(n log n).
     """
+    order = sorted(range(len(points)), key=lambda i: (points[i][0], -points[i][1], points[i][2]))
+    ranks = {value: i + 1 for i, value in enumerate(sorted({p[2] for p in points}))}
+    tree = [-math.inf] * (len(ranks) + 1)  # tree[i]: max accuracy seen over a range of memory ranks
+    flags = [False] * len(points)
+
+    def best_up_to(rank: int) -> float:
+        best = -math.inf
+        while rank > 0:
+            best = max(best, tree[rank])
+            rank -= rank & -rank
+        return best
+
+    def add(rank: int, accuracy: float) -> None:
+        while rank < len(tree):
+            tree[rank] = max(tree[rank], accuracy)
+            rank += rank & -rank
+
+    start = 0
+    while start < len(order):
+        end = start
+        while end < len(order) and points[order[end]] == points[order[start]]:
+            end += 1
+        _latency, accuracy, memory = points[order[start]]
+        if best_up_to(ranks[memory]) < accuracy:
+            for i in order[start:end]:
+                flags[i] = True
+        add(ranks[memory], accuracy)
+        start = end
+    return flags
+
+
+def mark_pareto(candidates: list[Candidate]) -> None:
+    """Mark the candidates on the Pareto front of accuracy, latency and weight memory (all three known)."""
     known = [c for c in candidates if c.accuracy is not None and c.latency_ms is not None and c.weight_bytes is not None]
-    known.sort(key=lambda c: (c.latency_ms, -c.accuracy, c.weight_bytes))
-    front: list[Candidate] = []
-    for c in known:
-        dominated = any(f.latency_ms <= c.latency_ms and f.accuracy >= c.accuracy and f.weight_bytes <= c.weight_bytes
-                        and (f.latency_ms, -f.accuracy, f.weight_bytes) != (c.latency_ms, -c.accuracy, c.weight_bytes)
-                        for f in front)
-        if not dominated:
-            front.append(c)
-    for c in front:
-        c.pareto = True
+    for candidate, on_front in zip(known, pareto_flags([(c.latency_ms, c.accuracy, c.weight_bytes) for c in known])):
+        candidate.pareto = on_front
 
 
 def recommend(rows: list[dict[str, Any]], budget: Budget, nearest: int = 3, timings: list[Timing] | None = None,

@@ -177,7 +177,7 @@ def build_training(rows: list[dict[str, Any]], features: dict[tuple, dict]) -> T
                         np.array(targets, dtype=float), np.array(groups, dtype=object))
 
 
-def _learner(quantile: float, names: tuple[str, ...] = FEATURES) -> HistGradientBoostingRegressor:
+def _learner(quantile: float, names: tuple[str, ...] | None = None) -> HistGradientBoostingRegressor:
     """Return a quantile model whose prediction can only fall as sparsity rises.
 
     More zeros never restore accuracy, and the constraint keeps predictions between and beyond
@@ -185,6 +185,7 @@ def _learner(quantile: float, names: tuple[str, ...] = FEATURES) -> HistGradient
     hundred rows one thread is as fast, and OpenMP threads took 16 s per fit on a busy
     2-core machine.
     """
+    names = FEATURES if names is None else names
     return HistGradientBoostingRegressor(
         loss="quantile", quantile=quantile, max_iter=200, learning_rate=0.05, max_leaf_nodes=8, min_samples_leaf=5,
         monotonic_cst=[-1 if name == "sparsity" else 0 for name in names], random_state=0)

@@ -345,6 +345,11 @@ class Store:
         names = [d[0] for d in cursor.description]
         return [dict(zip(names, row)) for row in cursor.fetchall()]
 
+    def query_columns(self, sql: str, params: Mapping[str, Any] | None = None) -> dict[str, list[Any]]:
+        """Run a read query and return its columns as lists, which is much faster than rows for large results."""
+        arrays = self._con.execute(sql, dict(params or {})).fetchnumpy()
+        return {name: values.tolist() for name, values in arrays.items()}
+
     def count(self, table: str) -> int:
         if table not in {"results", "runs", "models", "environments", "latency", "architectures", "regressor_fits"}:
             raise ValueError(f"unknown table {table!r}")

@@ -462,3 +462,24 @@ def test_noisy_timing_is_a_risk_and_roi_shows_the_sizing_p50():
     from advisor.formatting import roi_text
 
     assert "5.00 (dense)" in roi_text(result)
+
+
+def test_pareto_sweep_matches_brute_force():
+    import random
+
+    from advisor.recommend import Candidate, mark_pareto
+
+    rng = random.Random(3)
+    points = [Candidate({"result_id": str(i)}, "top1", rng.choice([70.0, 71.0, 72.5, 80.0]), None,
+                        rng.choice([1.0, 2.0, 2.5, 4.0]), weight_bytes=rng.choice([10, 20, 30]))
+              for i in range(300)]
+    mark_pareto(points)
+
+    def beaten(c):
+        return any(o.latency_ms <= c.latency_ms and o.accuracy >= c.accuracy and o.weight_bytes <= c.weight_bytes
+                   and (o.latency_ms, o.accuracy, o.weight_bytes) != (c.latency_ms, c.accuracy, c.weight_bytes)
+                   for o in points)
+
+    expected = {c.row["result_id"] for c in points if not beaten(c)}
+    assert {c.row["result_id"] for c in points if c.pareto} == expected
+    assert expected  # the draw has a front

@@ -212,6 +212,9 @@ class PTSAdvisorApp(App):
 
     @on(BudgetForm.Changed)
     def _budget_changed(self, message: BudgetForm.Changed) -> None:
+        # Mounting the inputs posts a change for each of them; only a different budget is re-ranked.
+        if message.value == self.budget and self.result is not None:
+            return
         self.budget = message.value
         self.refresh_ranking()
         self.refresh_roi()
@@ -269,7 +272,14 @@ class PTSAdvisorApp(App):
     def _select(self, candidate: Candidate | None) -> None:
         self.selected = candidate
         self.query_one("#evidence", Static).update("" if candidate is None else "\n".join(self.evidence_lines(candidate)))
-        self.refresh_evidence_tab()
+        # The plots are drawn when their tab is shown, which keeps them off the first screen's path.
+        if self.query_one(TabbedContent).active == "evidence-tab":
+            self.refresh_evidence_tab()
+
+    @on(TabbedContent.TabActivated)
+    def _tab_activated(self, event: TabbedContent.TabActivated) -> None:
+        if event.pane.id == "evidence-tab":
+            self.refresh_evidence_tab()
 
     def evidence_lines(self, candidate: Candidate) -> list[str]:
         """Describe a candidate: what it is, its accuracy and where it comes from, its latency, its risks."""
@@ -343,6 +353,8 @@ class PTSAdvisorApp(App):
 
     @on(WorkloadForm.Changed)
     def _workload_changed(self, message: WorkloadForm.Changed) -> None:
+        if message.value == self.workload and self.roi_result is not None:
+            return
         self.workload = message.value
         self.refresh_roi()
         if self.budget.objective == "cost":
