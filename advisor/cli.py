@@ -607,7 +607,7 @@ def _print_json(payload: Any) -> None:
 def demo(obj: dict[str, Any], no_tui: bool, threads: int | None, skip_lite0: bool, no_progress: bool) -> None:
     """Run the quick-start suite on real data, then show the recommendations.
 
-    Trains six small timm baselines on the bundled MNIST subset (cached after the first run),
+    Trains eleven small timm baselines on the bundled MNIST subset (cached after the first run),
     prunes each with magnitude, Wanda and SparseGPT at 30/50/70 % and 2:4, and prunes the real
     EfficientNet-Lite0 ImageNet weights scored by fidelity on bundled photos.
     """

@@ -235,7 +235,7 @@ def evaluate(data: TrainingData) -> dict[str, Any]:
     if len(families) < 3:
         raise RegressorError(
             f"the training rows come from {len(families)} architecture families ({', '.join(families)}); "
-            "holding one out needs at least 3. Bench more architectures (`ptsa demo` benches six) first."
+            "holding one out needs at least 3. Bench more architectures (`ptsa demo` benches eleven) first."
         )
 
     splitter = LeaveOneGroupOut() if len(families) <= 12 else GroupKFold(n_splits=8)

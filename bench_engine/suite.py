@@ -1,4 +1,4 @@
-"""The quick-start suite: six MNIST baselines and real EfficientNet-Lite0 weights, benched."""
+"""The quick-start suite: eleven MNIST baselines and real EfficientNet-Lite0 weights, benched."""
 
 from __future__ import annotations
 

@@ -3,8 +3,8 @@
 Usage: python benchmarks/recommend_scale.py [--rows 100000] [--db PATH] [--repeats 5]
 
 Builds (once) a database with the product's own store: `--rows` measured results spread over
-200 models (500 distinct recipe and sparsity configurations each), each with a timing on one profile and runtime, and
-its dense model. Then times a ranking under a latency and accuracy budget with a workload (the
+200 models, each result a distinct configuration with a timing on one profile and runtime,
+and a dense model each. Then times a ranking under a latency and accuracy budget with a workload (the
 ROI what-if) as `ptsa recommend` runs it (advisor.ranking, in DuckDB), with `--python` also
 the row-by-row Python recommender, and the whole command in a fresh process.
 docs/benchmarks.md records the result.
