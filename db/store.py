@@ -141,10 +141,21 @@ class Store:
                 f"{SCHEMA_VERSION}; open it once for writing (for example `ptsa bench`) first."
             )
         if current == 0:
+            others = [row[0] for row in self._con.execute(
+                "SELECT table_name FROM information_schema.tables ORDER BY table_name").fetchall()]
+            if others:
+                raise DatabaseError(
+                    f"{self.path} is a DuckDB database but not a PTS Advisor one: it has the tables "
+                    f"{', '.join(others[:5])}{' …' if len(others) > 5 else ''} and no schema version. Pass --db with "
+                    "another file."
+                )
             self._con.execute(
                 "CREATE TABLE IF NOT EXISTS schema_version "
                 "(version INTEGER PRIMARY KEY, applied_at TIMESTAMP NOT NULL)"
             )
+        if current > 0:
+            # One line on stderr: even a reading command such as `ptsa recommend` changes the file here.
+            log.warning("migrating %s from schema version %d to %d", self.path, current, SCHEMA_VERSION)
         for version in range(current + 1, SCHEMA_VERSION + 1):
             log.info("migrating %s to schema version %d", self.path, version)
             with self.transaction():

@@ -158,3 +158,16 @@ def test_nested_transaction_lands_all_or_nothing(tmp_path):
         with store.transaction():
             insert_rows(store, [make_result()])
         assert store.count("results") == 1
+
+
+def test_foreign_duckdb_file_is_rejected(tmp_path):
+    import duckdb
+
+    path = tmp_path / "sales.duckdb"
+    with duckdb.connect(str(path)) as con:
+        con.execute("CREATE TABLE sales (id INTEGER)")
+    with pytest.raises(DatabaseError, match="not a PTS Advisor one: it has the tables sales"):
+        Store.open(path)
+    with duckdb.connect(str(path), read_only=True) as con:
+        tables = [row[0] for row in con.execute("SELECT table_name FROM information_schema.tables").fetchall()]
+    assert tables == ["sales"]  # nothing was added
