@@ -167,6 +167,8 @@ def _parse_patterns(values: tuple[str, ...]) -> list[tuple[int, int] | None]:
 @click.option("--activation-memory", type=click.FloatRange(min=0), default=4.0, show_default=True,
               help="GiB of cached activations reconstruction keeps in memory; the rest spills to a temporary folder.")
 @click.option("--no-progress", is_flag=True, help="Hide progress bars.")
+@click.option("--progress-file", type=click.Path(dir_okay=False, path_type=Path), default=None,
+              help="Append one JSON line per step (run_id, done, total, detail) to this file, for a watching program.")
 @click.pass_obj
 @handle_errors
 def bench(obj: dict[str, Any], model: str, weights: Path | None, data_spec: str, unlabelled: bool,
@@ -175,7 +177,8 @@ def bench(obj: dict[str, Any], model: str, weights: Path | None, data_spec: str,
           corrections: tuple[str, ...], patterns: tuple[str, ...],
           calibration_size: int, seed: int, threads: int | None, latency_batch_size: int,
           runtimes: str | None, batches: str, repeats: int, max_seconds: float, prune_first_layer: bool, prune_classifier: bool, skip_depthwise: bool, num_classes: int | None,
-          in_chans: int | None, input_size: int | None, activation_memory: float, no_progress: bool) -> None:
+          in_chans: int | None, input_size: int | None, activation_memory: float, no_progress: bool,
+          progress_file: Path | None) -> None:
     """Prune MODEL with each criterion × sparsity, measure it, and store the results.
 
     MODEL is a named model (efficientnet_lite0, mnist/resnet10t, ...) or a timm architecture
@@ -221,7 +224,7 @@ def bench(obj: dict[str, Any], model: str, weights: Path | None, data_spec: str,
     check_compatible(bundle, data)
     data.check_readable(calibration_size, seed)
     job = BenchJob(label=bundle.model_key, load=lambda: (bundle, data), plan=plan)
-    run_id = run_jobs(obj["db"], [job], _command_line(), threads, not no_progress)
+    run_id = run_jobs(obj["db"], [job], _command_line(), threads, not no_progress, progress_file)
     ensure_published(obj["db"])
     with Store.open(obj["db"], read_only=True) as store:
         rows = store.query("SELECT count(*) AS n FROM results WHERE run_id = ?", [run_id])

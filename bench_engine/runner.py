@@ -417,14 +417,45 @@ class BenchJob:
     plan: BenchPlan
 
 
+class ProgressFile:
+    """A progress bar that also appends each step to a file as a JSON line."""
+
+    def __init__(self, bar: tqdm, path: Path, run_id: str, total: int):
+        self.bar, self.path, self.run_id, self.total = bar, path, run_id, total
+        self.done, self.detail = 0, ""
+        self._write()
+
+    def _write(self) -> None:
+        with self.path.open("a", encoding="utf-8") as stream:
+            stream.write(json.dumps({"run_id": self.run_id, "done": self.done, "total": self.total,
+                                     "detail": self.detail}) + "\n")
+
+    def update(self, n: int = 1) -> None:
+        self.bar.update(n)
+        self.done += n
+        self._write()
+
+    def set_postfix_str(self, text: str) -> None:
+        self.bar.set_postfix_str(text)
+        self.detail = text
+        self._write()
+
+    def close(self) -> None:
+        self.bar.close()
+
+
 def run_jobs(
     db_path: str | Path,
     jobs: Sequence[BenchJob],
     command: str,
     num_threads: int | None = None,
     show_progress: bool = True,
+    progress_file: str | Path | None = None,
 ) -> str:
     """Run bench jobs as one run: each model's rows are inserted in one transaction.
+
+    With `progress_file`, one JSON line per step goes to that file (`run_id`, `done`, `total`,
+    `detail`), for a program that watches the run, such as the TUI's Runs tab.
 
     The database is opened only to record the run and to insert each model's rows, because
     DuckDB lets no other process read the file while one has it open for writing.
@@ -452,6 +483,8 @@ def run_jobs(
         )
     total = sum(len(job.plan.configs()) for job in jobs)
     bar = tqdm(total=total, desc="bench", unit="config", disable=not show_progress, dynamic_ncols=True)
+    if progress_file is not None:
+        bar = ProgressFile(bar, Path(progress_file), run_id, total)
     try:
         for job in jobs:
             bar.set_postfix_str(f"{job.label} · loading")

@@ -194,3 +194,80 @@ def test_help_snapshot(snap_compare, fixture_db):
 
 def test_help_japanese_snapshot(snap_compare, fixture_db):
     assert snap_compare(PTSAdvisorApp(fixture_db, lang="ja"), press=["f1"], terminal_size=(80, 24))
+
+
+# -- Runs: a bench in its own process ------------------------------------------------------------
+
+
+async def wait_for_run(app, pilot, seconds=300):
+    from advisor.tui.runs import RunsPane
+
+    pane = app.query_one(RunsPane)
+    for _ in range(seconds * 2):
+        await pilot.pause(0.5)
+        if pane.process is not None and not pane.running and pane.query_one("#run-start").disabled is False:
+            await pilot.pause()  # let the app handle the Finished message (its reload)
+            return pane
+    raise AssertionError("the bench did not finish in time")
+
+
+async def test_bench_started_from_runs_tab_lands_in_the_ranking(tmp_path):
+    from test_inputs import save_tiny_resnet, write_images
+
+    weights = tmp_path / "w.safetensors"
+    save_tiny_resnet(weights)
+    for index, name in enumerate(("a", "b", "c")):
+        write_images(tmp_path / "data" / name, 60, seed=index)  # 144 training-side inputs: 128 calibrate
+    db_path = tmp_path / "runs.duckdb"
+    app = PTSAdvisorApp(db_path, Budget(), lang="en")
+    async with app.run_test(size=(100, 30)) as pilot:
+        assert "Cannot read the database" in status_text(app)  # nothing benched yet
+        await pilot.press("f5")
+        for field, value in (("#run-model", "resnet10t"), ("#run-weights", str(weights)),
+                             ("#run-data", str(tmp_path / "data")), ("#run-criteria", "magnitude"),
+                             ("#run-sparsities", "0.5")):
+            app.query_one(field, Input).value = value
+        await pilot.click("#run-start")
+        await pilot.pause()
+        assert "Running: ptsa --db" in str(app.query_one("#run-status", Static).render())
+        pane = await wait_for_run(app, pilot)
+        status = str(pane.query_one("#run-status", Static).render())
+        assert "Finished" in status, str(pane.query_one("#run-log", Static).render())
+        assert "stored 2 results for resnet10t" in status
+        assert "1 of 1 configurations" in str(pane.query_one("#run-detail", Static).render())
+        # The reload after the run knows the new dataset; picking it shows the two new rows.
+        new = [name for name in app.dataset_names if name != "imagenet"]
+        assert len(new) == 1
+        await pilot.press("f2")
+        app.budget = Budget(dataset=new[0])
+        app.refresh_ranking()
+        assert "2 of 2 candidates meet the budget" in status_text(app)
+        assert app.query_one("#ranking", DataTable).row_count == 2
+
+
+async def test_runs_tab_cancel_and_empty_field(tmp_path):
+    from advisor.tui.runs import RunsPane
+
+    app = PTSAdvisorApp(tmp_path / "none.duckdb", Budget(), lang="en")
+    async with app.run_test(size=(100, 30)) as pilot:
+        await pilot.press("f5")
+        app.query_one("#run-model", Input).value = ""
+        await pilot.click("#run-start")
+        assert "Cannot start: Model is empty." in str(app.query_one("#run-status", Static).render())
+        app.query_one("#run-model", Input).value = "mnist/resnet10t"
+        await pilot.pause(0.3)  # the button ignores a second press while its press effect shows
+        await pilot.click("#run-start")
+        await pilot.pause()
+        assert app.query_one(RunsPane).running, str(app.query_one("#run-status", Static).render())
+        await pilot.click("#run-cancel")
+        pane = await wait_for_run(app, pilot, seconds=60)
+        assert "Cancelled" in str(pane.query_one("#run-status", Static).render())
+    assert not (tmp_path / "none.duckdb").exists()  # cancelled before it recorded anything
+
+
+def test_runs_snapshot(snap_compare, tmp_path):
+    assert snap_compare(PTSAdvisorApp(tmp_path / "none.duckdb", lang="en"), press=["f5"], terminal_size=(80, 24))
+
+
+def test_runs_japanese_snapshot(snap_compare, tmp_path):
+    assert snap_compare(PTSAdvisorApp(tmp_path / "none.duckdb", lang="ja"), press=["f5"], terminal_size=(80, 24))

@@ -26,6 +26,7 @@ from advisor.ranking import rank_store
 from advisor.recommend import Budget, BudgetError, Candidate, Recommendation
 from advisor.roi import Workload
 from advisor.tui.forms import BudgetForm, WorkloadForm
+from advisor.tui.runs import RunsPane
 from db import DatabaseError, Store
 
 SHOWN_ROWS = 200  # rows of the ranking table; the status line gives the full count
@@ -77,6 +78,7 @@ def help_markdown() -> str:
         "| F2 | " + _("Recommend: budget and ranked candidates") + " |",
         "| F3 | " + _("ROI: instances and cost against dense") + " |",
         "| F4 | " + _("Evidence of the highlighted candidate") + " |",
+        "| F5 | " + _("Runs: start a bench, watch it, cancel it") + " |",
         "| Tab, Shift+Tab | " + _("move between inputs and the table") + " |",
         "| ↑ ↓ | " + _("highlight a candidate") + " |",
         "| Ctrl+T | " + _("focus the table") + " |",
@@ -102,6 +104,7 @@ class PTSAdvisorApp(App):
     """Plan a deployment: budget, ranked candidates, their cost and their evidence."""
 
     TITLE = "PTS Advisor"
+    ENABLE_COMMAND_PALETTE = False  # its footer entry would hide the F5 key at 80 columns
     CSS = """
     BudgetForm, WorkloadForm { width: 24; padding: 0 1; border-right: solid $primary; }
     BudgetForm Label, WorkloadForm Label { color: $text-muted; }
@@ -115,6 +118,13 @@ class PTSAdvisorApp(App):
     #plots { height: 1fr; }
     #plots PlotextPlot { width: 1fr; }
     #evidence-detail { height: 5; padding: 0 1; border-top: solid $primary; }
+    #run-form { width: 30; padding: 0 1; border-right: solid $primary; scrollbar-size-vertical: 1; }
+    #run-form Label { color: $text-muted; }
+    #run-buttons { height: auto; margin-top: 1; }
+    #run-buttons Button { width: auto; min-width: 10; margin-right: 1; }
+    #run-status, #run-detail { height: auto; padding: 0 1; }
+    #run-progress { padding: 0 1; }
+    #run-log { height: 1fr; padding: 0 1; color: $text-muted; }
     """
     BINDINGS = [
         Binding("q", "quit", "Quit"),
@@ -123,6 +133,7 @@ class PTSAdvisorApp(App):
         Binding("f2", "show_tab('recommend')", "Recommend"),
         Binding("f3", "show_tab('roi')", "ROI"),
         Binding("f4", "show_tab('evidence-tab')", "Evidence"),
+        Binding("f5", "show_tab('runs')", "Runs"),
         Binding("ctrl+t", "focus_table", "Table", show=False),
     ]
 
@@ -194,6 +205,9 @@ class PTSAdvisorApp(App):
                         yield PlotextPlot(id="accuracy-plot")
                         yield PlotextPlot(id="latency-plot")
                     yield Static(id="evidence-detail")
+            with TabPane(_("Runs"), id="runs"):
+                self.runs_pane = RunsPane(self.db_path, id="runs-pane")
+                yield self.runs_pane
             with TabPane(_("Help"), id="help"):
                 yield Markdown(help_markdown(), id="help-text")
         yield Footer()
@@ -474,6 +488,17 @@ class PTSAdvisorApp(App):
             _("most pruned layers: {layers}").format(layers=layer_text) if layer_text
             else _("per-layer sparsity: not stored for this result"),
         ]))
+
+    # -- Runs tab -----------------------------------------------------------------------------
+
+    @on(RunsPane.Finished)
+    def _run_finished(self, message: RunsPane.Finished) -> None:
+        self.action_reload()
+        if self.query_one(TabbedContent).active == "evidence-tab":
+            self.refresh_evidence_tab()
+
+    def on_unmount(self) -> None:
+        self.runs_pane.stop()  # the widgets are gone by now, so the pane is kept from compose
 
     # -- actions ------------------------------------------------------------------------------
 
