@@ -42,7 +42,7 @@ latency-evidence: $(VENV)/.installed
 # it into assets/locale/ja/LC_MESSAGES/ptsa.po (pybabel update), translate, then `make catalogs`
 # compiles the .mo that ships. tests/test_i18n.py fails when a message lacks a translation or the
 # .mo is older than the .po.
-CATALOG_SOURCES = advisor/labels.py advisor/report.py advisor/tui/app.py advisor/tui/forms.py advisor/tui/runs.py
+CATALOG_SOURCES = advisor/labels.py advisor/report.py advisor/tui/app.py advisor/tui/forms.py advisor/tui/runs.py advisor/tui/models.py
 catalog-template: $(VENV)/.installed
 	mkdir -p build
 	$(VENV)/bin/pybabel extract -k t -k _ -k N_ --no-location -o build/ptsa.pot $(CATALOG_SOURCES)

@@ -15,7 +15,7 @@ from advisor.i18n import pick_language, translation
 
 ROOT = Path(__file__).parents[1]
 PO = ROOT / "assets" / "locale" / "ja" / "LC_MESSAGES" / "ptsa.po"
-SOURCES = [ROOT / "advisor" / name for name in ("labels.py", "report.py", "tui/app.py", "tui/forms.py", "tui/runs.py")]
+SOURCES = [ROOT / "advisor" / name for name in ("labels.py", "report.py", "tui/app.py", "tui/forms.py", "tui/runs.py", "tui/models.py")]
 
 
 def catalog():

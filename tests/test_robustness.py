@@ -194,3 +194,35 @@ def test_first_run_fits_on_the_published_evidence_alone(tmp_path):
     assert missing.exit_code == 2
     assert "database not found" in missing.stderr
     assert not (tmp_path / "none.duckdb").exists()
+
+
+async def test_models_tab_lists_architectures_with_predictions(tmp_path):
+    from textual.widgets import DataTable, Input, Static
+
+    from advisor.tui.app import PTSAdvisorApp
+    from advisor.tui.models import ModelsPane
+
+    db_path = build_db(tmp_path / "r.duckdb", plausible)
+    assert CliRunner().invoke(main, ["--db", str(db_path), "fit"]).exit_code == 0
+    app = PTSAdvisorApp(db_path, lang="en")
+    async with app.run_test(size=(100, 30)) as pilot:
+        await pilot.press("f6")
+        pane = app.query_one(ModelsPane)
+        await pilot.app.workers.wait_for_complete()
+        await pilot.pause()
+        table = app.query_one("#models-table", DataTable)
+        with Store.open(db_path, read_only=True) as store:
+            stored = store.count("architectures")  # the benched ones and the published ones' (ImageNet shape)
+        assert stored >= len(MODELS)
+        assert table.row_count == stored
+        status = str(app.query_one("#models-status", Static).render())
+        assert f"{stored} of {stored} architectures" in status
+        assert f"predicted by fit {pane.fit_id}" in status
+        first = table.get_row_at(0)
+        assert first[6] != "-"  # sorted by predicted retention, highest first
+        retentions = [pane.rows[i].get("retention") for i in range(len(pane.rows))]
+        assert float(first[6].split()[0]) == pytest.approx(max(retentions), abs=0.5)
+        app.query_one("#models-filter", Input).value = "mobilenetv3"
+        await pilot.pause()
+        assert table.row_count == 1
+        assert table.get_row_at(0)[0] == "mobilenetv3_small_050"

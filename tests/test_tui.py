@@ -271,3 +271,29 @@ def test_runs_snapshot(snap_compare, tmp_path):
 
 def test_runs_japanese_snapshot(snap_compare, tmp_path):
     assert snap_compare(PTSAdvisorApp(tmp_path / "none.duckdb", lang="ja"), press=["f5"], terminal_size=(80, 24))
+
+
+async def test_models_tab_without_fit_or_features(fixture_db):
+    app = PTSAdvisorApp(fixture_db, lang="en")
+    async with app.run_test(size=(80, 24)) as pilot:
+        await pilot.press("f6")
+        await app.workers.wait_for_complete()
+        await pilot.pause()
+        status = str(app.query_one("#models-status", Static).render())
+        assert "0 of 0 architectures with stored features." in status
+        assert "No regressor is fitted: run `ptsa fit`" in status
+        assert "`ptsa features --all` adds every timm architecture." in status
+
+
+async def open_models_tab(pilot):
+    await pilot.press("f6")
+    await pilot.app.workers.wait_for_complete()  # the rows are read in a worker thread
+    await pilot.pause()
+
+
+def test_models_snapshot(snap_compare, fixture_db):
+    assert snap_compare(PTSAdvisorApp(fixture_db, lang="en"), run_before=open_models_tab, terminal_size=(80, 24))
+
+
+def test_models_japanese_snapshot(snap_compare, fixture_db):
+    assert snap_compare(PTSAdvisorApp(fixture_db, lang="ja"), run_before=open_models_tab, terminal_size=(80, 24))

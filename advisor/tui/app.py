@@ -26,6 +26,7 @@ from advisor.ranking import rank_store
 from advisor.recommend import Budget, BudgetError, Candidate, Recommendation
 from advisor.roi import Workload
 from advisor.tui.forms import BudgetForm, WorkloadForm
+from advisor.tui.models import ModelsPane
 from advisor.tui.runs import RunsPane
 from db import DatabaseError, Store
 
@@ -79,6 +80,7 @@ def help_markdown() -> str:
         "| F3 | " + _("ROI: instances and cost against dense") + " |",
         "| F4 | " + _("Evidence of the highlighted candidate") + " |",
         "| F5 | " + _("Runs: start a bench, watch it, cancel it") + " |",
+        "| F6 | " + _("Models: every architecture with its size and predicted robustness") + " |",
         "| Tab, Shift+Tab | " + _("move between inputs and the table") + " |",
         "| ↑ ↓ | " + _("highlight a candidate") + " |",
         "| Ctrl+T | " + _("focus the table") + " |",
@@ -125,15 +127,22 @@ class PTSAdvisorApp(App):
     #run-status, #run-detail { height: auto; padding: 0 1; }
     #run-progress { padding: 0 1; }
     #run-log { height: 1fr; padding: 0 1; color: $text-muted; }
+    #models-bar { height: 1; padding: 0 1; }
+    #models-filter { width: 1fr; }
+    #models-sort { width: 26; }
+    #models-status { height: auto; padding: 0 1; color: $text-muted; }
+    #models-table { height: 1fr; }
     """
     BINDINGS = [
         Binding("q", "quit", "Quit"),
         Binding("r", "reload", "Reload"),
+        # The tab labels name their keys, so the footer lists only these three.
         Binding("f1", "show_tab('help')", "Help"),
-        Binding("f2", "show_tab('recommend')", "Recommend"),
-        Binding("f3", "show_tab('roi')", "ROI"),
-        Binding("f4", "show_tab('evidence-tab')", "Evidence"),
-        Binding("f5", "show_tab('runs')", "Runs"),
+        Binding("f2", "show_tab('recommend')", "Recommend", show=False),
+        Binding("f3", "show_tab('roi')", "ROI", show=False),
+        Binding("f4", "show_tab('evidence-tab')", "Evidence", show=False),
+        Binding("f5", "show_tab('runs')", "Runs", show=False),
+        Binding("f6", "show_tab('models')", "Models", show=False),
         Binding("ctrl+t", "focus_table", "Table", show=False),
     ]
 
@@ -184,31 +193,33 @@ class PTSAdvisorApp(App):
 
     def compose(self) -> ComposeResult:
         with TabbedContent(initial="recommend"):
-            with TabPane(_("Recommend"), id="recommend"):
+            with TabPane("F2 " + _("Recommend"), id="recommend"):
                 with Horizontal():
                     yield BudgetForm(self.budget, self.dataset_names, id="budget")
                     with Vertical(classes="main"):
                         yield Static(id="status")
                         yield DataTable(id="ranking", cursor_type="row", zebra_stripes=True)
                         yield Static(id="evidence")
-            with TabPane(_("ROI"), id="roi"):
+            with TabPane("F3 " + _("ROI"), id="roi"):
                 with Horizontal():
                     yield WorkloadForm(self.workload, id="workload")
                     with Vertical(classes="main"):
                         yield Static(id="roi-status")
                         yield DataTable(id="roi-table", cursor_type="row", zebra_stripes=True)
                         yield Static(id="roi-notes")
-            with TabPane(_("Evidence"), id="evidence-tab"):
+            with TabPane("F4 " + _("Evidence"), id="evidence-tab"):
                 with Vertical():
                     yield Static(id="evidence-title")
                     with Horizontal(id="plots"):
                         yield PlotextPlot(id="accuracy-plot")
                         yield PlotextPlot(id="latency-plot")
                     yield Static(id="evidence-detail")
-            with TabPane(_("Runs"), id="runs"):
+            with TabPane("F5 " + _("Runs"), id="runs"):
                 self.runs_pane = RunsPane(self.db_path, id="runs-pane")
                 yield self.runs_pane
-            with TabPane(_("Help"), id="help"):
+            with TabPane("F6 " + _("Models"), id="models"):
+                yield ModelsPane(self.db_path, id="models-pane")
+            with TabPane("F1 " + _("Help"), id="help"):
                 yield Markdown(help_markdown(), id="help-text")
         yield Footer()
 
@@ -294,6 +305,8 @@ class PTSAdvisorApp(App):
     def _tab_activated(self, event: TabbedContent.TabActivated) -> None:
         if event.pane.id == "evidence-tab":
             self.refresh_evidence_tab()
+        elif event.pane.id == "models":
+            self.query_one(ModelsPane).load()
 
     def evidence_lines(self, candidate: Candidate) -> list[str]:
         """Describe a candidate: what it is, its accuracy and where it comes from, its latency, its risks."""
