@@ -297,3 +297,20 @@ def test_models_snapshot(snap_compare, fixture_db):
 
 def test_models_japanese_snapshot(snap_compare, fixture_db):
     assert snap_compare(PTSAdvisorApp(fixture_db, lang="ja"), run_before=open_models_tab, terminal_size=(80, 24))
+
+
+async def test_new_results_show_up_without_reload(fixture_db):
+    from conftest import insert_rows, make_result
+    from db import Store
+
+    app = PTSAdvisorApp(fixture_db, Budget(dataset="mnist"), lang="en")
+    async with app.run_test(size=(80, 24)) as pilot:
+        assert "6 of 6 candidates" in status_text(app)
+        app.check_for_new_results()
+        assert "6 of 6 candidates" in status_text(app)  # nothing new
+        # A writer adds a result while the TUI runs; the TUI held no connection meanwhile.
+        with Store.open(fixture_db) as store:
+            insert_rows(store, [make_result(criterion="wanda", requested_sparsity=0.6, top1=94.0)])
+        app.check_for_new_results()
+        await pilot.pause()
+        assert "7 of 7 candidates" in status_text(app)

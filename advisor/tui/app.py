@@ -31,6 +31,7 @@ from advisor.tui.runs import RunsPane
 from db import DatabaseError, Store
 
 SHOWN_ROWS = 200  # rows of the ranking table; the status line gives the full count
+WATCH_SECONDS = 5.0  # how often the TUI looks for new results
 
 
 def sparsity_text(row: dict) -> str:
@@ -189,6 +190,24 @@ class PTSAdvisorApp(App):
         except BudgetError as exc:  # a --profile that is not in this database, or cost without a workload
             return _("Invalid budget: {reason}").format(reason=exc)
 
+    def _latest_change(self) -> tuple | None:
+        """Return the count and newest time of results and timings; None while the file cannot be read."""
+        try:
+            with Store.open(self.db_path, read_only=True) as store:
+                row = store.query("SELECT (SELECT count(*) FROM results) AS results, "
+                                  "(SELECT max(created_at) FROM results) AS newest, "
+                                  "(SELECT count(*) FROM latency) AS timings")[0]
+        except DatabaseError:  # missing, or locked by a writer for the moment: try again later
+            return None
+        return (row["results"], row["newest"], row["timings"])
+
+    def check_for_new_results(self) -> None:
+        """Reload when results or timings were added since the last look."""
+        change = self._latest_change()
+        if change is not None and change != self.last_change:
+            self.last_change = change
+            self.action_reload()
+
     # -- layout -------------------------------------------------------------------------------
 
     def compose(self) -> ComposeResult:
@@ -225,6 +244,9 @@ class PTSAdvisorApp(App):
 
     def on_mount(self) -> None:
         self.sub_title = self.db_path.name
+        self.last_change = self._latest_change()
+        # New results (a bench in another terminal, or one from the Runs tab) show up by themselves.
+        self.set_interval(WATCH_SECONDS, self.check_for_new_results)
         self.query_one("#ranking", DataTable).add_columns(*ranking_headers())
         self.query_one("#roi-table", DataTable).add_columns(
             "#", _("instances"), _("cost"), _("saving"), _("acc %"), _("sparsity"), _("method"), _("model"),
