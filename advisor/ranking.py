@@ -22,6 +22,7 @@ from advisor.recommend import (
     Candidate,
     LatencyEvidence,
     Recommendation,
+    TIMINGS_SQL,
     Timing,
     evaluate,
     load_profiles,
@@ -31,20 +32,6 @@ from advisor.recommend import (
 )
 from bench_engine.runtime_names import MEASURABLE_CHANGE
 from db import Store
-
-# All timings: the latency table, and the latency each bench result measured itself.
-TIMINGS_SQL = """
-SELECT l.model_key, l.env_key, l.runtime, l.batch_size, l.criterion, l.pattern, l.requested_sparsity, l.p50_ms,
-       l.p90_ms, l.sparse_kernel, l.speedup, l.result_id, m.architecture, m.input_size,
-       coalesce(l.provenance, 'measured') AS provenance, l.source AS citation, l.spread, l.created_at
-FROM latency l LEFT JOIN models m USING (model_key)
-UNION ALL
-SELECT r.model_key, r.env_key, r.runtime, r.latency_batch_size, r.criterion, r.pattern, r.requested_sparsity,
-       r.latency_p50_ms, r.latency_p90_ms, NULL, NULL, r.result_id, m.architecture, m.input_size, 'measured', NULL,
-       r.latency_spread, r.created_at
-FROM results r LEFT JOIN models m USING (model_key)
-WHERE r.provenance = 'measured' AND r.latency_p50_ms IS NOT NULL AND r.env_key IS NOT NULL
-"""
 
 # One row per candidate (result × runtime) with the numbers that decide feasibility and order.
 # $-names are parameters; the comments name the Python each part mirrors.

@@ -463,7 +463,8 @@ class Profile:
     device: str | None
 
 
-_TIMINGS_SQL = """
+# Every timing: the latency table, and the latency each bench result measured itself.
+TIMINGS_SQL = """
 SELECT l.model_key, l.env_key, l.runtime, l.batch_size, l.criterion, l.pattern, l.requested_sparsity, l.p50_ms,
        l.p90_ms, l.sparse_kernel, l.speedup, l.result_id, m.architecture, m.input_size,
        coalesce(l.provenance, 'measured') AS provenance, l.source AS citation, l.spread, l.created_at
@@ -474,13 +475,12 @@ SELECT r.model_key, r.env_key, r.runtime, r.latency_batch_size, r.criterion, r.p
        r.latency_spread, r.created_at
 FROM results r LEFT JOIN models m USING (model_key)
 WHERE r.provenance = 'measured' AND r.latency_p50_ms IS NOT NULL AND r.env_key IS NOT NULL
-ORDER BY created_at
 """
 
 
 def load_timings(store: Store) -> list[Timing]:
     """Read every measured timing: the latency table and each bench result's own latency."""
-    rows = store.query(_TIMINGS_SQL)
+    rows = store.query(f"SELECT * FROM ({TIMINGS_SQL}) ORDER BY created_at")
     return [Timing(**{k: v for k, v in row.items() if k != "created_at"}) for row in rows]
 
 
