@@ -1,4 +1,4 @@
-"""What a candidate costs under a workload, next to the dense model it would replace.
+"""The cost of a candidate under a workload, next to the dense model it would replace.
 
 One instance (a server, a VM, a GPU or an edge device) runs one copy of the model and serves
 batches back to back, as the timing did, on the profiled hardware and threads. So it serves
