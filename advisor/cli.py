@@ -214,8 +214,11 @@ def bench(obj: dict[str, Any], model: str, weights: Path | None, data_spec: str,
         click.echo(f"warning: allocation {allocation!r} applies to the unstructured rows only; N:M pattern rows "
                    "use uniform, because the pattern fixes every layer's sparsity.", err=True)
     if model.startswith("mnist/") and weights is None:
+        from bench_engine.baselines import MNIST_BASELINES
         from bench_engine.suite import train_missing_baselines
 
+        if model not in MNIST_BASELINES:
+            _fail(f"unknown MNIST baseline {model!r}; choose one of {', '.join(MNIST_BASELINES)}.")
         train_missing_baselines([model], show_progress=not no_progress)
     bundle = load_model(model, weights, num_classes=num_classes, in_chans=in_chans, input_size=input_size)
     data = load_dataset(data_spec, bundle.preprocess, seed, labelled=False if unlabelled else None)
@@ -319,7 +322,11 @@ def latency(obj: dict[str, Any], model: str, weights: Path | None, runtimes: str
         bundle = random_init_model(model, num_classes=num_classes, in_chans=in_chans, input_size=input_size)
     else:
         if model.startswith("mnist/") and weights is None:
+            from bench_engine.baselines import MNIST_BASELINES
             from bench_engine.suite import train_missing_baselines
+
+            if model not in MNIST_BASELINES:
+                _fail(f"unknown MNIST baseline {model!r}; choose one of {', '.join(MNIST_BASELINES)}.")
 
             train_missing_baselines([model], show_progress=True)  # progress goes to stderr
         bundle = load_model(model, weights, num_classes=num_classes, in_chans=in_chans, input_size=input_size)

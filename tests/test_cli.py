@@ -122,6 +122,7 @@ def test_recommend_empty_database_gets_the_published_evidence(runner, tmp_path):
     "args, message",
     [
         (["not_a_model", "--data", "mnist"], "unknown model 'not_a_model'"),
+        (["mnist/nope", "--data", "mnist"], "unknown MNIST baseline 'mnist/nope'"),
         (["mnist/resnet10t", "--data", "mnist", "--sparsity", "1.5"], "sparsity 1.5 is out of range"),
         (["mnist/resnet10t", "--data", "mnist", "--sparsity", "50"], "is a percentage, use 0.5"),
         (["mnist/resnet10t", "--data", "mnist", "--criterion", "obs"], "unknown criterion 'obs'"),

@@ -122,8 +122,9 @@ async def test_roi_tab_recomputes_as_the_workload_changes(fixture_db):
         # p50 4.0 ms -> 250/s, 150/s at 60 % -> 7 instances of the dense model; 2,555 a month.
         assert table.row_count == 6
         first = table.get_row_at(0)
-        assert first[1] == "7→7"
-        assert first[2] == "2,555 USD"
+        assert first[1] == "mnist/resnet10t"
+        assert first[2] == "7→7"
+        assert first[3] == "2,555 USD"
         assert "costs per month, cheapest first" in str(status.render())
         assert "saving is weight memory and storage, not compute" in str(app.query_one("#roi-notes", Static).render())
 
@@ -314,3 +315,22 @@ async def test_new_results_show_up_without_reload(fixture_db):
         app.check_for_new_results()
         await pilot.pause()
         assert "7 of 7 candidates" in status_text(app)
+
+
+async def test_function_keys_switch_tabs_from_a_focused_input(fixture_db):
+    from textual.widgets import TabbedContent
+
+    app = PTSAdvisorApp(fixture_db, Budget(dataset="mnist"), lang="ja")
+    async with app.run_test(size=(80, 24)) as pilot:
+        app.query_one("#min-accuracy", Input).focus()
+        await pilot.pause()
+        await pilot.press("f3")
+        await pilot.pause()
+        assert app.query_one(TabbedContent).active == "roi"
+        assert app.focused is app.query_one("#peak-rps", Input)  # typing goes to the first field at once
+        await pilot.press("1", "0")
+        assert app.query_one("#peak-rps", Input).value == "10"
+        await pilot.press("f2")
+        await pilot.pause()
+        assert app.query_one(TabbedContent).active == "recommend"
+        assert app.focused is app.query_one("#ranking", DataTable)

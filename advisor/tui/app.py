@@ -14,7 +14,7 @@ from pathlib import Path
 from textual import on
 from textual.app import App, ComposeResult
 from textual.binding import Binding
-from textual.containers import Horizontal, Vertical
+from textual.containers import Horizontal, Vertical, VerticalScroll
 from textual.widgets import DataTable, Footer, Markdown, Static, TabbedContent, TabPane
 from textual_plotext import PlotextPlot
 
@@ -51,9 +51,8 @@ def binding_text(candidate: Candidate) -> str:
 
 
 def ranking_headers() -> list[str]:
-    # Narrower than the CLI table so that it fits an 80-column terminal beside the budget. The
-    # budgeted values come first, so they stay visible when long model names need scrolling.
-    return ["#", _("acc %"), _("drop"), _("latency"), _("sparsity"), _("binds"), _("method"), _("model"),
+    # The model and method come first, so a row always says what it is; the table scrolls right.
+    return ["#", _("model"), _("method"), _("acc %"), _("drop"), _("latency"), _("sparsity"), _("binds"),
             _("evidence")]
 
 
@@ -62,8 +61,8 @@ def ranking_cells(rank: str, candidate: Candidate) -> list[str]:
     accuracy = number(candidate.accuracy)
     if candidate.metric == "top1_agreement":
         accuracy += " " + _("agr")
-    return [rank, accuracy, number(candidate.drop), number(candidate.latency_ms, 1), sparsity_text(row),
-            binding_text(candidate), method_label(row), row["model_key"], _(row["provenance"])]
+    return [rank, row["model_key"], method_label(row), accuracy, number(candidate.drop),
+            number(candidate.latency_ms, 1), sparsity_text(row), binding_text(candidate), _(row["provenance"])]
 
 
 def help_markdown() -> str:
@@ -117,7 +116,7 @@ class PTSAdvisorApp(App):
     .main { width: 1fr; }
     #ranking, #roi-table { height: 1fr; }
     #status, #roi-status, #evidence-title { height: auto; padding: 0 1; color: $text-muted; }
-    #evidence, #roi-notes { height: 7; padding: 0 1; border-top: solid $primary; }
+    #evidence-scroll, #roi-notes { height: 7; padding: 0 1; border-top: solid $primary; }
     #plots { height: 1fr; }
     #plots PlotextPlot { width: 1fr; }
     #evidence-detail { height: 5; padding: 0 1; border-top: solid $primary; }
@@ -218,7 +217,8 @@ class PTSAdvisorApp(App):
                     with Vertical(classes="main"):
                         yield Static(id="status")
                         yield DataTable(id="ranking", cursor_type="row", zebra_stripes=True)
-                        yield Static(id="evidence")
+                        with VerticalScroll(id="evidence-scroll"):
+                            yield Static(id="evidence")
             with TabPane("F3 " + _("ROI"), id="roi"):
                 with Horizontal():
                     yield WorkloadForm(self.workload, id="workload")
@@ -249,7 +249,7 @@ class PTSAdvisorApp(App):
         self.set_interval(WATCH_SECONDS, self.check_for_new_results)
         self.query_one("#ranking", DataTable).add_columns(*ranking_headers())
         self.query_one("#roi-table", DataTable).add_columns(
-            "#", _("instances"), _("cost"), _("saving"), _("acc %"), _("sparsity"), _("method"), _("model"),
+            "#", _("model"), _("instances"), _("cost"), _("saving"), _("acc %"), _("sparsity"), _("method"),
             _("weight MB"))
         self.refresh_ranking()
         self.refresh_roi()
@@ -295,6 +295,8 @@ class PTSAdvisorApp(App):
                 n=ranked.meeting_count, total=ranked.total, objective=_(OBJECTIVE_NAMES[self.budget.objective]))
             if ranked.meeting_count > SHOWN_ROWS:
                 text += " " + _("The first {n} are shown.").format(n=SHOWN_ROWS)
+            if self.budget.dataset is None and len(self.dataset_names) > 1:
+                text += " " + _("[b]Datasets mixed[/b]: their accuracies are not comparable; pick one under Dataset.")
         else:
             binding = ranked.binding_constraint()
             text = _("[b]No candidate meets the budget[/b]: {name} rules out {n} of {total}. Nearest shown.").format(
@@ -335,9 +337,13 @@ class PTSAdvisorApp(App):
         row = candidate.row
         achieved = (_("achieved {value} of Conv/Linear weights").format(value=f"{row['achieved_sparsity']:.1%}")
                     if row.get("achieved_sparsity") is not None else _("achieved not published"))
+        # What fails and what is at risk comes first, so it shows in the 7 rows without scrolling.
+        verdict = [self._violation_text(constraint, amount) for constraint, amount in candidate.violations.items()]
+        verdict += [_("risk: {text}").format(text=risk_text(risk, _)) for risk in candidate.risks]
         lines = [
             f"[b]{row['model_key']}[/b] · {method_label(row)} · "
             + _("requested {value}").format(value=f"{row['requested_sparsity']:.0%}") + ", " + achieved,
+            *verdict,
             *self._recipe_lines(row),
             _("{metric} {accuracy} % (dense {dense} %)").format(
                 metric=_("top-1") if candidate.metric == "top1" else _("agreement"),
@@ -348,9 +354,6 @@ class PTSAdvisorApp(App):
         if row.get("kl_divergence") is not None:
             lines.append(_("agreement with dense {agreement} %, KL {kl}").format(
                 agreement=f"{row.get('top1_agreement') or 0:.1f}", kl=f"{row['kl_divergence']:.4f}"))
-        for constraint, amount in candidate.violations.items():
-            lines.append(self._violation_text(constraint, amount))
-        lines += [_("risk: {text}").format(text=risk_text(risk, _)) for risk in candidate.risks]
         return lines
 
     @staticmethod
@@ -444,10 +447,10 @@ class PTSAdvisorApp(App):
             instances = "-" if cost.instances is None else (
                 f"{cost.baseline_instances}→{cost.instances}" if cost.baseline_instances is not None
                 else str(cost.instances))
-            # Sizes and costs first, so they stay visible when long model names need scrolling.
-            table.add_row(str(index + 1), instances, _money(cost.cost, currency), _money(cost.saving, currency),
-                          number(c.accuracy), sparsity_text(c.row), method_label(c.row), c.row["model_key"],
-                          number(cost.weight_mb, 1), key=str(index))
+            # The model, then sizes and costs, so a row says what it prices before the table scrolls.
+            table.add_row(str(index + 1), c.row["model_key"], instances, _money(cost.cost, currency),
+                          _money(cost.saving, currency), number(c.accuracy), sparsity_text(c.row),
+                          method_label(c.row), number(cost.weight_mb, 1), key=str(index))
             for note in cost.notes:
                 seen.setdefault(note["code"], self._note_text(note["code"], c))
         status.update(_("Peak {peak:g}/s at {util:g} % utilisation, {price:g} {currency} per instance-hour; costs "
@@ -497,7 +500,8 @@ class PTSAdvisorApp(App):
             model=row["model_key"], dataset=row["dataset"]))
         plt = accuracy_plot.plt
         if evidence.dense_accuracy is not None:
-            plt.scatter([0.0], [evidence.dense_accuracy], marker="■", label=_("dense"))
+            # ASCII legend labels: plotext counts a double-width character as one column.
+            plt.scatter([0.0], [evidence.dense_accuracy], marker="■", label="dense")
         markers = {"measured": "●", "published": "◆", "predicted": "○"}
         for name, points in evidence.accuracy.items():
             for provenance, marker in markers.items():
@@ -538,7 +542,13 @@ class PTSAdvisorApp(App):
     # -- actions ------------------------------------------------------------------------------
 
     def action_show_tab(self, tab: str) -> None:
-        self.query_one(TabbedContent).active = tab
+        # Leave the focused input first: a focused widget in the old tab pulls the old tab back.
+        self.set_focus(None)
+        tabs = self.query_one(TabbedContent)
+        tabs.active = tab
+        first = {"recommend": "#ranking", "roi": "#peak-rps", "models": "#models-filter", "runs": "#run-model"}.get(tab)
+        if first is not None:
+            self.call_after_refresh(self.query_one(first).focus)
 
     def action_reload(self) -> None:
         self._load()

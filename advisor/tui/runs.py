@@ -140,8 +140,8 @@ class RunsPane(Vertical):
         if returncode == 0:
             status.update(_("[b]Finished[/b]: {message}").format(message=stdout.splitlines()[-1] if stdout else ""))
         elif self.cancelled:
-            status.update(_("[b]Cancelled[/b]: a run it had started is stored as failed; finished models keep their "
-                            "results."))
+            status.update(_("[b]Cancelled[/b]: the run is stored as failed. Results are stored per model, so those "
+                            "of the model in progress are lost."))
         else:
             status.update(_("[b]Failed[/b] (exit code {code}): {error}").format(
                 code=returncode, error=(stderr.splitlines() or [""])[-1]))
