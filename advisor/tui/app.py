@@ -133,11 +133,9 @@ class PTSAdvisorApp(App):
     #models-status { height: auto; padding: 0 1; color: $text-muted; }
     #models-table { height: 1fr; }
     """
+    # q, r and F1 are bound in __init__, so the footer names them in the chosen language. The tab
+    # labels name the other keys, so the footer lists only those three.
     BINDINGS = [
-        Binding("q", "quit", "Quit"),
-        Binding("r", "reload", "Reload"),
-        # The tab labels name their keys, so the footer lists only these three.
-        Binding("f1", "show_tab('help')", "Help"),
         Binding("f2", "show_tab('recommend')", "Recommend", show=False),
         Binding("f3", "show_tab('roi')", "ROI", show=False),
         Binding("f4", "show_tab('evidence-tab')", "Evidence", show=False),
@@ -151,6 +149,9 @@ class PTSAdvisorApp(App):
         super().__init__()
         self.lang = pick_language(lang)
         use_language(self.lang)
+        self.bind("q", "quit", description=_("Quit"))
+        self.bind("r", "reload", description=_("Reload"))
+        self.bind("f1", "show_tab('help')", description=_("Help"))
         self.db_path = Path(db_path)
         self.budget = budget or Budget()
         self.workload = workload
