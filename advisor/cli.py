@@ -361,7 +361,7 @@ def budget_options(func: Callable[..., Any]) -> Callable[..., Any]:
         click.option("--max-relative-drop", type=float, default=None,
                      help="Maximum drop from the dense model, in percent of its accuracy."),
         click.option("--max-weight-mb", type=float, default=None,
-                     help="Maximum weight memory in MB, in the format the runtime holds the weights in."),
+                     help="Maximum weight memory in MB, in the format the runtime keeps the weights in."),
         click.option("--pattern", "patterns", multiple=True,
                      help="Allowed sparsity pattern (unstructured, 2:4, ...); repeatable. Default: all."),
         click.option("--margin", "margin_pct", type=float, default=0.0, show_default=True,
@@ -461,7 +461,7 @@ def _workload(options: dict[str, Any], required: bool) -> Workload | None:
 
 def _recommendation(db_path: Path, budget: Budget, workload: Workload | None, limit: int = 10,
                     pareto_only: bool = False) -> Recommendation:
-    """Rank the evidence in the database; exits 2 with the fix when the database cannot answer."""
+    """Rank the evidence in the database; exit 2 with the fix when it has no usable results or timings."""
     from advisor.ranking import TIMINGS_SQL, rank_store
     from bench_engine.runtime_names import PUBLISHED_RUNTIMES
 
@@ -542,7 +542,7 @@ def recommend_command(obj: dict[str, Any], pareto: bool, limit: int, as_json: bo
 @click.pass_obj
 @handle_errors
 def roi_command(obj: dict[str, Any], limit: int, as_json: bool, **options: Any) -> None:
-    """What each candidate costs under a workload, against the dense model it replaces.
+    """Price each candidate under a workload, against the dense model it replaces.
 
     Instances = ceil(peak / (capacity × utilisation)), capacity = batch × 1000 / p50 ms. A
     sparse candidate counts as faster only where interleaved timing measured it; otherwise its
@@ -800,7 +800,7 @@ def profiles(obj: dict[str, Any], as_json: bool) -> None:
     `ptsa recommend --profile KEY` uses one profile's timings only.
     """
     if Path(obj["db"]).is_file():
-        ensure_published(obj["db"])  # the published profiles, as `ptsa recommend` sees them
+        ensure_published(obj["db"])  # the published profiles, as `ptsa recommend` uses them
     with Store.open(obj["db"], read_only=True) as store:
         known = store.query("SELECT * FROM environments ORDER BY first_seen, env_key")
         timings = load_timings(store)

@@ -1,6 +1,6 @@
 """The evidence about one model: accuracy against sparsity per method, latency against sparsity per runtime.
 
-The TUI's Evidence tab plots these series; they come straight from the database, each point
+The TUI's Evidence tab plots these series. They come straight from the database, each point
 with its provenance, so measured, published and predicted points can be drawn differently.
 """
 

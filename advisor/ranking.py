@@ -24,6 +24,7 @@ from advisor.recommend import (
     Recommendation,
     TIMINGS_SQL,
     Timing,
+    attach_costs,
     evaluate,
     load_profiles,
     pareto_flags,
@@ -375,17 +376,6 @@ def _candidates(store: Store, budget: Budget, workload: roi.Workload | None, env
             timed = [rt for rt in budget.runtimes if env_key is not None
                      and evidence.lookup(row, env_key, rt, budget.batch_size) is not None]
             dense += [judge(row["result_id"], rt) for rt in timed] or [judge(row["result_id"], None)]
-        own = {(c.row["model_key"], c.row["dataset"], c.runtime): c for c in dense}
-        reference = None
-        if workload.baseline_model is not None:
-            reference = {c.runtime: c for c in dense if c.row["model_key"] == workload.baseline_model}
-            if not reference:
-                known = sorted({r["model_key"] for r in store.query(
-                    "SELECT DISTINCT model_key FROM scored WHERE criterion = 'dense'")})
-                raise BudgetError(f"baseline model {workload.baseline_model!r} has no dense result in this selection; "
-                                  f"choose one of {', '.join(known[:12]) or 'none'}" + (" …" if len(known) > 12 else "")
-                                  + ".")
-        for c in chosen:
-            mine = own.get((c.row["model_key"], c.row["dataset"], c.runtime))
-            c.costing = roi.costing(c, mine, mine if reference is None else reference.get(c.runtime), workload)
+        known = [r["model_key"] for r in store.query("SELECT DISTINCT model_key FROM scored WHERE criterion = 'dense'")]
+        attach_costs(chosen, dense, workload, known)
     return chosen

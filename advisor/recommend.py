@@ -395,7 +395,7 @@ def next_measurement(candidate: Candidate) -> str | None:
         model = row["model_key"] if _loadable(row["model_key"]) else \
             f"{row.get('architecture') or row['model_key'].split('@')[0]} --random-init"
         return f"ptsa latency {model} --runtime {runtime} --batch {candidate.batch_size} --sparsity 0.5"
-    # A timing of the same sparsity (or of the dense model) stands in: time this result itself.
+    # A timing of the same sparsity, or of the dense model, is used in its place, so time this result itself.
     return _bench_command(row, runtime, candidate.batch_size)
 
 
@@ -629,7 +629,7 @@ def prefer_measured(rows: list[dict[str, Any]]) -> list[dict[str, Any]]:
     return [row for row in rows if id(row) in chosen]
 
 
-# The weight format each runtime holds pruned weights in. The 2:4 runtime stores the layers
+# The weight format each runtime keeps pruned weights in. The 2:4 runtime stores the layers
 # that fit the pattern semi-structured and the rest dense, as `semi_structured_2_4` counts
 # them. The CSR runtime converts only Linear layers, so its bytes are counted dense: an upper
 # bound. The others run dense kernels on dense weights.
@@ -710,7 +710,8 @@ def evaluate(row: dict[str, Any], budget: Budget, timing: Timing | None = None, 
     accuracy = row.get(metric)
     dense_accuracy = row.get("dense_top1") if labelled else 100.0
     latency = None if timing is None else timing.stat(budget.latency_stat)
-    runtime = runtime if runtime is not None else (timing.runtime if timing is not None else budget.runtime)
+    if runtime is None:
+        runtime = timing.runtime if timing is not None else budget.runtime
     weights, weight_format, storage = weight_bytes(row, runtime, dense_bytes or {})
     candidate = Candidate(row, metric, accuracy, dense_accuracy, latency, timing=timing, runtime=runtime,
                           batch_size=budget.batch_size, weight_bytes=weights, weight_format=weight_format,
@@ -814,7 +815,7 @@ def pareto_flags(points: list[tuple[float, float, float]]) -> list[bool]:
     """Return, for each (latency, accuracy, memory) point, whether no other point beats it on all three.
 
     Equal points do not beat each other. Sorted by latency, then accuracy (descending), then
-    memory, every point that beats one comes before it. So a sweep in that order asks, for each
+    memory, every point that beats one comes before it. So a sweep in that order checks, for each
     group of equal points, whether one already seen has at most its memory and at least its
     accuracy: a prefix maximum of accuracy over memory ranks (a Fenwick tree), O(n log n).
     """
@@ -856,6 +857,29 @@ def mark_pareto(candidates: list[Candidate]) -> None:
         candidate.pareto = on_front
 
 
+def attach_costs(candidates: list[Candidate], dense: list[Candidate], workload: Any,
+                 known_dense_models: list[str] | None = None) -> None:
+    """Set each candidate's `costing` against its own dense model, or against the workload's baseline model.
+
+    `dense` holds the dense candidates to compare with; `known_dense_models` lists the models a
+    missing baseline could have named, for the error (default: those in `dense`).
+    """
+    from advisor import roi
+
+    own = {(c.row["model_key"], c.row["dataset"], c.runtime): c for c in dense}
+    reference = None
+    if workload.baseline_model is not None:
+        reference = {c.runtime: c for c in dense if c.row["model_key"] == workload.baseline_model}
+        if not reference:
+            known = sorted(set(known_dense_models or [c.row["model_key"] for c in dense]))
+            raise BudgetError(f"baseline model {workload.baseline_model!r} has no dense result in this selection; "
+                              f"choose one of {', '.join(known[:12]) or 'none'}" + (" …" if len(known) > 12 else "")
+                              + ".")
+    for c in candidates:
+        mine = own.get((c.row["model_key"], c.row["dataset"], c.runtime))
+        c.costing = roi.costing(c, mine, mine if reference is None else reference.get(c.runtime), workload)
+
+
 def recommend(rows: list[dict[str, Any]], budget: Budget, nearest: int = 3, timings: list[Timing] | None = None,
               profiles: dict[str, Profile] | None = None, workload: Any = None) -> Recommendation:
     """Rank the (row, runtime) candidates that meet the budget by the budget's objective.
@@ -865,8 +889,6 @@ def recommend(rows: list[dict[str, Any]], budget: Budget, nearest: int = 3, timi
     `workload` (`advisor.roi.Workload`) adds the instances and cost of each candidate, which the
     'cost' objective needs.
     """
-    from advisor import roi
-
     if budget.objective == "cost" and workload is None:
         raise BudgetError("objective cost needs a workload: give --peak-rps and --price-per-hour (or "
                           "--price-per-device).")
@@ -892,18 +914,7 @@ def recommend(rows: list[dict[str, Any]], budget: Budget, nearest: int = 3, timi
         found = found or [(budget.runtime if len(budget.runtimes) == 1 else None, None)]
         candidates.extend(evaluate(row, budget, timing, runtime, dense_bytes) for runtime, timing in found)
     if workload is not None:
-        own_dense = {(c.row["model_key"], c.row["dataset"], c.runtime): c for c in candidates if c.is_dense}
-        reference = None
-        if workload.baseline_model is not None:
-            reference = {c.runtime: c for c in candidates if c.is_dense and c.row["model_key"] == workload.baseline_model}
-            if not reference:
-                known = sorted({c.row["model_key"] for c in candidates if c.is_dense})
-                raise BudgetError(f"baseline model {workload.baseline_model!r} has no dense result in this selection; "
-                                  f"choose one of {', '.join(known[:12]) or 'none'}" + (" …" if len(known) > 12 else "")
-                                  + ".")
-        for c in candidates:
-            dense = own_dense.get((c.row["model_key"], c.row["dataset"], c.runtime))
-            c.costing = roi.costing(c, dense, dense if reference is None else reference.get(c.runtime), workload)
+        attach_costs(candidates, [c for c in candidates if c.is_dense], workload)
     if not budget.include_dense:
         candidates = [c for c in candidates if not c.is_dense]
     feasible = [c for c in candidates if c.feasible]

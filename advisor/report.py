@@ -249,8 +249,8 @@ def markdown(result: Recommendation, lang: str, limit: int = 5, command: str = "
 def write_atomic(path: Path, text: str) -> None:
     """Write `text` to `path` through a temporary file in the same folder, so no half-written report is left.
 
-    A symbolic link is followed, so the file it points to is replaced; the file gets the mode an
-    ordinary new file would get (the umask applies), or keeps the mode of the file it replaces.
+    A symbolic link is followed, so the file it points to is replaced. That file keeps its mode,
+    and a new file gets the mode an ordinary new file would get (the umask applies).
     """
     from advisor.errors import ReportError
 

@@ -22,13 +22,7 @@ from threadpoolctl import threadpool_limits  # noqa: E402
 from advisor import robustness as R  # noqa: E402
 from db import Store  # noqa: E402
 
-ALL_26 = (
-    "log10_params", "log10_macs", "prunable_layers", "prunable_param_share", "linear_share", "dense_conv_share",
-    "depthwise_conv_share", "grouped_conv_share", "kernel_1x1_share", "kernel_3x3_share", "kernel_large_share",
-    "max_kernel", "width_min", "width_median", "width_max", "attention_modules", "residual_adds",
-    "act_relu_share", "act_gelu_share", "act_silu_share", "act_hardswish_share", "norm_batchnorm_share",
-    "norm_layernorm_share", "norm_groupnorm_share", "input_size", "log10_num_classes",
-)
+ALL_26 = R.ARCHITECTURE_FEATURES  # every scalar feature; the product reads them all
 SETS = {
     "26 features, falling with sparsity (the product's)": ALL_26,
     "10 features": ("log10_params", "log10_macs", "prunable_layers", "linear_share", "depthwise_conv_share",

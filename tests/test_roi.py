@@ -440,18 +440,18 @@ def test_next_measurement_commands_parse(tmp_path):
     assert commands["pub"].startswith("ptsa bench resnet50 --weights WEIGHTS --data DATA_DIR")
     assert commands["d2"] == ("ptsa latency vit_small_patch16_224 --random-init --runtime torch-sparse-csr --batch 1 "
                               "--sparsity 0.5")
-    assert "--runtime torch-sparse-csr" in commands["inferred"]  # a timing of another mask stands in
+    assert "--runtime torch-sparse-csr" in commands["inferred"]  # a timing of another mask is used in its place
     weights = tmp_path / "w.safetensors"
     weights.write_bytes(b"")
     for command in filter(None, commands.values()):
-        words = [str(weights) if w == "WEIGHTS" else str(tmp_path) if w == "DATA_DIR" else w
-                 for w in shlex.split(command)]
+        filled = {"WEIGHTS": str(weights), "DATA_DIR": str(tmp_path)}
+        words = [filled.get(word, word) for word in shlex.split(command)]
         group = main.make_context("ptsa", words[1:2])
         sub = main.get_command(group, words[1])
         sub.make_context(words[1], words[2:], parent=group)  # raises on an unknown option or a bad value
 
 
-def test_noisy_timing_is_a_risk_and_roi_shows_the_sizing_p50():
+def test_noisy_timing_and_sizing_p50():
     noisy = Timing(SAME["model_key"], "env0", "torch-eager", 1, "magnitude", "unstructured", 0.5, 4.85, 5.3, None,
                    1.03, "same", spread=0.4)
     result = run(Budget(dataset="mnist"), Workload(peak_rps=1000, price_per_hour=0.5, utilisation=0.5),

@@ -212,7 +212,7 @@ async def wait_for_run(app, pilot, seconds=300):
     raise AssertionError("the bench did not finish in time")
 
 
-async def test_bench_started_from_runs_tab_lands_in_the_ranking(tmp_path):
+async def test_runs_tab_bench_reaches_ranking(tmp_path):
     from test_inputs import save_tiny_resnet, write_images
 
     weights = tmp_path / "w.safetensors"
@@ -236,7 +236,7 @@ async def test_bench_started_from_runs_tab_lands_in_the_ranking(tmp_path):
         assert "Finished" in status, str(pane.query_one("#run-log", Static).render())
         assert "stored 2 results for resnet10t" in status
         assert "1 of 1 configurations" in str(pane.query_one("#run-detail", Static).render())
-        # The reload after the run knows the new dataset; picking it shows the two new rows.
+        # The reload after the run lists the new dataset, and picking it shows the two new rows.
         new = [name for name in app.dataset_names if name != "imagenet"]
         assert len(new) == 1
         await pilot.press("f2")

@@ -1,7 +1,7 @@
 """The PTS Advisor TUI: budgets and the ranked candidates, the ROI what-if, the evidence, and help.
 
 Every query opens the database read-only and closes it at once, so a bench can write between
-queries; a read that meets the writer's lock is reported, and `r` retries. torch and timm are
+queries. A read that meets the writer's lock is reported, and `r` retries. torch and timm are
 never imported here, so the first screen paints without them. Labels and messages go through
 the gettext catalog (`advisor.i18n`), in Japanese when the locale or `--lang ja` asks for it.
 """
@@ -51,7 +51,7 @@ def binding_text(candidate: Candidate) -> str:
 
 
 def ranking_headers() -> list[str]:
-    # The model and method come first, so a row always says what it is; the table scrolls right.
+    # The model and method come first, so each row shows what it is before the table scrolls right.
     return ["#", _("model"), _("method"), _("acc %"), _("drop"), _("latency"), _("sparsity"), _("binds"),
             _("evidence")]
 
@@ -448,7 +448,7 @@ class PTSAdvisorApp(App):
             instances = "-" if cost.instances is None else (
                 f"{cost.baseline_instances}→{cost.instances}" if cost.baseline_instances is not None
                 else str(cost.instances))
-            # The model, then sizes and costs, so a row says what it prices before the table scrolls.
+            # The model, then sizes and costs, so each row shows what it prices before the table scrolls.
             table.add_row(str(index + 1), c.row["model_key"], instances, _money(cost.cost, currency),
                           _money(cost.saving, currency), number(c.accuracy), sparsity_text(c.row),
                           method_label(c.row), number(cost.weight_mb, 1), key=str(index))
