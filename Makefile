@@ -9,7 +9,7 @@ export HF_HUB_OFFLINE := 1
 # that fails to import). On this workplace pip takes both from the local disk.
 TORCH_PINS ?= torch==2.14.1 torchvision==0.29.1
 
-.PHONY: demo test setup lint clean-venv latency-evidence catalog-template catalogs
+.PHONY: demo test setup lint clean-venv latency-evidence catalog-template catalog-update catalogs
 
 $(VENV)/.installed: pyproject.toml
 	$(PYTHON) -m venv $(VENV)
@@ -38,14 +38,16 @@ clean-venv:
 latency-evidence: $(VENV)/.installed
 	$(VENV)/bin/python benchmarks/latency_evidence.py $(LATENCY_ARGS)
 
-# Translations: `make catalog-template` extracts the English messages into build/ptsa.pot; merge
-# it into assets/locale/ja/LC_MESSAGES/ptsa.po (pybabel update), translate, then `make catalogs`
-# compiles the .mo that ships. tests/test_i18n.py fails when a message lacks a translation or the
-# .mo is older than the .po.
-CATALOG_SOURCES = advisor/labels.py advisor/report.py advisor/tui/app.py advisor/tui/forms.py advisor/tui/runs.py advisor/tui/models.py
+# Translations: messages are English in the code (`_()`, `t()`, `N_()` and the first argument of
+# every error class). `make catalog-update` merges them into assets/locale/ja/LC_MESSAGES/ptsa.po
+# (new ones untranslated); translate them there, then `make catalogs` compiles the .mo that ships.
+# tests/test_i18n.py fails when a message lacks a translation or the .mo is older than the .po.
+# `make catalog-template` writes build/ptsa.pot for translation tools.
 catalog-template: $(VENV)/.installed
-	mkdir -p build
-	$(VENV)/bin/pybabel extract -k t -k _ -k N_ --no-location -o build/ptsa.pot $(CATALOG_SOURCES)
+	$(VENV)/bin/python -m advisor.i18n template
+
+catalog-update: $(VENV)/.installed
+	$(VENV)/bin/python -m advisor.i18n update
 
 catalogs: $(VENV)/.installed
-	$(VENV)/bin/python -m advisor.i18n
+	$(VENV)/bin/python -m advisor.i18n compile

@@ -22,19 +22,17 @@ from typing import Any
 import click
 
 from advisor import formatting
-from bench_engine.errors import BenchError  # light: no torch import
+from advisor.i18n import _, pick_language, use_language
 from advisor.published import ensure_published
-from advisor.errors import RegressorError, ReportError
-from advisor.roi import Workload, WorkloadError
+from advisor.roi import Workload
 from advisor.recommend import (
     LATENCY_STATS,
     OBJECTIVES,
     Budget,
-    BudgetError,
     Recommendation,
     load_timings,
 )
-from db import DatabaseError, Store, default_db_path
+from db import Store, TranslatableError, default_db_path
 
 log = logging.getLogger("ptsa")
 
@@ -43,7 +41,8 @@ EXIT_NO_CANDIDATE = 3
 
 
 def _fail(message: str, code: int = EXIT_INVALID) -> None:
-    click.echo(f"error: {message}", err=True)
+    """Print one error line on stderr in the user's language and exit with `code`."""
+    click.echo(_("error: {message}").format(message=message), err=True)
     sys.exit(code)
 
 
@@ -54,8 +53,8 @@ def handle_errors(func: Callable[..., Any]) -> Callable[..., Any]:
     def wrapper(*args: Any, **kwargs: Any) -> Any:
         try:
             return func(*args, **kwargs)
-        except (DatabaseError, BudgetError, WorkloadError, BenchError, RegressorError, ReportError) as exc:
-            _fail(str(exc))
+        except TranslatableError as exc:  # every layer's invalid-input errors
+            _fail(exc.localized(_))
 
     return wrapper
 
@@ -89,7 +88,7 @@ def _command_line() -> str:
               help="DuckDB file to read and write. Default: $PTSA_DB, else results.duckdb in the user data folder.")
 @click.option("-v", "--verbose", count=True, help="Log more to stderr (-v info, -vv debug).")
 @click.option("--lang", type=click.Choice(["en", "ja"]), default=None,
-              help="Language of the TUI and the report. Default: Japanese when LC_ALL, LC_MESSAGES or LANG starts "
+              help="Language of messages, errors, the TUI and the report. Default: Japanese when LC_ALL, LC_MESSAGES or LANG starts "
                    "with ja, else English.")
 @click.pass_context
 def main(ctx: click.Context, db_path: Path | None, verbose: int, lang: str | None) -> None:
@@ -98,6 +97,7 @@ def main(ctx: click.Context, db_path: Path | None, verbose: int, lang: str | Non
     Run without a command to open the TUI.
     """
     _setup_logging(verbose)
+    use_language(pick_language(lang))
     ctx.obj = {"db": db_path or default_db_path(), "lang": lang}
     if ctx.invoked_subcommand is None:
         _open_tui(ctx.obj["db"], lang=lang)

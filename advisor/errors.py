@@ -4,10 +4,12 @@ Kept apart from `advisor.robustness`, which imports scikit-learn (about a second
 and the TUI start without it.
 """
 
+from db.errors import TranslatableError
 
-class RegressorError(ValueError):
+
+class RegressorError(TranslatableError, ValueError):
     """The regressor cannot be fitted or loaded; the message names the fix."""
 
 
-class ReportError(ValueError):
+class ReportError(TranslatableError, ValueError):
     """The report cannot be written where it was asked for."""

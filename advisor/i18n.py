@@ -8,9 +8,13 @@ in English.
 
 from __future__ import annotations
 
+import ast
 import gettext
 import os
+import sys
 from importlib import resources
+from pathlib import Path
+from typing import Any
 
 DOMAIN = "ptsa"
 LANGUAGES = ("en", "ja")
@@ -56,19 +60,103 @@ def translation(lang: str) -> gettext.NullTranslations:
         return gettext.translation(DOMAIN, localedir=str(folder), languages=[lang], fallback=True)
 
 
+# Packages whose messages the catalog holds: `_`, `t` and `N_` calls, and the first argument of
+# every error class that derives from `TranslatableError` (found by reading the class statements).
+MESSAGE_PACKAGES = ("advisor", "bench_engine", "db")
+FUNCTION_KEYWORDS = ("_", "t", "N_")
+
+
+def _source_root() -> Path:
+    return Path(__file__).resolve().parents[1]
+
+
+def source_files() -> list[Path]:
+    """Every Python file whose messages belong in the catalog."""
+    root = _source_root()
+    return sorted(path for package in MESSAGE_PACKAGES for path in (root / package).rglob("*.py"))
+
+
+def error_classes(files: list[Path]) -> set[str]:
+    """Names of the classes in `files` that derive, directly or not, from `TranslatableError`."""
+    bases: dict[str, set[str]] = {}
+    for path in files:
+        for node in ast.walk(ast.parse(path.read_text(encoding="utf-8"))):
+            if isinstance(node, ast.ClassDef):
+                bases[node.name] = {b.id if isinstance(b, ast.Name) else getattr(b, "attr", "") for b in node.bases}
+    found = {"TranslatableError"}
+    while True:
+        more = {name for name, parents in bases.items() if parents & found} - found
+        if not more:
+            return found
+        found |= more
+
+
+def extract_messages() -> dict[str, list[str]]:
+    """Return every catalog message in the sources, with the files (relative) it appears in."""
+    from babel.messages.extract import extract_from_file
+
+    files = source_files()
+    keywords: dict[str, Any] = {name: None for name in FUNCTION_KEYWORDS}
+    keywords.update({name: None for name in error_classes(files)})
+    root = _source_root()
+    messages: dict[str, list[str]] = {}
+    for path in files:
+        for _line, message, _comments, _context in extract_from_file("python", str(path), keywords=keywords):
+            if isinstance(message, str) and message:
+                messages.setdefault(message, []).append(str(path.relative_to(root)))
+    return messages
+
+
+def _catalog_path(lang: str) -> Path:
+    return _source_root() / "assets" / "locale" / lang / "LC_MESSAGES" / f"{DOMAIN}.po"
+
+
+def write_template(out: Path) -> int:
+    """Write the English messages as a gettext template (.pot); return how many."""
+    from babel.messages.catalog import Catalog
+    from babel.messages.pofile import write_po
+
+    catalog = Catalog(project="PTS Advisor", domain=DOMAIN)
+    for message, files in extract_messages().items():
+        catalog.add(message, locations=[(name, None) for name in files])
+    out.parent.mkdir(parents=True, exist_ok=True)
+    with out.open("wb") as stream:
+        write_po(stream, catalog, omit_header=False, include_lineno=False, width=100)
+    return len(catalog)
+
+
+def update_catalog(lang: str) -> tuple[int, int]:
+    """Merge the current messages into `lang`'s .po: add new ones untranslated, drop unused ones.
+
+    Returns (messages in the catalog, messages still untranslated).
+    """
+    from babel.messages.catalog import Catalog
+    from babel.messages.pofile import read_po, write_po
+
+    path = _catalog_path(lang)
+    with path.open("rb") as stream:
+        old = read_po(stream)
+    translated = {m.id: m.string for m in old if m.id}
+    catalog = Catalog(locale=lang, project="PTS Advisor", domain=DOMAIN)
+    for message in extract_messages():
+        catalog.add(message, translated.get(message, ""))
+    with path.open("wb") as stream:
+        write_po(stream, catalog, omit_header=False, include_lineno=False, no_location=True, width=100)
+    missing = sum(1 for m in catalog if m.id and not m.string)
+    return len(catalog), missing
+
+
 def compile_catalogs() -> list[str]:
     """Compile every `ptsa.po` under assets/locale into the `ptsa.mo` beside it; return the paths written.
 
     Needs Babel (in the `test` extra). Babel's own `pybabel compile` refuses messages such as
     "80 % interval", which it reads as a %-format, although these messages use {} placeholders.
     """
-    from pathlib import Path
-
     from babel.messages.mofile import write_mo
     from babel.messages.pofile import read_po
 
     written = []
-    root = Path(str(resources.files("assets"))) / "locale"
+    root = _source_root() / "assets" / "locale"
     for po in sorted(root.glob(f"*/LC_MESSAGES/{DOMAIN}.po")):
         with po.open("rb") as stream:
             catalog = read_po(stream)
@@ -78,6 +166,24 @@ def compile_catalogs() -> list[str]:
     return written
 
 
+def main(argv: list[str]) -> int:
+    """`python -m advisor.i18n [template|update|compile]` (compile by default); see the Makefile."""
+    command = argv[0] if argv else "compile"
+    if command == "template":
+        out = _source_root() / "build" / f"{DOMAIN}.pot"
+        print(f"wrote {write_template(out)} messages to {out}")
+    elif command == "update":
+        for lang in LANGUAGES[1:]:
+            total, missing = update_catalog(lang)
+            print(f"{_catalog_path(lang)}: {total} messages, {missing} without a translation")
+    elif command == "compile":
+        for path in compile_catalogs():
+            print(f"wrote {path}")
+    else:
+        print("usage: python -m advisor.i18n [template|update|compile]", file=sys.stderr)
+        return 2
+    return 0
+
+
 if __name__ == "__main__":
-    for path in compile_catalogs():
-        print(f"wrote {path}")
+    sys.exit(main(sys.argv[1:]))

@@ -28,7 +28,7 @@ from dataclasses import asdict, dataclass, field, replace
 from typing import Any
 
 from bench_engine.runtime_names import MEASURABLE_CHANGE, PUBLISHED_RUNTIMES
-from db import Store
+from db import Store, TranslatableError
 
 OBJECTIVES = ("accuracy", "latency", "sparsity", "cost")
 LATENCY_STATS = ("p50", "p90")
@@ -36,7 +36,7 @@ LATENCY_STATS = ("p50", "p90")
 CONSTRAINTS = ("max_latency_ms", "min_throughput", "min_accuracy", "max_drop", "max_relative_drop", "max_weight_mb")
 
 
-class BudgetError(ValueError):
+class BudgetError(TranslatableError, ValueError):
     """A budget value is invalid (negative latency, accuracy above 100 %, ...)."""
 
 

@@ -23,6 +23,7 @@ from dataclasses import asdict, dataclass, field
 from typing import TYPE_CHECKING, Any
 
 from bench_engine.runtime_names import MEASURABLE_CHANGE
+from db.errors import TranslatableError
 
 if TYPE_CHECKING:
     from advisor.recommend import Candidate
@@ -32,7 +33,7 @@ DAYS_PER_MONTH = 365.0 / 12
 SECONDS_PER_DAY = 86400.0
 
 
-class WorkloadError(ValueError):
+class WorkloadError(TranslatableError, ValueError):
     """A workload value is invalid (negative rate, both prices, utilisation above 100 %, ...)."""
 
 

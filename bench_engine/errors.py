@@ -1,7 +1,9 @@
 """Errors raised by the bench engine. Each message names the bad value and how to fix it."""
 
+from db.errors import TranslatableError
 
-class BenchError(Exception):
+
+class BenchError(TranslatableError):
     """Base class for invalid input to the bench engine; the CLI exits with code 2 on it."""
 
 

@@ -10,6 +10,7 @@ from db.errors import (
     DatabaseNotFoundError,
     InvalidRowsError,
     SchemaTooNewError,
+    TranslatableError,
 )
 from db.store import PROVENANCES, SCHEMA_VERSION, Store, default_db_path
 
@@ -22,5 +23,6 @@ __all__ = [
     "InvalidRowsError",
     "SchemaTooNewError",
     "Store",
+    "TranslatableError",
     "default_db_path",
 ]
