@@ -8,7 +8,14 @@ import sys
 from textual.widgets import DataTable, Input, Static
 
 from advisor.recommend import Budget
-from advisor.tui.app import PTSAdvisorApp
+from advisor.tui.app import RANK_DELAY, PTSAdvisorApp
+
+
+async def settle(pilot) -> None:
+    """Wait until an edit's ranking has run: the app ranks in a worker after RANK_DELAY seconds."""
+    await pilot.pause(RANK_DELAY + 0.1)
+    await pilot.app.workers.wait_for_complete()
+    await pilot.pause()
 
 
 def status_text(app: PTSAdvisorApp) -> str:
@@ -18,6 +25,7 @@ def status_text(app: PTSAdvisorApp) -> str:
 async def test_budget_edits_rerank_the_table(fixture_db):
     app = PTSAdvisorApp(fixture_db, Budget(dataset="mnist", max_latency_ms=5.0))
     async with app.run_test(size=(80, 24)) as pilot:
+        await settle(pilot)
         table = app.query_one("#ranking", DataTable)
         assert table.row_count == 3
         assert "3 of 6 candidates meet the budget" in status_text(app)
@@ -25,26 +33,27 @@ async def test_budget_edits_rerank_the_table(fixture_db):
 
         latency = app.query_one("#max-latency", Input)
         latency.value = "1"
-        await pilot.pause()
+        await settle(pilot)
         assert "No candidate meets the budget" in status_text(app)
         assert "max latency rules out 6 of 6" in status_text(app)
         assert table.row_count == 3  # the nearest candidates
         assert "max latency missed by" in str(app.query_one("#evidence", Static).render())
 
         latency.value = "-4"
-        await pilot.pause()
+        await settle(pilot)
         assert "Invalid budget" in status_text(app)
         assert "positive number of milliseconds" in status_text(app)
         assert table.row_count == 0  # no ranking for a budget that is not on screen
 
         latency.value = ""
-        await pilot.pause()
+        await settle(pilot)
         assert table.row_count == 6
 
 
 async def test_row_highlight_shows_its_evidence(fixture_db):
     app = PTSAdvisorApp(fixture_db, Budget(dataset="mnist", max_latency_ms=5.0))
     async with app.run_test(size=(80, 24)) as pilot:
+        await settle(pilot)
         await pilot.press("ctrl+t", "down", "down")
         evidence = str(app.query_one("#evidence", Static).render())
         assert "sparsegpt" in evidence
@@ -55,7 +64,8 @@ async def test_row_highlight_shows_its_evidence(fixture_db):
 
 async def test_missing_database_is_reported_in_the_app(tmp_path):
     app = PTSAdvisorApp(tmp_path / "none.duckdb")
-    async with app.run_test(size=(80, 24)):
+    async with app.run_test(size=(80, 24)) as pilot:
+        await settle(pilot)
         assert "Cannot read the database" in status_text(app)
         assert "ptsa demo" in status_text(app)
     assert not (tmp_path / "none.duckdb").exists()
@@ -63,12 +73,12 @@ async def test_missing_database_is_reported_in_the_app(tmp_path):
 
 def test_first_screen_snapshot(snap_compare, fixture_db):
     app = PTSAdvisorApp(fixture_db, Budget(dataset="mnist", max_latency_ms=5.0))
-    assert snap_compare(app, terminal_size=(80, 24))
+    assert snap_compare(app, run_before=settle, terminal_size=(80, 24))
 
 
 def test_no_candidate_snapshot(snap_compare, fixture_db):
     app = PTSAdvisorApp(fixture_db, Budget(dataset="mnist", max_latency_ms=1.0, min_accuracy=90))
-    assert snap_compare(app, terminal_size=(80, 24))
+    assert snap_compare(app, run_before=settle, terminal_size=(80, 24))
 
 
 def test_tui_and_cli_start_without_torch():
@@ -96,6 +106,7 @@ async def test_predicted_and_published_rows_say_what_they_are(tmp_path):
         insert_rows(store, rows)
     app = PTSAdvisorApp(path, Budget(dataset="imagenet"))
     async with app.run_test(size=(80, 24)) as pilot:
+        await settle(pilot)
         await pilot.press("ctrl+t")
         first = str(app.query_one("#evidence", Static).render())
         await pilot.press("down")
@@ -112,12 +123,13 @@ async def test_predicted_and_published_rows_say_what_they_are(tmp_path):
 async def test_roi_tab_recomputes_as_the_workload_changes(fixture_db):
     app = PTSAdvisorApp(fixture_db, Budget(dataset="mnist"))
     async with app.run_test(size=(80, 24)) as pilot:
+        await settle(pilot)
         await pilot.press("f3")
         status = app.query_one("#roi-status", Static)
         assert "Enter the peak rate" in str(status.render())
         app.query_one("#peak-rps", Input).value = "1000"
         app.query_one("#price-per-hour", Input).value = "0.5"
-        await pilot.pause()
+        await settle(pilot)
         table = app.query_one("#roi-table", DataTable)
         # p50 4.0 ms -> 250/s, 150/s at 60 % -> 7 instances of the dense model; 2,555 a month.
         assert table.row_count == 6
@@ -129,7 +141,7 @@ async def test_roi_tab_recomputes_as_the_workload_changes(fixture_db):
         assert "saving is weight memory and storage, not compute" in str(app.query_one("#roi-notes", Static).render())
 
         app.query_one("#utilisation", Input).value = "150"
-        await pilot.pause()
+        await settle(pilot)
         assert "Invalid workload" in str(status.render())
         assert "150 %" in str(status.render())
         assert table.row_count == 0
@@ -138,8 +150,9 @@ async def test_roi_tab_recomputes_as_the_workload_changes(fixture_db):
 async def test_evidence_tab_plots_the_highlighted_model(fixture_db):
     app = PTSAdvisorApp(fixture_db, Budget(dataset="mnist"))
     async with app.run_test(size=(80, 24)) as pilot:
+        await settle(pilot)
         await pilot.press("ctrl+t", "down", "f4")
-        await pilot.pause()
+        await settle(pilot)
         title = str(app.query_one("#evidence-title", Static).render())
         assert "mnist/resnet10t on mnist" in title
         assert app.selected.row["criterion"] == "magnitude"
@@ -150,19 +163,20 @@ async def test_evidence_tab_plots_the_highlighted_model(fixture_db):
 async def test_japanese_labels_everywhere(fixture_db):
     app = PTSAdvisorApp(fixture_db, Budget(dataset="mnist", max_latency_ms=5.0), lang="ja")
     async with app.run_test(size=(80, 24)) as pilot:
+        await settle(pilot)
         assert "6 件の候補のうち 3 件が予算を満たします" in status_text(app)
         app.query_one("#max-latency", Input).value = "1"
-        await pilot.pause()
+        await settle(pilot)
         assert "予算を満たす候補はありません" in status_text(app)
         assert "最大レイテンシで 6 件中 6 件が外れます" in status_text(app)
         app.query_one("#max-latency", Input).value = "abc"
-        await pilot.pause()
+        await settle(pilot)
         assert "最大レイテンシ ms: 'abc' は数値ではありません" in status_text(app)
 
 
 def test_first_screen_japanese_snapshot(snap_compare, fixture_db):
     app = PTSAdvisorApp(fixture_db, Budget(dataset="mnist", max_latency_ms=5.0), lang="ja")
-    assert snap_compare(app, terminal_size=(80, 24))
+    assert snap_compare(app, run_before=settle, terminal_size=(80, 24))
 
 
 def roi_app(fixture_db, lang):
@@ -172,29 +186,29 @@ def roi_app(fixture_db, lang):
 
 
 def test_roi_snapshot(snap_compare, fixture_db):
-    assert snap_compare(roi_app(fixture_db, "en"), press=["f3"], terminal_size=(80, 24))
+    assert snap_compare(roi_app(fixture_db, "en"), run_before=settle, press=["f3"], terminal_size=(80, 24))
 
 
 def test_roi_japanese_snapshot(snap_compare, fixture_db):
-    assert snap_compare(roi_app(fixture_db, "ja"), press=["f3"], terminal_size=(80, 24))
+    assert snap_compare(roi_app(fixture_db, "ja"), run_before=settle, press=["f3"], terminal_size=(80, 24))
 
 
 def test_evidence_snapshot(snap_compare, fixture_db):
     app = PTSAdvisorApp(fixture_db, Budget(dataset="mnist"), lang="en")
-    assert snap_compare(app, press=["ctrl+t", "down", "f4"], terminal_size=(80, 24))
+    assert snap_compare(app, run_before=settle, press=["ctrl+t", "down", "f4"], terminal_size=(80, 24))
 
 
 def test_evidence_japanese_snapshot(snap_compare, fixture_db):
     app = PTSAdvisorApp(fixture_db, Budget(dataset="mnist"), lang="ja")
-    assert snap_compare(app, press=["ctrl+t", "down", "f4"], terminal_size=(80, 24))
+    assert snap_compare(app, run_before=settle, press=["ctrl+t", "down", "f4"], terminal_size=(80, 24))
 
 
 def test_help_snapshot(snap_compare, fixture_db):
-    assert snap_compare(PTSAdvisorApp(fixture_db, lang="en"), press=["f1"], terminal_size=(80, 24))
+    assert snap_compare(PTSAdvisorApp(fixture_db, lang="en"), run_before=settle, press=["f1"], terminal_size=(80, 24))
 
 
 def test_help_japanese_snapshot(snap_compare, fixture_db):
-    assert snap_compare(PTSAdvisorApp(fixture_db, lang="ja"), press=["f1"], terminal_size=(80, 24))
+    assert snap_compare(PTSAdvisorApp(fixture_db, lang="ja"), run_before=settle, press=["f1"], terminal_size=(80, 24))
 
 
 # -- Runs: a bench in its own process ------------------------------------------------------------
@@ -222,6 +236,7 @@ async def test_runs_tab_bench_reaches_ranking(tmp_path):
     db_path = tmp_path / "runs.duckdb"
     app = PTSAdvisorApp(db_path, Budget(), lang="en")
     async with app.run_test(size=(100, 30)) as pilot:
+        await settle(pilot)
         assert "Cannot read the database" in status_text(app)  # nothing benched yet
         await pilot.press("f5")
         for field, value in (("#run-model", "resnet10t"), ("#run-weights", str(weights)),
@@ -229,7 +244,7 @@ async def test_runs_tab_bench_reaches_ranking(tmp_path):
                              ("#run-sparsities", "0.5")):
             app.query_one(field, Input).value = value
         await pilot.click("#run-start")
-        await pilot.pause()
+        await settle(pilot)
         assert "Running: ptsa --db" in str(app.query_one("#run-status", Static).render())
         pane = await wait_for_run(app, pilot)
         status = str(pane.query_one("#run-status", Static).render())
@@ -241,7 +256,8 @@ async def test_runs_tab_bench_reaches_ranking(tmp_path):
         assert len(new) == 1
         await pilot.press("f2")
         app.budget = Budget(dataset=new[0])
-        app.refresh_ranking()
+        app.start_ranking()
+        await settle(pilot)
         assert "2 of 2 candidates meet the budget" in status_text(app)
         assert app.query_one("#ranking", DataTable).row_count == 2
 
@@ -251,6 +267,7 @@ async def test_runs_tab_cancel_and_empty_field(tmp_path):
 
     app = PTSAdvisorApp(tmp_path / "none.duckdb", Budget(), lang="en")
     async with app.run_test(size=(100, 30)) as pilot:
+        await settle(pilot)
         await pilot.press("f5")
         app.query_one("#run-model", Input).value = ""
         await pilot.click("#run-start")
@@ -258,7 +275,7 @@ async def test_runs_tab_cancel_and_empty_field(tmp_path):
         app.query_one("#run-model", Input).value = "mnist/resnet10t"
         await pilot.pause(0.3)  # the button ignores a second press while its press effect shows
         await pilot.click("#run-start")
-        await pilot.pause()
+        await settle(pilot)
         assert app.query_one(RunsPane).running, str(app.query_one("#run-status", Static).render())
         await pilot.click("#run-cancel")
         pane = await wait_for_run(app, pilot, seconds=60)
@@ -267,19 +284,20 @@ async def test_runs_tab_cancel_and_empty_field(tmp_path):
 
 
 def test_runs_snapshot(snap_compare, tmp_path):
-    assert snap_compare(PTSAdvisorApp(tmp_path / "none.duckdb", lang="en"), press=["f5"], terminal_size=(80, 24))
+    assert snap_compare(PTSAdvisorApp(tmp_path / "none.duckdb", lang="en"), run_before=settle, press=["f5"], terminal_size=(80, 24))
 
 
 def test_runs_japanese_snapshot(snap_compare, tmp_path):
-    assert snap_compare(PTSAdvisorApp(tmp_path / "none.duckdb", lang="ja"), press=["f5"], terminal_size=(80, 24))
+    assert snap_compare(PTSAdvisorApp(tmp_path / "none.duckdb", lang="ja"), run_before=settle, press=["f5"], terminal_size=(80, 24))
 
 
 async def test_models_tab_without_fit_or_features(fixture_db):
     app = PTSAdvisorApp(fixture_db, lang="en")
     async with app.run_test(size=(80, 24)) as pilot:
+        await settle(pilot)
         await pilot.press("f6")
         await app.workers.wait_for_complete()
-        await pilot.pause()
+        await settle(pilot)
         status = str(app.query_one("#models-status", Static).render())
         assert "0 of 0 architectures with stored features." in status
         assert "No regressor is fitted: run `ptsa fit`" in status
@@ -287,6 +305,7 @@ async def test_models_tab_without_fit_or_features(fixture_db):
 
 
 async def open_models_tab(pilot):
+    await settle(pilot)
     await pilot.press("f6")
     await pilot.app.workers.wait_for_complete()  # the rows are read in a worker thread
     await pilot.pause()
@@ -306,14 +325,16 @@ async def test_new_results_show_up_without_reload(fixture_db):
 
     app = PTSAdvisorApp(fixture_db, Budget(dataset="mnist"), lang="en")
     async with app.run_test(size=(80, 24)) as pilot:
+        await settle(pilot)
         assert "6 of 6 candidates" in status_text(app)
         app.check_for_new_results()
+        await settle(pilot)
         assert "6 of 6 candidates" in status_text(app)  # nothing new
         # A writer adds a result while the TUI runs; the TUI held no connection meanwhile.
         with Store.open(fixture_db) as store:
             insert_rows(store, [make_result(criterion="wanda", requested_sparsity=0.6, top1=94.0)])
         app.check_for_new_results()
-        await pilot.pause()
+        await settle(pilot)
         assert "7 of 7 candidates" in status_text(app)
 
 
@@ -322,15 +343,104 @@ async def test_function_keys_switch_tabs_from_a_focused_input(fixture_db):
 
     app = PTSAdvisorApp(fixture_db, Budget(dataset="mnist"), lang="ja")
     async with app.run_test(size=(80, 24)) as pilot:
+        await settle(pilot)
         app.query_one("#min-accuracy", Input).focus()
-        await pilot.pause()
+        await settle(pilot)
         await pilot.press("f3")
-        await pilot.pause()
+        await settle(pilot)
         assert app.query_one(TabbedContent).active == "roi"
         assert app.focused is app.query_one("#peak-rps", Input)  # typing goes to the first field at once
         await pilot.press("1", "0")
         assert app.query_one("#peak-rps", Input).value == "10"
         await pilot.press("f2")
-        await pilot.pause()
+        await settle(pilot)
         assert app.query_one(TabbedContent).active == "recommend"
         assert app.focused is app.query_one("#ranking", DataTable)
+
+
+# -- responsiveness, guards and runs options -----------------------------------------------------
+
+
+async def test_typing_ranks_once_after_the_inputs_are_still(fixture_db):
+    app = PTSAdvisorApp(fixture_db, Budget(dataset="mnist"), lang="en")
+    async with app.run_test(size=(80, 24)) as pilot:
+        await settle(pilot)
+        before = app._generation
+        app.query_one("#max-latency", Input).focus()
+        await pilot.press("2", "5")  # two edits in quick succession
+        assert "Ranking" not in status_text(app) or app._generation == before
+        await settle(pilot)
+        assert app._generation == before + 1  # one ranking for "25", none for "2"
+        assert app.budget.max_latency_ms == 25.0
+        assert "of 6 candidates meet the budget" in status_text(app)
+
+
+async def test_unknown_runtime_is_named_with_the_choices(fixture_db):
+    app = PTSAdvisorApp(fixture_db, Budget(dataset="mnist"), lang="en")
+    async with app.run_test(size=(80, 24)) as pilot:
+        await settle(pilot)
+        app.query_one("#runtimes", Input).value = "torch-eager,tensorrt"
+        await settle(pilot)
+        assert "Runtimes: unknown runtime 'tensorrt'" in status_text(app)
+        assert "onnxruntime-cpu" in status_text(app)
+        assert app.query_one("#ranking", DataTable).row_count == 0
+
+
+async def test_profile_select_lists_the_profiles_with_timings(fixture_db):
+    from textual.widgets import Select
+
+    app = PTSAdvisorApp(fixture_db, Budget(dataset="mnist"), lang="en")
+    async with app.run_test(size=(80, 24)) as pilot:
+        await settle(pilot)
+        assert app.profiles and "Test CPU" in app.profiles[0][1]
+        app.query_one("#profile", Select).value = app.profiles[0][0]
+        await settle(pilot)
+        assert app.budget.profile == app.profiles[0][0]
+        assert "6 of 6 candidates" in status_text(app)
+
+
+async def test_quit_asks_first_while_a_bench_runs(fixture_db):
+    from advisor.tui.confirm import Confirm
+
+    app = PTSAdvisorApp(fixture_db, Budget(dataset="mnist"), lang="en")
+    async with app.run_test(size=(80, 24)) as pilot:
+        await settle(pilot)
+        app.runs_pane.process = subprocess.Popen([sys.executable, "-c", "import time; time.sleep(60)"])
+        try:
+            await pilot.press("q")
+            assert isinstance(app.screen, Confirm)
+            assert "A bench is running" in str(app.screen.query_one("#confirm-question", Static).render())
+            await pilot.press("n")
+            assert not isinstance(app.screen, Confirm) and app.is_running
+            await pilot.press("q", "y")
+            await pilot.pause()
+        finally:
+            app.runs_pane.process.kill()
+    assert app.return_code == 0
+
+
+def test_bench_log_drops_the_error_line_and_logger_prefixes():
+    from advisor.tui.runs import log_lines
+
+    stderr = ("WARNING bench_engine.runner: layer fc kept dense\n"
+              "run 3: 1 of 2 models done\n"
+              "error: sparsity 1.5 is out of range\n")
+    assert log_lines(stderr) == ["warning: layer fc kept dense", "run 3: 1 of 2 models done"]
+
+
+async def test_runs_form_builds_recipe_and_pattern_options(tmp_path):
+    from advisor.tui.runs import RunsPane
+
+    app = PTSAdvisorApp(tmp_path / "none.duckdb", Budget(), lang="en")
+    async with app.run_test(size=(100, 30)) as pilot:
+        await pilot.press("f5")
+        pane = app.query_one(RunsPane)
+        app.query_one("#run-patterns", Input).value = "unstructured, 2:4"
+        args = pane.command()
+        assert args[args.index("--pattern") + 1] == "unstructured" and "2:4" in args
+        app.query_one("#run-criteria", Input).value = ""
+        app.query_one("#run-recipes", Input).value = "owl(band=0.1, threshold=5)+wanda; erk+magnitude"
+        args = pane.command()
+        assert "--criterion" not in args and "--pattern" not in args  # a recipe names both
+        assert [args[i + 1] for i, a in enumerate(args) if a == "--recipe"] == [
+            "owl(band=0.1, threshold=5)+wanda", "erk+magnitude"]

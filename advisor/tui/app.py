@@ -1,7 +1,8 @@
 """The PTS Advisor TUI: budgets and the ranked candidates, the ROI what-if, the evidence, and help.
 
 Every query opens the database read-only and closes it at once, so a bench can write between
-queries. A read that meets the writer's lock is reported, and `r` retries. torch and timm are
+queries. A read that meets the writer's lock is reported, and `r` retries. Ranking runs in a
+worker thread once the budget inputs have been still for a moment, so typing never waits for it. torch and timm are
 never imported here, so the first screen paints without them. Labels and messages go through
 the gettext catalog (`advisor.i18n`), in Japanese when the locale or `--lang ja` asks for it.
 """
@@ -11,10 +12,11 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
-from textual import on
+from textual import on, work
 from textual.app import App, ComposeResult
 from textual.binding import Binding
 from textual.containers import Horizontal, Vertical, VerticalScroll
+from textual.timer import Timer
 from textual.widgets import DataTable, Footer, Markdown, Static, TabbedContent, TabPane
 from textual_plotext import PlotextPlot
 
@@ -23,21 +25,29 @@ from advisor.formatting import method_label, number
 from advisor.i18n import _, pick_language, use_language
 from advisor.labels import CONSTRAINT_NAMES, CONSTRAINT_UNITS, LATENCY_SOURCE_TEXT, OBJECTIVE_NAMES, risk_text
 from advisor.ranking import rank_store
-from advisor.recommend import Budget, BudgetError, Candidate, Recommendation
+from advisor.recommend import Budget, Candidate, Recommendation
 from advisor.roi import Workload
+from advisor.tui.confirm import Confirm
 from advisor.tui.forms import BudgetForm, WorkloadForm
 from advisor.tui.models import ModelsPane
 from advisor.tui.runs import RunsPane
-from db import DatabaseError, Store
+from db import DatabaseError, Store, TranslatableError
 
 SHOWN_ROWS = 200  # rows of the ranking table; the status line gives the full count
 WATCH_SECONDS = 5.0  # how often the TUI looks for new results
+RANK_DELAY = 0.3  # seconds the inputs must be still before re-ranking: typing "25" ranks once, not twice
 
 
 def sparsity_text(row: dict) -> str:
     if row.get("achieved_sparsity") is not None:
         return number(row["achieved_sparsity"] * 100, 0, "%")
     return "~" + number((row.get("requested_sparsity") or 0) * 100, 0, "%")
+
+
+def profile_label(row: dict) -> str:
+    """A hardware profile in a few characters: its key's start and its CPU or device."""
+    what = row.get("cpu_model") or row.get("device") or ""
+    return f"{row['env_key'][:6]} {what}".strip()
 
 
 def binding_text(candidate: Candidate) -> str:
@@ -156,10 +166,14 @@ class PTSAdvisorApp(App):
         self.budget = budget or Budget()
         self.workload = workload
         self.dataset_names: list[str] = []
+        self.profiles: list[tuple[str, str]] = []  # (env_key, short description), newest timings first
         self.load_error: str | None = None
         self.result: Recommendation | None = None
         self.roi_result: Recommendation | None = None
         self.selected: Candidate | None = None
+        self._rank_timer: Timer | None = None
+        self._generation = 0  # bumped for every ranking started; an older worker's result is dropped
+        self._ranked: tuple[Budget, Workload | None] | None = None  # what the tables show, or will show
         self._load()
 
     # -- data ---------------------------------------------------------------------------------
@@ -169,10 +183,17 @@ class PTSAdvisorApp(App):
             with Store.open(self.db_path, read_only=True) as store:
                 self.dataset_names = [r["dataset"] for r in store.query(
                     "SELECT DISTINCT dataset FROM results ORDER BY dataset")]
+                self.profiles = [(r["env_key"], profile_label(r)) for r in store.query(
+                    # Timings live in the latency table and, for results timed while benched, in results.
+                    "SELECT t.env_key, any_value(e.cpu_model) AS cpu_model, any_value(e.device) AS device, "
+                    "max(t.created_at) AS newest FROM (SELECT env_key, created_at FROM latency UNION ALL "
+                    "SELECT env_key, created_at FROM results WHERE latency_p50_ms IS NOT NULL) t "
+                    "LEFT JOIN environments e USING (env_key) WHERE t.env_key IS NOT NULL "
+                    "GROUP BY t.env_key ORDER BY newest DESC")]
             self.load_error = None
         except DatabaseError as exc:
             self.dataset_names = []
-            self.load_error = str(exc)
+            self.load_error = exc.localized(_)
 
     def _rank(self, budget: Budget, workload: Workload | None) -> Recommendation | str:
         """Return the ranking, or the message that explains why there is none."""
@@ -186,9 +207,9 @@ class PTSAdvisorApp(App):
             with Store.open(self.db_path, read_only=True) as store:
                 return rank_store(store, budget, workload, limit=SHOWN_ROWS)
         except DatabaseError as exc:
-            return _("Cannot read the database: {error}").format(error=exc)
-        except BudgetError as exc:  # a --profile that is not in this database, or cost without a workload
-            return _("Invalid budget: {reason}").format(reason=exc)
+            return _("Cannot read the database: {error}").format(error=exc.localized(_))
+        except TranslatableError as exc:  # a --profile that is not in this database, or cost without a workload
+            return _("Invalid budget: {reason}").format(reason=exc.localized(_))
 
     def _latest_change(self) -> tuple | None:
         """Return the count and newest time of results and timings; None while the file cannot be read."""
@@ -214,7 +235,7 @@ class PTSAdvisorApp(App):
         with TabbedContent(initial="recommend"):
             with TabPane("F2 " + _("Recommend"), id="recommend"):
                 with Horizontal():
-                    yield BudgetForm(self.budget, self.dataset_names, id="budget")
+                    yield BudgetForm(self.budget, self.dataset_names, self.profiles, id="budget")
                     with Vertical(classes="main"):
                         yield Static(id="status")
                         yield DataTable(id="ranking", cursor_type="row", zebra_stripes=True)
@@ -235,7 +256,7 @@ class PTSAdvisorApp(App):
                         yield PlotextPlot(id="latency-plot")
                     yield Static(id="evidence-detail")
             with TabPane("F5 " + _("Runs"), id="runs"):
-                self.runs_pane = RunsPane(self.db_path, id="runs-pane")
+                self.runs_pane = RunsPane(self.db_path, self.lang, id="runs-pane")
                 yield self.runs_pane
             with TabPane("F6 " + _("Models"), id="models"):
                 yield ModelsPane(self.db_path, id="models-pane")
@@ -252,36 +273,73 @@ class PTSAdvisorApp(App):
         self.query_one("#roi-table", DataTable).add_columns(
             "#", _("model"), _("instances"), _("cost"), _("saving"), _("acc %"), _("sparsity"), _("method"),
             _("weight MB"))
-        self.refresh_ranking()
-        self.refresh_roi()
+        self.start_ranking()
         self.query_one("#ranking", DataTable).focus()  # q and r work at once; Tab reaches the inputs
 
     # -- Recommend tab ------------------------------------------------------------------------
 
+    def schedule_ranking(self) -> None:
+        """Rank again once the inputs have been still for RANK_DELAY seconds."""
+        if self._rank_timer is not None:
+            self._rank_timer.stop()
+        self._rank_timer = self.set_timer(RANK_DELAY, self.start_ranking)
+
+    def start_ranking(self) -> None:
+        """Rank the current budget, and price it under the workload, in a worker thread."""
+        if self._rank_timer is not None:
+            self._rank_timer.stop()
+            self._rank_timer = None
+        self._generation += 1
+        self._ranked = (self.budget, self.workload)
+        self.query_one("#status", Static).update(_("Ranking…"))
+        if self.workload is not None:
+            self.query_one("#roi-status", Static).update(_("Ranking…"))
+        self._rank_in_thread(self._generation, self.budget, self.workload)
+
+    @work(thread=True, group="ranking")
+    def _rank_in_thread(self, generation: int, budget: Budget, workload: Workload | None) -> None:
+        ranking = self._rank(budget, workload if budget.objective == "cost" else None)
+        priced = None if workload is None else self._rank(
+            Budget(**{**budget.to_dict(), "objective": "cost", "runtimes": budget.runtimes,
+                      "patterns": budget.patterns}), workload)
+        self.call_from_thread(self._show_results, generation, ranking, priced)
+
+    def _show_results(self, generation: int, ranking: Recommendation | str, priced: Recommendation | str | None) -> None:
+        if generation != self._generation:  # the budget changed while this one was ranked
+            return
+        self.show_ranking(ranking)
+        self.show_roi(priced)
+
+    def _forget_ranking(self) -> None:
+        """Drop a pending or running ranking: the inputs on screen are not a valid budget or workload."""
+        if self._rank_timer is not None:
+            self._rank_timer.stop()
+            self._rank_timer = None
+        self._generation += 1
+        self._ranked = None
+
     @on(BudgetForm.Changed)
     def _budget_changed(self, message: BudgetForm.Changed) -> None:
         # Mounting the inputs posts a change for each of them; only a different budget is re-ranked.
-        if message.value == self.budget and self.result is not None:
+        if (message.value, self.workload) == self._ranked:
             return
         self.budget = message.value
-        self.refresh_ranking()
-        self.refresh_roi()
+        self.schedule_ranking()
 
     @on(BudgetForm.Invalid)
     def _budget_invalid(self, message: BudgetForm.Invalid) -> None:
         # Clear the table, so no ranking is shown for a budget other than the one on screen.
+        self._forget_ranking()
         self.query_one("#ranking", DataTable).clear()
         self.query_one("#evidence", Static).update("")
         self.result = None
         self.query_one("#status", Static).update(_("[b]Invalid budget[/b]: {reason}").format(reason=message.reason))
 
-    def refresh_ranking(self) -> None:
-        """Rank the candidates for the current budget and redraw the table."""
+    def show_ranking(self, ranked: Recommendation | str) -> None:
+        """Redraw the Recommend table from a ranking, or show why there is none."""
         status = self.query_one("#status", Static)
         table = self.query_one("#ranking", DataTable)
         table.clear()
-        workload = self.workload if self.budget.objective == "cost" else None
-        ranked = self._rank(self.budget, workload)
         if isinstance(ranked, str):
             self.result = None
             status.update(ranked)
@@ -406,35 +464,31 @@ class PTSAdvisorApp(App):
 
     @on(WorkloadForm.Changed)
     def _workload_changed(self, message: WorkloadForm.Changed) -> None:
-        if message.value == self.workload and self.roi_result is not None:
+        if (self.budget, message.value) == self._ranked:
             return
         self.workload = message.value
-        self.refresh_roi()
-        if self.budget.objective == "cost":
-            self.refresh_ranking()
+        self.schedule_ranking()
 
     @on(WorkloadForm.Invalid)
     def _workload_invalid(self, message: WorkloadForm.Invalid) -> None:
+        self._forget_ranking()
         self.query_one("#roi-table", DataTable).clear()
         self.query_one("#roi-notes", Static).update("")
         self.roi_result = None
         self.query_one("#roi-status", Static).update(
             _("[b]Invalid workload[/b]: {reason}").format(reason=message.reason))
 
-    def refresh_roi(self) -> None:
-        """Size and price the candidates of the current budget under the workload, cheapest first."""
+    def show_roi(self, ranked: Recommendation | str | None) -> None:
+        """Redraw the ROI table from the candidates priced under the workload (None: no workload yet)."""
         status = self.query_one("#roi-status", Static)
         table = self.query_one("#roi-table", DataTable)
         notes = self.query_one("#roi-notes", Static)
         table.clear()
         notes.update("")
-        if self.workload is None:
+        if ranked is None or self.workload is None:
             self.roi_result = None
             status.update(_("Enter the peak rate and the price per instance-hour to size and price the candidates."))
             return
-        ranked = self._rank(Budget(**{**self.budget.to_dict(), "objective": "cost",
-                                      "runtimes": self.budget.runtimes, "patterns": self.budget.patterns}),
-                            self.workload)
         if isinstance(ranked, str):
             self.roi_result = None
             status.update(ranked)
@@ -495,7 +549,7 @@ class PTSAdvisorApp(App):
                 evidence = model_evidence(store, row["model_key"], row["dataset"], profile, self.budget.batch_size,
                                           row["result_id"])
         except DatabaseError as exc:
-            title.update(_("Cannot read the database: {error}").format(error=exc))
+            title.update(_("Cannot read the database: {error}").format(error=exc.localized(_)))
             return
         title.update(_("{model} on {dataset}: ● measured, ◆ published, ○ predicted with its 80 % interval").format(
             model=row["model_key"], dataset=row["dataset"]))
@@ -551,10 +605,22 @@ class PTSAdvisorApp(App):
         if first is not None:
             self.call_after_refresh(self.query_one(first).focus)
 
+    async def action_quit(self) -> None:
+        """Quit; while a bench runs, ask first, since quitting cancels it."""
+        if not self.runs_pane.running:
+            self.exit()
+            return
+
+        def answered(yes: bool | None) -> None:
+            if yes:
+                self.exit()  # on_unmount cancels the bench and waits for it
+
+        self.push_screen(Confirm(_("A bench is running. Quit and cancel it? The model in progress is lost; "
+                                   "finished models stay stored."), _("Quit"), _("Keep running")), answered)
+
     def action_reload(self) -> None:
         self._load()
-        self.refresh_ranking()
-        self.refresh_roi()
+        self.start_ranking()
 
     def action_focus_table(self) -> None:
         self.query_one(TabbedContent).active = "recommend"

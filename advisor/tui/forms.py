@@ -16,10 +16,14 @@ from textual.message import Message
 from textual.widgets import Input, Label, Select
 
 from advisor.i18n import N_, _
-from advisor.recommend import LATENCY_STATS, OBJECTIVES, Budget, BudgetError
-from advisor.roi import Workload, WorkloadError
+from advisor.recommend import LATENCY_STATS, OBJECTIVES, Budget
+from bench_engine.runtime_names import PUBLISHED_RUNTIMES, RUNTIME_NAMES
+from advisor.roi import Workload
+from db import TranslatableError
 
 ALL_DATASETS = "all"
+LATEST_PROFILE = "latest"  # the Select value for "the most recent profile with timings"
+KNOWN_RUNTIMES = RUNTIME_NAMES + PUBLISHED_RUNTIMES
 OBJECTIVE_LABELS = {"accuracy": N_("highest accuracy"), "latency": N_("lowest latency"),
                     "sparsity": N_("highest sparsity"), "cost": N_("lowest cost")}
 
@@ -79,7 +83,9 @@ class _Form(VerticalScroll):
     def _inputs_changed(self) -> None:
         try:
             self.post_message(self.Changed(self.read()))
-        except (ValueError, BudgetError, WorkloadError) as exc:
+        except TranslatableError as exc:  # BudgetError, WorkloadError: out-of-range values
+            self.post_message(self.Invalid(exc.localized(_)))
+        except ValueError as exc:  # parse_number's messages, already in the user's language
             self.post_message(self.Invalid(str(exc)))
 
 
@@ -103,10 +109,13 @@ class BudgetForm(_Form):
         ("margin", N_("Headroom %"), "0"),
     )
 
-    def __init__(self, budget: Budget, datasets: list[str], **kwargs: Any) -> None:
+    def __init__(self, budget: Budget, datasets: list[str], profiles: list[tuple[str, str]] | None = None,
+                 **kwargs: Any) -> None:
+        """`profiles` holds (env_key, description) for each hardware profile with timings, newest first."""
         super().__init__(**kwargs)
         self._initial = budget
         self._datasets = datasets
+        self._profiles = profiles or []
 
     def compose(self) -> ComposeResult:
         b = self._initial
@@ -125,7 +134,14 @@ class BudgetForm(_Form):
         value = b.dataset if b.dataset in self._datasets else ALL_DATASETS
         yield Select(options, value=value, allow_blank=False, id="dataset", compact=True)
         yield Label(_("Runtimes"))
-        yield Input(value=",".join(b.runtimes), id="runtimes", compact=True)
+        yield Input(value=",".join(b.runtimes), placeholder=",".join(KNOWN_RUNTIMES[:3]), id="runtimes",
+                    compact=True)
+        yield Label(_("Hardware profile"))
+        options = [(_("latest with timings"), LATEST_PROFILE)] + [(label, key) for key, label in self._profiles]
+        keys = [key for key, _label in self._profiles]
+        # A --profile prefix from the command line picks the profile it names.
+        chosen = next((key for key in keys if b.profile and key.startswith(b.profile)), LATEST_PROFILE)
+        yield Select(options, value=chosen, allow_blank=False, id="profile", compact=True)
 
     def read(self) -> Budget:
         """Build a budget from the inputs; raises ValueError or BudgetError naming the bad field."""
@@ -133,6 +149,11 @@ class BudgetForm(_Form):
         dataset = self.query_one("#dataset", Select).value
         batch = self.number("batch-size", integer=True)
         runtimes = tuple(r.strip() for r in self.text("runtimes").split(",") if r.strip())
+        unknown = [r for r in runtimes if r not in KNOWN_RUNTIMES]
+        if unknown:
+            raise ValueError(_("{field}: unknown runtime {name!r}; use one or more of {choices}, separated by "
+                               "commas.").format(field=_("Runtimes"), name=unknown[0], choices=", ".join(KNOWN_RUNTIMES)))
+        profile = self.query_one("#profile", Select).value
         return Budget(
             max_latency_ms=self.number("max-latency"),
             latency_stat=str(self.query_one("#latency-stat", Select).value),
@@ -149,7 +170,7 @@ class BudgetForm(_Form):
             dataset=None if dataset == ALL_DATASETS else str(dataset),
             include_dense=b.include_dense,
             runtimes=runtimes,
-            profile=b.profile,
+            profile=None if profile == LATEST_PROFILE else str(profile),
         )
 
 

@@ -24,13 +24,33 @@ from textual.widgets import Button, Input, Label, ProgressBar, Static
 
 from advisor.i18n import N_, _
 
-FIELDS = (
-    ("run-model", N_("Model"), "mnist/resnet10t"),
-    ("run-weights", N_("Weights file (optional)"), ""),
-    ("run-data", N_("Data"), "mnist"),
-    ("run-criteria", N_("Criteria"), "magnitude,wanda"),
-    ("run-sparsities", N_("Sparsities"), "0.5,0.7"),
+FIELDS = (  # (input id, label, initial value, placeholder)
+    ("run-model", N_("Model"), "mnist/resnet10t", ""),
+    ("run-weights", N_("Weights file (optional)"), "", ""),
+    ("run-data", N_("Data"), "mnist", ""),
+    ("run-criteria", N_("Criteria"), "magnitude,wanda", ""),
+    ("run-sparsities", N_("Sparsities"), "0.5,0.7", ""),
+    ("run-patterns", N_("Patterns"), "unstructured", "unstructured,2:4"),
+    ("run-recipes", N_("Recipes; replace criteria"), "", "erk+wanda; owl+sparsegpt"),
 )
+REQUIRED = ("run-model", "run-data", "run-criteria", "run-sparsities")
+
+
+def log_lines(stderr: str, limit: int = 6) -> list[str]:
+    """The last lines of a bench's stderr worth showing: warnings without the logger's prefix, no error line.
+
+    The error line is already in the status, and "WARNING bench_engine.runner: text" reads as
+    "warning: text".
+    """
+    shown = []
+    for line in stderr.splitlines():
+        line = line.strip()
+        if not line or line.startswith(("error:", "エラー:")):
+            continue
+        if line.startswith("WARNING ") and ": " in line:
+            line = _("warning: {text}").format(text=line.split(": ", 1)[1])
+        shown.append(line)
+    return shown[-limit:]
 
 
 class RunsPane(Vertical):
@@ -44,9 +64,10 @@ class RunsPane(Vertical):
             self.returncode = returncode
             self.cancelled = cancelled
 
-    def __init__(self, db_path: Path, **kwargs) -> None:
+    def __init__(self, db_path: Path, lang: str = "en", **kwargs) -> None:
         super().__init__(**kwargs)
         self.db_path = db_path
+        self.lang = lang  # the bench's own messages and errors come back in this language
         self.process: subprocess.Popen | None = None
         self.folder: Path | None = None
         self.cancelled = False
@@ -55,9 +76,9 @@ class RunsPane(Vertical):
     def compose(self) -> ComposeResult:
         with Horizontal():
             with VerticalScroll(id="run-form"):
-                for field_id, label, value in FIELDS:
+                for field_id, label, value, placeholder in FIELDS:
                     yield Label(_(label))
-                    yield Input(value=value, id=field_id, compact=True)
+                    yield Input(value=value, placeholder=placeholder, id=field_id, compact=True)
                 with Horizontal(id="run-buttons"):
                     yield Button(_("Start"), id="run-start", variant="primary", compact=True)
                     yield Button(_("Cancel"), id="run-cancel", variant="error", compact=True, disabled=True)
@@ -69,18 +90,26 @@ class RunsPane(Vertical):
                 yield Static(id="run-log")
 
     def command(self) -> list[str]:
-        """Return the bench command for the form's values; raises ValueError naming an empty field."""
-        values = {field_id: self.query_one(f"#{field_id}", Input).value.strip() for field_id, _label, _v in FIELDS}
-        for field_id in ("run-model", "run-data", "run-criteria", "run-sparsities"):
-            if not values[field_id]:
-                label = next(_(label) for fid, label, _v in FIELDS if fid == field_id)
+        """Return the `ptsa` arguments for the form's values; raises ValueError naming an empty field."""
+        values = {field[0]: self.query_one(f"#{field[0]}", Input).value.strip() for field in FIELDS}
+        recipes = [r.strip() for r in values["run-recipes"].split(";") if r.strip()]
+        for field_id in REQUIRED:
+            if not values[field_id] and not (field_id == "run-criteria" and recipes):
+                label = next(_(field[1]) for field in FIELDS if field[0] == field_id)
                 raise ValueError(_("{field} is empty.").format(field=label))
-        command = [sys.executable, "-m", "advisor.cli", "--db", str(self.db_path), "bench", values["run-model"],
-                   "--data", values["run-data"], "--no-progress"]
+        command = ["--db", str(self.db_path), "bench", values["run-model"], "--data", values["run-data"],
+                   "--no-progress"]
         if values["run-weights"]:
             command += ["--weights", values["run-weights"]]
-        for criterion in values["run-criteria"].split(","):
-            command += ["--criterion", criterion.strip()]
+        if recipes:  # a recipe names its criterion, allocation, pattern and corrections
+            for recipe in recipes:
+                command += ["--recipe", recipe]
+        else:
+            for criterion in values["run-criteria"].split(","):
+                command += ["--criterion", criterion.strip()]
+            for pattern in values["run-patterns"].split(","):
+                if pattern.strip():
+                    command += ["--pattern", pattern.strip()]
         for sparsity in values["run-sparsities"].split(","):
             command += ["--sparsity", sparsity.strip()]
         return command
@@ -100,11 +129,13 @@ class RunsPane(Vertical):
             status.update(_("[b]Cannot start[/b]: {reason}").format(reason=exc))
             return
         self.folder = Path(tempfile.mkdtemp(prefix="ptsa-run-"))
-        command += ["--progress-file", str(self.folder / "progress.jsonl")]
+        shown = shlex.join(["ptsa", *command])
+        command = [sys.executable, "-m", "advisor.cli", "--lang", self.lang, *command,
+                   "--progress-file", str(self.folder / "progress.jsonl")]
         self.cancelled = False
         with (self.folder / "stdout.txt").open("w") as stdout, (self.folder / "stderr.txt").open("w") as stderr:
             self.process = subprocess.Popen(command, stdout=stdout, stderr=stderr, stdin=subprocess.DEVNULL)
-        status.update(_("Running: {command}").format(command=shlex.join(["ptsa", *command[3:-2]])))
+        status.update(_("Running: {command}").format(command=shown))
         self.query_one("#run-progress", ProgressBar).update(total=None, progress=0)
         self.query_one("#run-log", Static).update("")
         self.query_one("#run-start", Button).disabled = True
@@ -145,7 +176,7 @@ class RunsPane(Vertical):
         else:
             status.update(_("[b]Failed[/b] (exit code {code}): {error}").format(
                 code=returncode, error=(stderr.splitlines() or [""])[-1]))
-        self.query_one("#run-log", Static).update("\n".join(stderr.splitlines()[-4:]))
+        self.query_one("#run-log", Static).update("\n".join(log_lines(stderr)))
         self.query_one("#run-start", Button).disabled = False
         self.query_one("#run-cancel", Button).disabled = True
         self.post_message(self.Finished(returncode, self.cancelled))
