@@ -128,7 +128,7 @@ async def test_roi_tab_recomputes_as_the_workload_changes(fixture_db):
         status = app.query_one("#roi-status", Static)
         assert "Enter the peak rate" in str(status.render())
         app.query_one("#peak-rps", Input).value = "1000"
-        app.query_one("#price-per-hour", Input).value = "0.5"
+        app.query_one("#price", Input).value = "0.5"
         await settle(pilot)
         table = app.query_one("#roi-table", DataTable)
         # p50 4.0 ms -> 250/s, 150/s at 60 % -> 7 instances of the dense model; 2,555 a month.
@@ -444,3 +444,32 @@ async def test_runs_form_builds_recipe_and_pattern_options(tmp_path):
         assert "--criterion" not in args and "--pattern" not in args  # a recipe names both
         assert [args[i + 1] for i, a in enumerate(args) if a == "--recipe"] == [
             "owl(band=0.1, threshold=5)+wanda", "erk+magnitude"]
+
+
+async def test_roi_tab_prices_devices_and_compares_with_today(fixture_db):
+    from textual.widgets import Select
+
+    app = PTSAdvisorApp(fixture_db, Budget(dataset="mnist"), lang="en")
+    async with app.run_test(size=(120, 30)) as pilot:
+        await settle(pilot)
+        await pilot.press("f3")
+        for field, value in (("#peak-rps", "1000"), ("#price", "0.5"), ("#instances-today", "10"),
+                             ("#requests-per-day", "1000000")):
+            app.query_one(field, Input).value = value
+        await settle(pilot)
+        table = app.query_one("#roi-table", DataTable)
+        headers = [str(column.label) for column in table.columns.values()]
+        assert headers[:7] == ["#", "model", "instances", "cost/month", "saving", "vs today", "per 1M req"]
+        assert "storage MB" in headers
+        first = table.get_row_at(0)
+        assert first[3] == "2,555 USD" and first[5] == "1,095 USD"  # 10 × 0.5 × 730 = 3,650 today
+        assert first[6] == "84.00 USD"  # 2,555 / (1e6 × 365 / 12 / 1e6)
+        status = str(app.query_one("#roi-status", Static).render())
+        assert "saving against the 10 instances running now" in status and "1,000,000 requests a day" in status
+
+        app.query_one("#billing", Select).value = "device"
+        await settle(pilot)
+        headers = [str(column.label) for column in table.columns.values()]
+        assert "cost once" in headers and "per 1M req" not in headers
+        assert table.get_row_at(0)[3] == "4 USD"  # 7 devices × 0.5, rounded
+        assert "per device bought once" in str(app.query_one("#roi-status", Static).render())

@@ -270,9 +270,6 @@ class PTSAdvisorApp(App):
         # New results (a bench in another terminal, or one from the Runs tab) show up by themselves.
         self.set_interval(WATCH_SECONDS, self.check_for_new_results)
         self.query_one("#ranking", DataTable).add_columns(*ranking_headers())
-        self.query_one("#roi-table", DataTable).add_columns(
-            "#", _("model"), _("instances"), _("cost"), _("saving"), _("acc %"), _("sparsity"), _("method"),
-            _("weight MB"))
         self.start_ranking()
         self.query_one("#ranking", DataTable).focus()  # q and r work at once; Tab reaches the inputs
 
@@ -495,23 +492,43 @@ class PTSAdvisorApp(App):
             return
         self.roi_result = ranked
         shown = ranked.ranked if ranked.found else ranked.nearest
-        currency = self.workload.currency
+        workload = self.workload
+        currency = workload.currency
+        today = workload.instances_today is not None
+        per_million = any(c.costing.cost_per_million is not None for c in shown)
+        # The model, then sizes and costs, so each row shows what it prices before the table scrolls.
+        table.clear(columns=True)
+        table.add_columns("#", _("model"), _("instances"), _("cost once") if workload.per_device else _("cost/month"),
+                          _("saving"), *([_("vs today")] if today else []), *([_("per 1M req")] if per_million else []),
+                          _("acc %"), _("sparsity"), _("method"), _("weight MB"), _("storage MB"))
         seen: dict[str, str] = {}
         for index, c in enumerate(shown):
             cost = c.costing
             instances = "-" if cost.instances is None else (
                 f"{cost.baseline_instances}→{cost.instances}" if cost.baseline_instances is not None
                 else str(cost.instances))
-            # The model, then sizes and costs, so each row shows what it prices before the table scrolls.
             table.add_row(str(index + 1), c.row["model_key"], instances, _money(cost.cost, currency),
-                          _money(cost.saving, currency), number(c.accuracy), sparsity_text(c.row),
-                          method_label(c.row), number(cost.weight_mb, 1), key=str(index))
+                          _money(cost.saving, currency),
+                          *([_money(cost.saving_vs_today, currency)] if today else []),
+                          *([_money(cost.cost_per_million, currency, 2)] if per_million else []),
+                          number(c.accuracy), sparsity_text(c.row), method_label(c.row), number(cost.weight_mb, 1),
+                          number(cost.storage_mb, 1), key=str(index))
             for note in cost.notes:
                 seen.setdefault(note["code"], self._note_text(note["code"], c))
-        status.update(_("Peak {peak:g}/s at {util:g} % utilisation, {price:g} {currency} per instance-hour; costs "
-                        "per month, cheapest first. instances: dense → candidate.").format(
-            peak=self.workload.peak_rps, util=self.workload.utilisation * 100, price=self.workload.price,
-            currency=currency))
+        if workload.per_device:
+            text = _("Peak {peak:g}/s at {util:g} % utilisation, {price:g} {currency} per device bought once; "
+                     "cheapest first. instances: dense → candidate.")
+        else:
+            text = _("Peak {peak:g}/s at {util:g} % utilisation, {price:g} {currency} per instance-hour; costs "
+                     "per month, cheapest first. instances: dense → candidate.")
+        text = text.format(peak=workload.peak_rps, util=workload.utilisation * 100, price=workload.price,
+                           currency=currency)
+        if today:
+            text += " " + _("vs today: the saving against the {n} instances running now.").format(
+                n=workload.instances_today)
+        if workload.requests_per_day:
+            text += " " + _("{n:,.0f} requests a day.").format(n=workload.requests_per_day)
+        status.update(text)
         notes.update("\n".join(seen.values()))
 
     @staticmethod
@@ -627,8 +644,8 @@ class PTSAdvisorApp(App):
         self.query_one("#ranking", DataTable).focus()
 
 
-def _money(value: float | None, currency: str) -> str:
-    return "-" if value is None else f"{value:,.0f} {currency}"
+def _money(value: float | None, currency: str, digits: int = 0) -> str:
+    return "-" if value is None else f"{value:,.{digits}f} {currency}"
 
 
 def run_app(db_path: Path, budget: Budget | None = None, workload: Workload | None = None,

@@ -22,6 +22,8 @@ from advisor.roi import Workload
 from db import TranslatableError
 
 ALL_DATASETS = "all"
+BILLING = ("hour", "device")
+BILLING_LABELS = {"hour": N_("instance-hour"), "device": N_("device, bought once")}
 LATEST_PROFILE = "latest"  # the Select value for "the most recent profile with timings"
 KNOWN_RUNTIMES = RUNTIME_NAMES + PUBLISHED_RUNTIMES
 OBJECTIVE_LABELS = {"accuracy": N_("highest accuracy"), "latency": N_("lowest latency"),
@@ -185,7 +187,7 @@ class WorkloadForm(_Form):
 
     FIELDS = (
         ("peak-rps", N_("Peak requests/s"), N_("required")),
-        ("price-per-hour", N_("Price per instance-hour"), N_("required")),
+        ("price", N_("Price"), N_("required")),
         ("requests-per-day", N_("Requests per day"), N_("optional")),
         ("instances-today", N_("Instances today"), N_("optional")),
         ("utilisation", N_("Utilisation %"), "60"),
@@ -199,18 +201,25 @@ class WorkloadForm(_Form):
     def compose(self) -> ComposeResult:
         w = self._initial
         values = {"currency": "USD"} if w is None else {
-            "peak-rps": w.peak_rps, "price-per-hour": w.price_per_hour, "requests-per-day": w.requests_per_day,
+            "peak-rps": w.peak_rps, "price": w.price, "requests-per-day": w.requests_per_day,
             "instances-today": w.instances_today, "utilisation": w.utilisation * 100, "currency": w.currency}
-        yield from self._inputs(values)
+        fields = self._inputs(values)
+        yield from (next(fields) for _ in range(4))  # peak rate and price, each a label and an input
+        yield Label(_("Price is per"))
+        yield Select([(_(BILLING_LABELS[b]), b) for b in BILLING], allow_blank=False, id="billing", compact=True,
+                     value="device" if w is not None and w.per_device else "hour")
+        yield from fields
 
     def read(self) -> Workload | None:
-        peak, price = self.number("peak-rps"), self.number("price-per-hour")
+        peak, price = self.number("peak-rps"), self.number("price")
         if peak is None or price is None:
             return None
         utilisation = self.number("utilisation")
+        per_device = self.query_one("#billing", Select).value == "device"
         return Workload(
             peak_rps=peak,
-            price_per_hour=price,
+            price_per_hour=None if per_device else price,
+            price_per_device=price if per_device else None,
             requests_per_day=self.number("requests-per-day"),
             instances_today=self.number("instances-today", integer=True),
             utilisation=(60.0 if utilisation is None else utilisation) / 100.0,
