@@ -1,7 +1,9 @@
-"""Time the TUI's start-up: importing it, and reaching the first painted screen.
+"""Time the TUI's start-up: importing it, the first screen taking keys, and the ranking shown.
 
 Usage: python benchmarks/tui_startup.py --db PATH [--repeats N]
-The import is timed in fresh interpreters; the first screen with Textual's headless pilot.
+The import is timed in fresh interpreters; the screens with Textual's headless pilot. The
+ranking runs in a worker thread, so the first screen takes keys before the table is filled;
+"ranked" is when the table shows the ranking.
 """
 
 from __future__ import annotations
@@ -21,14 +23,18 @@ def time_import(repeats: int) -> list[float]:
             for _ in range(repeats)]
 
 
-async def time_first_screen(db: Path) -> float:
+async def time_first_screen(db: Path) -> tuple[float, float]:
+    """Return the seconds until the first screen is painted and takes keys, and until it shows the ranking."""
     from advisor.tui.app import PTSAdvisorApp
 
     started = time.perf_counter()
     app = PTSAdvisorApp(db)
     async with app.run_test(size=(80, 24)) as pilot:
         await pilot.pause()
-        return time.perf_counter() - started
+        interactive = time.perf_counter() - started
+        await app.workers.wait_for_complete()
+        await pilot.pause()
+        return interactive, time.perf_counter() - started
 
 
 def main() -> None:
@@ -38,8 +44,11 @@ def main() -> None:
     args = parser.parse_args()
     imports = time_import(args.repeats)
     print(f"import advisor.tui.app: median {statistics.median(imports) * 1000:.0f} ms over {args.repeats} runs")
-    first = [asyncio.run(time_first_screen(args.db)) for _ in range(args.repeats)]
-    print(f"first screen ({args.db.name}): median {statistics.median(first) * 1000:.0f} ms over {args.repeats} runs")
+    times = [asyncio.run(time_first_screen(args.db)) for _ in range(args.repeats)]
+    interactive = statistics.median(t[0] for t in times) * 1000
+    ranked = statistics.median(t[1] for t in times) * 1000
+    print(f"first screen ({args.db.name}), median of {args.repeats}: takes keys after {interactive:.0f} ms, "
+          f"shows the ranking after {ranked:.0f} ms")
 
 
 if __name__ == "__main__":

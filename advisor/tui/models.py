@@ -1,7 +1,8 @@
 """The Models tab: every architecture with stored features, its size and its predicted robustness.
 
-The rows are read, and the predictions computed, in a worker thread the first time the tab
-opens, because the regressor needs scikit-learn (about a second to import).
+The rows are read, then the predictions computed, in a worker thread the first time the tab
+opens: the table shows at once, and the predicted retention joins it when the regressor, which
+needs scikit-learn (about a second to import), has run.
 """
 
 from __future__ import annotations
@@ -34,6 +35,7 @@ class ModelsPane(Vertical):
         self.rows: list[dict[str, Any]] = []
         self.fit_id: str | None = None
         self.loaded = False
+        self.predicting = False
 
     def compose(self) -> ComposeResult:
         with Horizontal(id="models-bar"):
@@ -59,17 +61,19 @@ class ModelsPane(Vertical):
         try:
             with Store.open(self.db_path, read_only=True) as store:
                 rows = architecture_rows(store)
+            self.app.call_from_thread(self._show, [dict(row) for row in rows], None, True)
+            with Store.open(self.db_path, read_only=True) as store:
                 fit_id = add_predictions(store, rows, data_dir())
         except DatabaseError as exc:
-            self.app.call_from_thread(self._show_error, str(exc))
+            self.app.call_from_thread(self._show_error, exc.localized(_))
             return
-        self.app.call_from_thread(self._show, rows, fit_id)
+        self.app.call_from_thread(self._show, rows, fit_id, False)
 
     def _show_error(self, error: str) -> None:
         self.query_one("#models-status", Static).update(_("Cannot read the database: {error}").format(error=error))
 
-    def _show(self, rows: list[dict[str, Any]], fit_id: str | None) -> None:
-        self.rows, self.fit_id = rows, fit_id
+    def _show(self, rows: list[dict[str, Any]], fit_id: str | None, predicting: bool) -> None:
+        self.rows, self.fit_id, self.predicting = rows, fit_id, predicting
         self.refresh_table()
 
     @on(Input.Changed, "#models-filter")
@@ -97,7 +101,9 @@ class ModelsPane(Vertical):
                                                                                     total=len(self.rows))
         if len(shown) > 500:
             status += " " + _("The first 500 are shown.")
-        if self.fit_id is None:
+        if self.predicting:
+            status += " " + _("Computing the predicted retention…")
+        elif self.fit_id is None:
             status += " " + _("No regressor is fitted: run `ptsa fit` to see predicted retention.")
         else:
             status += " " + _("Retention: predicted by fit {fit} for uniform magnitude pruning at {sparsity:.0%}, "
