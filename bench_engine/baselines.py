@@ -151,7 +151,9 @@ def load_baseline(name: str, data: DataSplits | None = None, progress: Callable[
     spec = MNIST_BASELINES.get(name)
     if spec is None:
         raise UnknownModelError(
-            f"unknown MNIST baseline {name!r}; choose one of {', '.join(MNIST_BASELINES)}."
+            "unknown MNIST baseline {name!r}; choose one of {choices}.",
+            name=name,
+            choices=", ".join(MNIST_BASELINES),
         )
     path = ensure_baseline(spec, data, progress)
     model = _create(spec)

@@ -156,7 +156,7 @@ def _open_image(path: Path) -> Image.Image:
             image.load()
             return ImageOps.exif_transpose(image)
     except (UnidentifiedImageError, OSError) as exc:
-        raise DataError(f"cannot read image {path}: {exc}. Remove or replace the file.") from exc
+        raise DataError("cannot read image {path}: {reason}. Remove or replace the file.", path=path, reason=str(exc)) from exc
 
 
 @dataclass
@@ -178,12 +178,15 @@ class DataSplits:
 
     def check_calibration_size(self, size: int) -> None:
         if size < 1:
-            raise DataError(f"calibration size must be at least 1, got {size}.")
+            raise DataError("calibration size must be at least 1, got {size}.", size=size)
         available = len(self.train)
         if size > available:
             raise DataError(
-                f"calibration size {size} exceeds the {available} training-side inputs of dataset "
-                f"{self.name!r}; pass --calibration-size {available} or less."
+                "calibration size {size} exceeds the {available} training-side inputs of dataset "
+                "{dataset!r}; pass --calibration-size {available} or less.",
+                size=size,
+                available=available,
+                dataset=self.name,
             )
 
     def check_readable(self, calibration_size: int, seed: int) -> None:
@@ -338,11 +341,12 @@ def load_image_folder(path: str | Path, preprocess: Preprocess, seed: int = 0, l
     root = Path(path)
     if not root.exists():
         raise DataError(
-            f"dataset not found: {root}. Pass a directory of images, or a built-in dataset: "
-            f"{', '.join(BUILTIN_DATASETS)}."
+            "dataset not found: {path}. Pass a directory of images, or a built-in dataset: {choices}.",
+            path=root,
+            choices=", ".join(BUILTIN_DATASETS),
         )
     if not root.is_dir():
-        raise DataError(f"dataset path is not a directory: {root}.")
+        raise DataError("dataset path is not a directory: {path}.", path=root)
 
     split_dirs = {p.name: p for p in root.iterdir() if p.is_dir()}
     eval_dir = split_dirs.get("val") or split_dirs.get("test")
@@ -350,13 +354,18 @@ def load_image_folder(path: str | Path, preprocess: Preprocess, seed: int = 0, l
         train_classes = _class_folders(split_dirs["train"])
         eval_classes = _class_folders(eval_dir)
         if not train_classes or not eval_classes:
-            raise DataError(f"no class folders with images under {root}/train and {eval_dir}.")
+            raise DataError(
+                "no class folders with images under {path}/train and {eval_dir}.", path=root, eval_dir=eval_dir
+            )
         classes = sorted(train_classes)
         missing = sorted(set(eval_classes) - set(classes))
         if missing:
             raise DataError(
-                f"evaluation classes {missing[:5]} in {eval_dir} have no training folder in "
-                f"{root / 'train'}; both splits must use the same class folders."
+                "evaluation classes {classes} in {eval_dir} have no training folder in "
+                "{train_dir}; both splits must use the same class folders.",
+                classes=missing[:5],
+                eval_dir=eval_dir,
+                train_dir=root / "train",
             )
         index = {c: i for i, c in enumerate(classes)}
         train = [(p, index[c]) for c in classes for p in train_classes[c]]
@@ -369,8 +378,10 @@ def load_image_folder(path: str | Path, preprocess: Preprocess, seed: int = 0, l
         classes = sorted(classes_found)
         if len(classes) < 2:
             raise DataError(
-                f"{root} has one class folder ({classes[0]}); a labelled dataset needs at least "
-                "two. Pass --unlabelled to score by fidelity to the dense model instead."
+                "{path} has one class folder ({folder}); a labelled dataset needs at least "
+                "two. Pass --unlabelled to score by fidelity to the dense model instead.",
+                path=root,
+                folder=classes[0],
             )
         files = [(p, i) for i, c in enumerate(classes) for p in classes_found[c]]
         labels = np.array([label for _, label in files])
@@ -383,8 +394,11 @@ def load_image_folder(path: str | Path, preprocess: Preprocess, seed: int = 0, l
     name = f"{root} (unlabelled)" if classes_found and not loose else str(root)
     if len(images) < 2:
         raise DataError(
-            f"dataset {root} has {len(images)} images with extensions {', '.join(IMAGE_EXTENSIONS)}; "
-            "at least 2 are needed (one to calibrate, one to evaluate)."
+            "dataset {path} has {count} images with extensions {extensions}; "
+            "at least 2 are needed (one to calibrate, one to evaluate).",
+            path=root,
+            count=len(images),
+            extensions=", ".join(IMAGE_EXTENSIONS),
         )
     order = list(range(len(images)))
     random.Random(seed).shuffle(order)
@@ -402,7 +416,9 @@ def load_image_folder(path: str | Path, preprocess: Preprocess, seed: int = 0, l
 
 def _labelled_splits(root: Path, train: list[tuple[Path, int]], evaluation: list[tuple[Path, int]], classes: list[str], preprocess: Preprocess) -> DataSplits:
     if not train or not evaluation:
-        raise DataError(f"dataset {root} needs images on both the training and the evaluation side.")
+        raise DataError(
+            "dataset {path} needs images on both the training and the evaluation side.", path=root
+        )
     return DataSplits(
         name=str(root),
         labelled=True,

@@ -73,11 +73,16 @@ class _OpCounter(TorchDispatchMode):
         return func(*args, **(kwargs or {}))
 
 
-def close_matches(name: str) -> str:
-    """Suggest timm architectures whose names resemble `name`, for an error message."""
+def similar_architectures(name: str) -> list[str]:
+    """Return up to three timm architectures whose names resemble `name`."""
     import difflib
 
-    matches = difflib.get_close_matches(name, timm.list_models(), n=3, cutoff=0.6)
+    return difflib.get_close_matches(name, timm.list_models(), n=3, cutoff=0.6)
+
+
+def close_matches(name: str) -> str:
+    """Suggest timm architectures whose names resemble `name`, as an English phrase for a message."""
+    matches = similar_architectures(name)
     if matches:
         return f"did you mean {', '.join(matches)}?"
     return "see the names with `python -c \"import timm; print(timm.list_models('resnet*'))\"`."
@@ -205,7 +210,18 @@ def featurize(architecture: str, num_classes: int | None = None, in_chans: int |
     on the meta device (a few timm models read tensor values while they are built).
     """
     if not timm.is_model(architecture):
-        raise InvalidConfigError(f"unknown timm architecture {architecture!r}; {close_matches(architecture)}")
+        matches = similar_architectures(architecture)
+        if matches:
+            raise InvalidConfigError(
+                "unknown timm architecture {name!r}; did you mean {matches}?",
+                name=architecture,
+                matches=", ".join(matches),
+            )
+        raise InvalidConfigError(
+            "unknown timm architecture {name!r}; see the names with "
+            "`python -c \"import timm; print(timm.list_models('resnet*'))\"`.",
+            name=architecture,
+        )
     kwargs: dict[str, Any] = {"pretrained": False}
     if num_classes is not None:
         kwargs["num_classes"] = num_classes
@@ -230,8 +246,10 @@ def featurize(architecture: str, num_classes: int | None = None, in_chans: int |
         features = {**structure_features(model), **forward_features(model, shape)}
     except (RuntimeError, NotImplementedError, ValueError, AssertionError, TypeError) as exc:
         raise InvalidConfigError(
-            f"architecture {architecture!r} cannot be featurised without weights: {type(exc).__name__}: "
-            f"{str(exc).splitlines()[0][:200]}"
+            "architecture {name!r} cannot be featurised without weights: {error}: {reason}",
+            name=architecture,
+            error=type(exc).__name__,
+            reason=str(exc).splitlines()[0][:200],
         ) from None
     return {
         "architecture": architecture,

@@ -30,7 +30,7 @@ from bench_engine.pruning import LayerPolicy, PruneConfig, find_prunable_layers,
 from bench_engine.pruning.config import check_sparsity, format_pattern, parse_pattern
 from bench_engine.pruning.prune import measure_sparsity
 from bench_engine.runner import failure_text, model_row, open_for_write
-from bench_engine.runtimes import RuntimeUnavailableError, get_runtime
+from bench_engine.runtimes import RuntimeUnavailableError, check_runtime_names
 from bench_engine.runtime_names import MEASURABLE_CHANGE
 from bench_engine.timing import RuntimeTimer, TimedModel, as_columns, usable_runtimes, warn_if_noisy
 
@@ -52,15 +52,13 @@ class LatencyPlan:
         """Return the magnitude configurations to time, validated; raises InvalidConfigError."""
         if not self.runtimes:
             raise InvalidConfigError("no runtime given; pass for example --runtime torch-eager,torch-sparse-csr.")
-        for name in self.runtimes:
-            try:
-                get_runtime(name)
-            except RuntimeUnavailableError as exc:
-                raise InvalidConfigError(str(exc)) from None
+        check_runtime_names(self.runtimes)
         if not self.batch_sizes or min(self.batch_sizes) < 1:
-            raise InvalidConfigError(f"batch sizes must be at least 1, got {list(self.batch_sizes)}; for example --batch 1,16.")
+            raise InvalidConfigError(
+                "batch sizes must be at least 1, got {sizes}; for example --batch 1,16.", sizes=list(self.batch_sizes)
+            )
         if self.repeats < 5:
-            raise InvalidConfigError(f"repeats must be at least 5, got {self.repeats}.")
+            raise InvalidConfigError("repeats must be at least 5, got {repeats}.", repeats=self.repeats)
         configs = []
         for text in self.sparsities:
             if ":" in text:
@@ -86,8 +84,9 @@ def run_latency(
     configs = plan.configs()
     usable, unavailable = usable_runtimes(plan.runtimes)
     if not usable:
+        # NOTE: each reason is the runtime's English `unavailable_reason()`, not translated.
         reasons = "; ".join(f"{name}: {reason}" for name, reason in unavailable.items())
-        raise RuntimeUnavailableError(f"none of the requested runtimes can run here ({reasons}).")
+        raise RuntimeUnavailableError("none of the requested runtimes can run here ({reasons}).", reasons=reasons)
     preprocess = bundle.preprocess
     shape = (preprocess.in_chans, preprocess.input_size, preprocess.input_size)
     example = torch.randn(2, *shape)

@@ -96,8 +96,11 @@ def load_efficientnet_lite0() -> ModelBundle:
     source_items = list(source_state.items())
     if len(source_items) != len(target_keys):
         raise WeightsError(
-            f"{path} has {len(source_items)} tensors but timm's efficientnet_lite0 expects "
-            f"{len(target_keys)}; the package version may have changed."
+            "{path} has {found} tensors but timm's efficientnet_lite0 expects "
+            "{expected}; the package version may have changed.",
+            path=path,
+            found=len(source_items),
+            expected=len(target_keys),
         )
     remapped = {}
     for target_key, (source_key, tensor) in zip(target_keys, source_items):
@@ -125,16 +128,19 @@ def named_models() -> list[str]:
     return ["efficientnet_lite0", *MNIST_BASELINES]
 
 
-def _suggest(name: str, choices: list[str]) -> str:
-    close = difflib.get_close_matches(name, choices, n=3, cutoff=0.75)
-    return f" Did you mean {', '.join(close)}?" if close else ""
+def _similar(name: str, choices: list[str]) -> str:
+    """Return up to three of `choices` that resemble `name`, comma-separated ('' for none)."""
+    return ", ".join(difflib.get_close_matches(name, choices, n=3, cutoff=0.75))
 
 
 def random_init_model(name: str, num_classes: int | None = None, in_chans: int | None = None,
                       input_size: int | None = None) -> ModelBundle:
     """Build a timm architecture with random weights, for timing only: its accuracy means nothing."""
     if not timm.is_model(name):
-        raise UnknownModelError(f"unknown timm architecture {name!r}.{_suggest(name, timm.list_models())}")
+        matches = _similar(name, timm.list_models())
+        if matches:
+            raise UnknownModelError("unknown timm architecture {name!r}. Did you mean {matches}?", name=name, matches=matches)
+        raise UnknownModelError("unknown timm architecture {name!r}.", name=name)
     kwargs: dict[str, Any] = {}
     if num_classes is not None:
         kwargs["num_classes"] = num_classes
@@ -169,16 +175,29 @@ def load_model(
 
             return load_baseline(name)
     if not timm.is_model(name):
-        choices = named_models() + timm.list_models()
+        named = ", ".join(named_models())
+        matches = _similar(name, named_models() + timm.list_models())
+        if matches:
+            raise UnknownModelError(
+                "unknown model {name!r}: it is neither a named model ({named}) "
+                "nor a timm architecture. Did you mean {matches}? List architectures with "
+                "`python -c \"import timm; print(timm.list_models())\"`.",
+                name=name,
+                named=named,
+                matches=matches,
+            )
         raise UnknownModelError(
-            f"unknown model {name!r}: it is neither a named model ({', '.join(named_models())}) "
-            f"nor a timm architecture.{_suggest(name, choices)} List architectures with "
-            "`python -c \"import timm; print(timm.list_models())\"`."
+            "unknown model {name!r}: it is neither a named model ({named}) "
+            "nor a timm architecture. List architectures with "
+            "`python -c \"import timm; print(timm.list_models())\"`.",
+            name=name,
+            named=named,
         )
     if weights is None:
         raise WeightsError(
-            f"model {name!r} needs weights: pass --weights with a local .safetensors or PyTorch "
-            "state dict file (model hubs are not contacted)."
+            "model {name!r} needs weights: pass --weights with a local .safetensors or PyTorch "
+            "state dict file (model hubs are not contacted).",
+            name=name,
         )
     path = Path(weights)
     state = read_state_dict(path)

@@ -33,7 +33,7 @@ from bench_engine.pruning.reconstruction import ReconstructionSettings, reconstr
 from bench_engine.pruning.recipe import resolve_recipe
 from bench_engine.pruning.prune import measure_sparsity
 from bench_engine.pruning.sensitivity import cached_sensitivity
-from bench_engine.runtimes import RuntimeUnavailableError
+from bench_engine.runtimes import check_runtime_names
 from bench_engine.storage import weight_bytes_json
 from bench_engine.timing import RuntimeTimer, TimedModel, as_columns, usable_runtimes, warn_if_noisy
 from db import DatabaseLockedError, Store
@@ -75,15 +75,17 @@ class BenchPlan:
     def configs(self) -> list[PruneConfig]:
         """Expand the grid into validated configurations; raises InvalidConfigError early."""
         if not self.criteria:
-            raise InvalidConfigError("no criteria given; choose from " + ", ".join(CRITERIA) + ".")
+            raise InvalidConfigError("no criteria given; choose from {choices}.", choices=", ".join(CRITERIA))
         if self.calibration_size < 1:
-            raise InvalidConfigError(f"calibration size must be at least 1, got {self.calibration_size}.")
+            raise InvalidConfigError("calibration size must be at least 1, got {size}.", size=self.calibration_size)
         if not self.activation_memory_gib >= 0:
             raise InvalidConfigError(
-                f"activation memory must be at least 0 GiB, got {self.activation_memory_gib}; for example 4."
+                "activation memory must be at least 0 GiB, got {value}; for example 4.", value=self.activation_memory_gib
             )
         if self.latency_batch_size < 1:
-            raise InvalidConfigError(f"latency batch size must be at least 1, got {self.latency_batch_size}.")
+            raise InvalidConfigError(
+                "latency batch size must be at least 1, got {size}.", size=self.latency_batch_size
+            )
         self._check_runtimes()
         extra = [resolve_recipe(recipe, sparsity, self.policy) for recipe, sparsity in self.extra_recipes]
         if self.recipes:
@@ -91,8 +93,10 @@ class BenchPlan:
         if self.allocation != "uniform" and all(p is not None for p in self.patterns):
             patterns = ", ".join(format_pattern(p) for p in self.patterns)
             raise InvalidConfigError(
-                f"allocation {self.allocation!r} cannot be combined with pattern {patterns}; an N:M pattern fixes "
-                "every layer's sparsity, so use allocation 'uniform' or add --pattern unstructured."
+                "allocation {allocation!r} cannot be combined with pattern {patterns}; an N:M pattern fixes "
+                "every layer's sparsity, so use allocation 'uniform' or add --pattern unstructured.",
+                allocation=self.allocation,
+                patterns=patterns,
             )
         configs = []
         for pattern in self.patterns:
@@ -123,15 +127,15 @@ class BenchPlan:
             return
         if not self.runtime_batch_sizes or min(self.runtime_batch_sizes) < 1:
             raise InvalidConfigError(
-                f"batch sizes must be at least 1, got {list(self.runtime_batch_sizes)}; for example --batch 1,16."
+                "batch sizes must be at least 1, got {sizes}; for example --batch 1,16.",
+                sizes=list(self.runtime_batch_sizes),
             )
-        try:
-            usable, unavailable = usable_runtimes(self.runtimes)
-        except RuntimeUnavailableError as exc:
-            raise InvalidConfigError(str(exc)) from None
+        check_runtime_names(self.runtimes)
+        usable, unavailable = usable_runtimes(self.runtimes)
         if not usable:
+            # NOTE: each reason is the runtime's English `unavailable_reason()`, not translated.
             reasons = "; ".join(f"{name}: {reason}" for name, reason in unavailable.items())
-            raise InvalidConfigError(f"none of the requested runtimes can run here ({reasons}).")
+            raise InvalidConfigError("none of the requested runtimes can run here ({reasons}).", reasons=reasons)
 
     def _recipe_configs(self) -> list[PruneConfig]:
         configs = []
@@ -141,7 +145,9 @@ class BenchPlan:
                 configs.append(first)
                 continue
             if not self.sparsities:
-                raise InvalidConfigError(f"recipe {recipe!r} needs a sparsity; pass for example --sparsity 0.5.")
+                raise InvalidConfigError(
+                    "recipe {recipe!r} needs a sparsity; pass for example --sparsity 0.5.", recipe=recipe
+                )
             configs.extend(resolve_recipe(recipe, sparsity, self.policy) for sparsity in self.sparsities)
         return configs
 
@@ -176,10 +182,14 @@ def check_compatible(bundle: ModelBundle, data: DataSplits) -> None:
     """Reject labelled data whose classes cannot be compared with the model's outputs."""
     if data.labelled and data.num_classes != bundle.num_classes:
         raise DataError(
-            f"model {bundle.model_key} has {bundle.num_classes} outputs but dataset {data.name!r} has "
-            f"{data.num_classes} classes, so top-1 would compare unrelated class indices. Use a "
+            "model {model} has {outputs} outputs but dataset {dataset!r} has "
+            "{classes} classes, so top-1 would compare unrelated class indices. Use a "
             "dataset with the model's classes, or pass --unlabelled to score fidelity to the dense "
-            "model instead."
+            "model instead.",
+            model=bundle.model_key,
+            outputs=bundle.num_classes,
+            dataset=data.name,
+            classes=data.num_classes,
         )
 
 
@@ -207,8 +217,10 @@ def bench_model(
     layers, excluded = find_prunable_layers(dense, plan.policy, calibration[:1])
     if not layers:
         raise InvalidConfigError(
-            f"model {bundle.model_key} has no layers to prune under policy {plan.policy.to_dict()}; "
-            "allow more layers (for example --prune-first-layer or --prune-classifier)."
+            "model {model} has no layers to prune under policy {policy}; "
+            "allow more layers (for example --prune-first-layer or --prune-classifier).",
+            model=bundle.model_key,
+            policy=plan.policy.to_dict(),
         )
     need_hessian = any(c.criterion == "sparsegpt" for c in configs)
     need_stats = any(
@@ -466,7 +478,7 @@ def run_jobs(
         job.plan.configs()  # validate every plan before any work starts
     if num_threads is not None:
         if num_threads < 1:
-            raise InvalidConfigError(f"thread count must be at least 1, got {num_threads}.")
+            raise InvalidConfigError("thread count must be at least 1, got {count}.", count=num_threads)
         torch.set_num_threads(num_threads)
     profile = environment_profile()
     env_key = environment_key(profile)

@@ -13,13 +13,13 @@ import importlib.util
 import io
 import logging
 import warnings
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 
 import torch
 from torch import nn
 
-from bench_engine.errors import BenchError
+from bench_engine.errors import BenchError, InvalidConfigError
 from bench_engine.latency import SPREAD_WARNING
 from bench_engine.runtime_names import MEASURABLE_CHANGE
 
@@ -63,7 +63,8 @@ class Runtime:
     def require(self) -> None:
         reason = self.unavailable_reason()
         if reason:
-            raise RuntimeUnavailableError(f"runtime {self.name} is unavailable: {reason}")
+            # NOTE: `reason` is English; the runtimes do not return it as a translatable template.
+            raise RuntimeUnavailableError("runtime {name} is unavailable: {reason}", name=self.name, reason=reason)
 
 
 class TorchEager(Runtime):
@@ -283,7 +284,18 @@ def get_runtime(name: str) -> Runtime:
     try:
         return RUNTIMES[name]
     except KeyError:
-        raise RuntimeUnavailableError(f"unknown runtime {name!r}; choose from {', '.join(RUNTIMES)}.") from None
+        raise RuntimeUnavailableError(
+            "unknown runtime {name!r}; choose from {choices}.", name=name, choices=", ".join(RUNTIMES)
+        ) from None
+
+
+def check_runtime_names(names: Sequence[str]) -> None:
+    """Raise InvalidConfigError for the first name that is not a runtime, with `get_runtime`'s message."""
+    for name in names:
+        if name not in RUNTIMES:
+            raise InvalidConfigError(
+                "unknown runtime {name!r}; choose from {choices}.", name=name, choices=", ".join(RUNTIMES)
+            )
 
 
 @torch.inference_mode()
@@ -297,13 +309,20 @@ def check_outputs(reference: nn.Module, prepared: PreparedModel, example: torch.
     actual = prepared.run(example).float()
     if actual.shape != expected.shape:
         raise OutputMismatchError(
-            f"runtime {prepared.runtime} returned shape {tuple(actual.shape)}, expected {tuple(expected.shape)}"
+            "runtime {runtime} returned shape {shape}, expected {expected}",
+            runtime=prepared.runtime,
+            shape=tuple(actual.shape),
+            expected=tuple(expected.shape),
         )
     difference = float((actual - expected).abs().max())
     if not torch.allclose(actual, expected, rtol=rtol, atol=atol):
         raise OutputMismatchError(
-            f"runtime {prepared.runtime} outputs differ from PyTorch's by up to {difference:.3g} "
-            f"(tolerance rtol={rtol:g}, atol={atol:g}); its timings are not recorded."
+            "runtime {runtime} outputs differ from PyTorch's by up to {difference:.3g} "
+            "(tolerance rtol={rtol:g}, atol={atol:g}); its timings are not recorded.",
+            runtime=prepared.runtime,
+            difference=difference,
+            rtol=rtol,
+            atol=atol,
         )
     return difference
 

@@ -35,42 +35,55 @@ def read_state_dict(path: str | Path) -> dict[str, torch.Tensor]:
     """
     file = Path(path)
     if not file.exists():
-        raise WeightsError(f"weights file not found: {file}. Check the path passed to --weights.")
+        raise WeightsError("weights file not found: {path}. Check the path passed to --weights.", path=file)
     if not file.is_file():
-        raise WeightsError(f"weights path is not a file: {file}.")
+        raise WeightsError("weights path is not a file: {path}.", path=file)
     if file.stat().st_size == 0:
-        raise WeightsError(f"weights file is empty: {file}.")
+        raise WeightsError("weights file is empty: {path}.", path=file)
 
     if file.suffix == ".safetensors":
         try:
             loaded: object = load_safetensors(str(file), device="cpu")
         except (SafetensorError, OSError, ValueError) as exc:
-            raise WeightsError(f"cannot read safetensors file {file}: {exc}. The file may be truncated.") from exc
+            raise WeightsError(
+                "cannot read safetensors file {path}: {reason}. The file may be truncated.", path=file, reason=str(exc)
+            ) from exc
     else:
         try:
             loaded = torch.load(file, map_location="cpu", weights_only=True)
         except pickle.UnpicklingError as exc:
+            rejected = _unsupported_global(exc)
+            if rejected:
+                raise WeightsError(
+                    "rejected {path}: it is a pickle that needs more than tensors to load "
+                    "(it references {name}), and loading it could run arbitrary code. Re-save "
+                    "only the weights, with `torch.save(model.state_dict(), path)` or as .safetensors.",
+                    path=file,
+                    name=rejected,
+                ) from exc
             raise WeightsError(
-                f"rejected {file}: it is a pickle that needs more than tensors to load "
-                f"({_unsupported_global(exc)}), and loading it could run arbitrary code. Re-save "
-                "only the weights, with `torch.save(model.state_dict(), path)` or as .safetensors."
+                "rejected {path}: it is a pickle that needs more than tensors to load "
+                "(it references a class other than tensors and plain containers), and loading it could "
+                "run arbitrary code. Re-save only the weights, with `torch.save(model.state_dict(), path)` "
+                "or as .safetensors.",
+                path=file,
             ) from exc
         except (RuntimeError, EOFError, OSError, ValueError) as exc:
             detail = str(exc).strip().rstrip(".")
             raise WeightsError(
-                f"cannot read weights file {file}: {detail}. It is not a PyTorch state dict or "
-                "safetensors file, or it is truncated."
+                "cannot read weights file {path}: {reason}. It is not a PyTorch state dict or "
+                "safetensors file, or it is truncated.",
+                path=file,
+                reason=detail,
             ) from exc
 
     return _unwrap(loaded, file)
 
 
-def _unsupported_global(exc: Exception) -> str:
-    """Return the class torch's weights-only unpickler rejected, from its error message."""
+def _unsupported_global(exc: Exception) -> str | None:
+    """Return the class torch's weights-only unpickler rejected, from its error message, or None."""
     match = re.search(r"GLOBAL ([\w.]+)", str(exc))
-    if match:
-        return f"it references {match.group(1)}"
-    return "it references a class other than tensors and plain containers"
+    return match.group(1) if match else None
 
 
 def _unwrap(loaded: object, file: Path) -> dict[str, torch.Tensor]:
@@ -81,10 +94,12 @@ def _unwrap(loaded: object, file: Path) -> dict[str, torch.Tensor]:
                 loaded = inner
                 break
     if not isinstance(loaded, Mapping) or not loaded:
-        raise WeightsError(f"weights file {file} contains no state dict (found {type(loaded).__name__}).")
+        raise WeightsError(
+            "weights file {path} contains no state dict (found {found}).", path=file, found=type(loaded).__name__
+        )
     tensors = {k: v for k, v in loaded.items() if isinstance(v, torch.Tensor)}
     if not tensors:
-        raise WeightsError(f"weights file {file} contains no tensors.")
+        raise WeightsError("weights file {path} contains no tensors.", path=file)
     # Checkpoints saved from DataParallel or torch.compile prefix every key.
     for prefix in ("module.", "_orig_mod."):
         if all(k.startswith(prefix) for k in tensors):
@@ -103,15 +118,68 @@ def load_into(model: nn.Module, state_dict: Mapping[str, torch.Tensor], source: 
         if k in state_dict and state_dict[k].shape != expected[k].shape
     ]
     if missing or unexpected or mismatched:
-        parts = []
-        if missing:
-            parts.append(f"{len(missing)} missing (e.g. {', '.join(missing[:3])})")
-        if unexpected:
-            parts.append(f"{len(unexpected)} unexpected (e.g. {', '.join(unexpected[:3])})")
-        if mismatched:
-            parts.append(f"{len(mismatched)} with other shapes (e.g. {'; '.join(mismatched[:2])})")
-        raise WeightsError(
-            f"weights {source} do not fit the architecture: {'; '.join(parts)}. Check that the "
-            "architecture name and --num-classes/--in-chans match the file."
-        )
+        raise _misfit_error(source, missing, unexpected, mismatched)
     model.load_state_dict(state_dict, strict=True)
+
+
+def _misfit_error(source: str, missing: list[str], unexpected: list[str], mismatched: list[str]) -> WeightsError:
+    """Build the error for a state dict that does not fit, naming a few keys of each kind.
+
+    Each combination of problems has its own whole-sentence template, so a translation can order
+    the parts freely. A template ignores the fields it does not name.
+    """
+    fields = {
+        "source": source,
+        "missing": len(missing),
+        "missing_keys": ", ".join(missing[:3]),
+        "unexpected": len(unexpected),
+        "unexpected_keys": ", ".join(unexpected[:3]),
+        "mismatched": len(mismatched),
+        "mismatched_keys": "; ".join(mismatched[:2]),
+    }
+    if missing and unexpected and mismatched:
+        return WeightsError(
+            "weights {source} do not fit the architecture: {missing} missing (e.g. {missing_keys}); "
+            "{unexpected} unexpected (e.g. {unexpected_keys}); {mismatched} with other shapes "
+            "(e.g. {mismatched_keys}). Check that the architecture name and --num-classes/--in-chans "
+            "match the file.",
+            **fields,
+        )
+    if missing and unexpected:
+        return WeightsError(
+            "weights {source} do not fit the architecture: {missing} missing (e.g. {missing_keys}); "
+            "{unexpected} unexpected (e.g. {unexpected_keys}). Check that the architecture name and "
+            "--num-classes/--in-chans match the file.",
+            **fields,
+        )
+    if missing and mismatched:
+        return WeightsError(
+            "weights {source} do not fit the architecture: {missing} missing (e.g. {missing_keys}); "
+            "{mismatched} with other shapes (e.g. {mismatched_keys}). Check that the architecture name "
+            "and --num-classes/--in-chans match the file.",
+            **fields,
+        )
+    if unexpected and mismatched:
+        return WeightsError(
+            "weights {source} do not fit the architecture: {unexpected} unexpected (e.g. {unexpected_keys}); "
+            "{mismatched} with other shapes (e.g. {mismatched_keys}). Check that the architecture name "
+            "and --num-classes/--in-chans match the file.",
+            **fields,
+        )
+    if missing:
+        return WeightsError(
+            "weights {source} do not fit the architecture: {missing} missing (e.g. {missing_keys}). "
+            "Check that the architecture name and --num-classes/--in-chans match the file.",
+            **fields,
+        )
+    if unexpected:
+        return WeightsError(
+            "weights {source} do not fit the architecture: {unexpected} unexpected (e.g. {unexpected_keys}). "
+            "Check that the architecture name and --num-classes/--in-chans match the file.",
+            **fields,
+        )
+    return WeightsError(
+        "weights {source} do not fit the architecture: {mismatched} with other shapes (e.g. {mismatched_keys}). "
+        "Check that the architecture name and --num-classes/--in-chans match the file.",
+        **fields,
+    )

@@ -67,11 +67,12 @@ class Store:
         db_path = Path(path) if path is not None else default_db_path()
         if read_only and not db_path.exists():
             raise DatabaseNotFoundError(
-                f"database not found: {db_path}. Run `ptsa demo` or `ptsa bench` to create it, "
-                "or pass --db with the path of an existing database."
+                "database not found: {path}. Run `ptsa demo` or `ptsa bench` to create it, "
+                "or pass --db with the path of an existing database.",
+                path=db_path,
             )
         if db_path.exists() and db_path.is_dir():
-            raise DatabaseError(f"database path is a directory: {db_path}. Pass --db with a file path.")
+            raise DatabaseError("database path is a directory: {path}. Pass --db with a file path.", path=db_path)
         if not read_only:
             db_path.parent.mkdir(parents=True, exist_ok=True)
         created = not db_path.exists()
@@ -81,17 +82,23 @@ class Store:
             message = str(exc)
             if "lock" in message.lower():
                 raise DatabaseLockedError(
-                    f"database is locked by another process: {db_path}. Wait for that process "
-                    f"(a running bench or TUI) to finish, or pass --db with another file. ({message})"
+                    "database is locked by another process: {path}. Wait for that process "
+                    "(a running bench or TUI) to finish, or pass --db with another file. ({reason})",
+                    path=db_path,
+                    reason=message,
                 ) from exc
             raise DatabaseError(
-                f"cannot open database {db_path}: {message}. The file may be damaged or not a "
-                "DuckDB database; move it away or pass --db with another path."
+                "cannot open database {path}: {reason}. The file may be damaged or not a "
+                "DuckDB database; move it away or pass --db with another path.",
+                path=db_path,
+                reason=message,
             ) from exc
         except duckdb.Error as exc:
             raise DatabaseError(
-                f"cannot open database {db_path}: {exc}. Move the file away or pass --db with "
-                "another path."
+                "cannot open database {path}: {reason}. Move the file away or pass --db with "
+                "another path.",
+                path=db_path,
+                reason=str(exc),
             ) from exc
 
         store = cls(db_path, con, read_only)
@@ -129,25 +136,32 @@ class Store:
         current = self.schema_version()
         if current > SCHEMA_VERSION:
             raise SchemaTooNewError(
-                f"database {self.path} has schema version {current}, but this PTS Advisor "
-                f"reads up to version {SCHEMA_VERSION}. Upgrade pts-advisor, or pass --db with "
-                "another file."
+                "database {path} has schema version {current}, but this PTS Advisor "
+                "reads up to version {supported}. Upgrade pts-advisor, or pass --db with "
+                "another file.",
+                path=self.path,
+                current=current,
+                supported=SCHEMA_VERSION,
             )
         if current == SCHEMA_VERSION:
             return
         if self.read_only:
             raise DatabaseError(
-                f"database {self.path} has schema version {current} and needs migration to "
-                f"{SCHEMA_VERSION}; open it once for writing (for example `ptsa bench`) first."
+                "database {path} has schema version {current} and needs migration to "
+                "{supported}; open it once for writing (for example `ptsa bench`) first.",
+                path=self.path,
+                current=current,
+                supported=SCHEMA_VERSION,
             )
         if current == 0:
             others = [row[0] for row in self._con.execute(
                 "SELECT table_name FROM information_schema.tables ORDER BY table_name").fetchall()]
             if others:
                 raise DatabaseError(
-                    f"{self.path} is a DuckDB database but not a PTS Advisor one: it has the tables "
-                    f"{', '.join(others[:5])}{' …' if len(others) > 5 else ''} and no schema version. Pass --db with "
-                    "another file."
+                    "{path} is a DuckDB database but not a PTS Advisor one: it has the tables "
+                    "{tables} and no schema version. Pass --db with another file.",
+                    path=self.path,
+                    tables=", ".join(others[:5]) + (" …" if len(others) > 5 else ""),
                 )
             self._con.execute(
                 "CREATE TABLE IF NOT EXISTS schema_version "
@@ -229,7 +243,7 @@ class Store:
         names = list(dict.fromkeys(name for row in rows for name in row)) + ["updated_at"]
         unknown = set(names) - set(columns)
         if unknown:
-            raise InvalidRowsError(f"unknown models columns: {sorted(unknown)}")
+            raise InvalidRowsError("unknown models columns: {columns}", columns=sorted(unknown))
         batch = {n: np.array([row.get(n) for row in rows], dtype=object) for n in names[:-1]}
         batch["updated_at"] = np.array([now] * len(rows), dtype=object)
         updates = ", ".join(f"{n} = excluded.{n}" for n in names if n != "model_key")
@@ -272,7 +286,9 @@ class Store:
         """
         bad = sorted({p for p in columns.get("provenance", []) if p not in PROVENANCES})
         if bad:
-            raise InvalidRowsError(f"invalid provenance {bad}; use one of {list(PROVENANCES)}")
+            raise InvalidRowsError(
+                "invalid provenance {values}; use one of {choices}", values=bad, choices=list(PROVENANCES)
+            )
         return self._insert_columns("results", columns)
 
     def insert_latency(self, columns: Mapping[str, Sequence[Any]]) -> int:
@@ -291,7 +307,7 @@ class Store:
         names = list(rows[0])
         unknown = sorted(set(names) - set(self.columns("architectures")))
         if unknown:
-            raise InvalidRowsError(f"unknown architectures columns: {unknown}")
+            raise InvalidRowsError("unknown architectures columns: {columns}", columns=unknown)
         placeholders = ", ".join("?" for _ in names)
         with self.transaction():
             self._con.executemany(
@@ -319,10 +335,12 @@ class Store:
         known = self.columns(table)
         unknown = sorted(set(columns) - set(known))
         if unknown:
-            raise InvalidRowsError(f"unknown {table} columns: {unknown}; known columns: {known}")
+            raise InvalidRowsError(
+                "unknown {table} columns: {columns}; known columns: {known}", table=table, columns=unknown, known=known
+            )
         lengths = {name: len(values) for name, values in columns.items()}
         if len(set(lengths.values())) > 1:
-            raise InvalidRowsError(f"{table} columns have unequal lengths: {lengths}")
+            raise InvalidRowsError("{table} columns have unequal lengths: {lengths}", table=table, lengths=lengths)
         n_rows = next(iter(lengths.values()), 0)
         if n_rows == 0:
             return 0
@@ -339,14 +357,14 @@ class Store:
                     f"INSERT INTO {table} ({', '.join(names)}) SELECT {', '.join(names)} FROM {view}"
                 )
         except duckdb.ConstraintException as exc:
-            raise InvalidRowsError(f"{table} rows rejected by the schema: {exc}") from exc
+            raise InvalidRowsError("{table} rows rejected by the schema: {reason}", table=table, reason=str(exc)) from exc
         finally:
             self._con.unregister(view)
         return n_rows
 
     def _require_writable(self) -> None:
         if self.read_only:
-            raise DatabaseError(f"database {self.path} was opened read-only; open it for writing.")
+            raise DatabaseError("database {path} was opened read-only; open it for writing.", path=self.path)
 
     # -- reading ---------------------------------------------------------------------------
 

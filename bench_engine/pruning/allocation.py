@@ -74,8 +74,10 @@ def _global_by_score(
     caps = {layer.name: int(math.floor(max_layer_sparsity * layer.numel)) for layer in layers}
     if total > sum(caps.values()):
         raise InvalidConfigError(
-            f"sparsity {sparsity:g} cannot be reached with every layer capped at "
-            f"{max_layer_sparsity:g}; raise the cap or lower the sparsity."
+            "sparsity {sparsity:g} cannot be reached with every layer capped at "
+            "{cap:g}; raise the cap or lower the sparsity.",
+            sparsity=sparsity,
+            cap=max_layer_sparsity,
         )
     fixed: dict[str, int] = {}
     remaining = list(range(len(layers)))

@@ -30,12 +30,13 @@ def parse_pattern(text: str) -> tuple[int, int] | None:
     match = _PATTERN_RE.match(value)
     if not match:
         raise InvalidConfigError(
-            f"invalid pattern {text!r}: use 'unstructured' or N:M such as '2:4' "
-            "(keep N of every M input weights)."
+            "invalid pattern {text!r}: use 'unstructured' or N:M such as '2:4' "
+            "(keep N of every M input weights).",
+            text=text,
         )
     n, m = int(match.group(1)), int(match.group(2))
     if not 0 < n < m:
-        raise InvalidConfigError(f"invalid pattern {text!r}: N:M needs 0 < N < M, for example '2:4'.")
+        raise InvalidConfigError("invalid pattern {text!r}: N:M needs 0 < N < M, for example '2:4'.", text=text)
     return n, m
 
 
@@ -49,13 +50,21 @@ def check_sparsity(value: float) -> float:
         sparsity = float(value)
     except (TypeError, ValueError):
         raise InvalidConfigError(
-            f"invalid sparsity {value!r}: give a fraction between 0 and 1, for example 0.5."
+            "invalid sparsity {value!r}: give a fraction between 0 and 1, for example 0.5.", value=value
         ) from None
-    if sparsity != sparsity or not 0.0 < sparsity < 1.0:
-        hint = f" If {value} is a percentage, use {sparsity / 100:g}." if 1.0 < sparsity < 100.0 else ""
+    if 1.0 < sparsity < 100.0:
         raise InvalidConfigError(
-            f"sparsity {value!r} is out of range: it is the fraction of weights set to zero and "
-            f"must be greater than 0 and less than 1, for example 0.5.{hint}"
+            "sparsity {value!r} is out of range: it is the fraction of weights set to zero and "
+            "must be greater than 0 and less than 1, for example 0.5. If {value} is a percentage, "
+            "use {fraction:g}.",
+            value=value,
+            fraction=sparsity / 100,
+        )
+    if sparsity != sparsity or not 0.0 < sparsity < 1.0:
+        raise InvalidConfigError(
+            "sparsity {value!r} is out of range: it is the fraction of weights set to zero and "
+            "must be greater than 0 and less than 1, for example 0.5.",
+            value=value,
         )
     return sparsity
 
@@ -103,11 +112,15 @@ class PruneConfig:
     def __post_init__(self) -> None:
         if self.criterion not in CRITERIA:
             raise InvalidConfigError(
-                f"unknown criterion {self.criterion!r}; choose one of {', '.join(CRITERIA)}."
+                "unknown criterion {name!r}; choose one of {choices}.",
+                name=self.criterion,
+                choices=", ".join(CRITERIA),
             )
         if self.allocation not in ALLOCATIONS:
             raise InvalidConfigError(
-                f"unknown allocation {self.allocation!r}; choose one of {', '.join(ALLOCATIONS)}."
+                "unknown allocation {name!r}; choose one of {choices}.",
+                name=self.allocation,
+                choices=", ".join(ALLOCATIONS),
             )
         object.__setattr__(self, "sparsity", check_sparsity(self.sparsity))
         if self.pattern is not None:
@@ -115,58 +128,84 @@ class PruneConfig:
             pattern_sparsity = 1.0 - n / m
             if abs(self.sparsity - pattern_sparsity) > 1e-9:
                 raise InvalidConfigError(
-                    f"sparsity {self.sparsity:g} does not match pattern {n}:{m}, which fixes "
-                    f"each pruned layer at {pattern_sparsity:g}; request {pattern_sparsity:g}."
+                    "sparsity {sparsity:g} does not match pattern {n}:{m}, which fixes "
+                    "each pruned layer at {pattern_sparsity:g}; request {pattern_sparsity:g}.",
+                    sparsity=self.sparsity,
+                    n=n,
+                    m=m,
+                    pattern_sparsity=pattern_sparsity,
                 )
             if self.allocation != "uniform":
                 raise InvalidConfigError(
-                    f"allocation {self.allocation!r} cannot be combined with pattern {n}:{m}; "
-                    "an N:M pattern fixes every layer's sparsity, so use allocation 'uniform'."
+                    "allocation {allocation!r} cannot be combined with pattern {n}:{m}; "
+                    "an N:M pattern fixes every layer's sparsity, so use allocation 'uniform'.",
+                    allocation=self.allocation,
+                    n=n,
+                    m=m,
                 )
         if not self.erk_power > 0:
-            raise InvalidConfigError(f"erk_power must be positive, got {self.erk_power}; 0.5 or 1.0 are usual.")
+            raise InvalidConfigError("erk_power must be positive, got {value}; 0.5 or 1.0 are usual.", value=self.erk_power)
         if not 0.0 < self.max_layer_sparsity <= 1.0:
             raise InvalidConfigError(
-                f"max_layer_sparsity must be in (0, 1], got {self.max_layer_sparsity}; for example 0.9."
+                "max_layer_sparsity must be in (0, 1], got {value}; for example 0.9.", value=self.max_layer_sparsity
             )
         if not 0.0 <= self.owl_band < 0.5:
-            raise InvalidConfigError(f"owl_band must be in [0, 0.5), got {self.owl_band}; 0.08 is usual.")
+            raise InvalidConfigError("owl_band must be in [0, 0.5), got {value}; 0.08 is usual.", value=self.owl_band)
         if not self.owl_threshold > 1.0:
-            raise InvalidConfigError(f"owl_threshold must be greater than 1, got {self.owl_threshold}; 5 is usual.")
+            raise InvalidConfigError(
+                "owl_threshold must be greater than 1, got {value}; 5 is usual.", value=self.owl_threshold
+            )
         unknown = [c for c in self.corrections if c not in CORRECTIONS]
         if unknown:
             raise InvalidConfigError(
-                f"unknown correction {unknown[0]!r}; choose from {', '.join(CORRECTIONS)}."
+                "unknown correction {name!r}; choose from {choices}.", name=unknown[0], choices=", ".join(CORRECTIONS)
             )
         if self.reconstruction not in RECONSTRUCTIONS:
             raise InvalidConfigError(
-                f"unknown reconstruction {self.reconstruction!r}; choose one of {', '.join(RECONSTRUCTIONS)}."
+                "unknown reconstruction {name!r}; choose one of {choices}.",
+                name=self.reconstruction,
+                choices=", ".join(RECONSTRUCTIONS),
             )
         if self.recon_input not in ("dense", "sparse"):
-            raise InvalidConfigError(f"reconstruction input {self.recon_input!r} is invalid; use dense or sparse.")
+            raise InvalidConfigError(
+                "reconstruction input {value!r} is invalid; use dense or sparse.", value=self.recon_input
+            )
         if self.recon_steps < 1:
-            raise InvalidConfigError(f"reconstruction steps must be at least 1, got {self.recon_steps}.")
+            raise InvalidConfigError("reconstruction steps must be at least 1, got {value}.", value=self.recon_steps)
         if not 0.0 < self.recon_lr < 1.0:
-            raise InvalidConfigError(f"reconstruction learning rate must be in (0, 1), got {self.recon_lr}; 1e-4 is usual.")
+            raise InvalidConfigError(
+                "reconstruction learning rate must be in (0, 1), got {value}; 1e-4 is usual.", value=self.recon_lr
+            )
         if self.recon_batch < 1:
-            raise InvalidConfigError(f"reconstruction batch must be at least 1 image, got {self.recon_batch}; 32 is usual.")
+            raise InvalidConfigError(
+                "reconstruction batch must be at least 1 image, got {value}; 32 is usual.", value=self.recon_batch
+            )
         if not 0.0 <= self.recon_early_stop < 1.0:
             raise InvalidConfigError(
-                f"reconstruction early_stop must be in [0, 1), got {self.recon_early_stop}; 1e-3 is usual, 0 turns it off."
+                "reconstruction early_stop must be in [0, 1), got {value}; 1e-3 is usual, 0 turns it off.",
+                value=self.recon_early_stop,
             )
         if self.learned_steps < 1:
-            raise InvalidConfigError(f"learned allocation steps must be at least 1, got {self.learned_steps}; 100 is usual.")
+            raise InvalidConfigError(
+                "learned allocation steps must be at least 1, got {value}; 100 is usual.", value=self.learned_steps
+            )
         if not 0.0 < self.learned_lr < 10.0:
-            raise InvalidConfigError(f"learned allocation lr must be in (0, 10), got {self.learned_lr}; 0.05 is usual.")
+            raise InvalidConfigError(
+                "learned allocation lr must be in (0, 10), got {value}; 0.05 is usual.", value=self.learned_lr
+            )
         if not self.learned_penalty > 0:
-            raise InvalidConfigError(f"learned allocation penalty must be positive, got {self.learned_penalty}; 10 is usual.")
+            raise InvalidConfigError(
+                "learned allocation penalty must be positive, got {value}; 10 is usual.", value=self.learned_penalty
+            )
         ordered = tuple(c for c in CORRECTIONS if c in self.corrections)
         object.__setattr__(self, "corrections", ordered)
         if self.sparsegpt_blocksize < 1:
-            raise InvalidConfigError(f"sparsegpt_blocksize must be at least 1, got {self.sparsegpt_blocksize}.")
+            raise InvalidConfigError(
+                "sparsegpt_blocksize must be at least 1, got {value}.", value=self.sparsegpt_blocksize
+            )
         if not 0.0 < self.sparsegpt_damping < 1.0:
             raise InvalidConfigError(
-                f"sparsegpt_damping must be in (0, 1), got {self.sparsegpt_damping}; 0.01 is usual."
+                "sparsegpt_damping must be in (0, 1), got {value}; 0.01 is usual.", value=self.sparsegpt_damping
             )
 
     @property

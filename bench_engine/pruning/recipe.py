@@ -70,8 +70,13 @@ def _parse_value(term: str, key: str, raw: str, field: str) -> float | int | str
     try:
         return int(raw) if field in _INTEGER_FIELDS else float(raw)
     except ValueError:
-        kind = "an integer" if field in _INTEGER_FIELDS else "a number"
-        raise InvalidConfigError(f"recipe term {term!r}: {key}={raw!r} is not {kind}.") from None
+        if field in _INTEGER_FIELDS:
+            raise InvalidConfigError(
+                "recipe term {term!r}: {key}={value!r} is not an integer.", term=term, key=key, value=raw
+            ) from None
+        raise InvalidConfigError(
+            "recipe term {term!r}: {key}={value!r} is not a number.", term=term, key=key, value=raw
+        ) from None
 
 
 def parse_recipe_line(text: str) -> dict[str, Any]:
@@ -83,7 +88,9 @@ def parse_recipe_line(text: str) -> dict[str, Any]:
     for term in _split_terms(text):
         match = _TERM.match(term)
         if not match:
-            raise InvalidConfigError(f"recipe term {term.strip()!r} is invalid; write NAME or NAME(key=value, ...).")
+            raise InvalidConfigError(
+                "recipe term {term!r} is invalid; write NAME or NAME(key=value, ...).", term=term.strip()
+            )
         name, arguments = match.group(1).lower(), match.group(2)
         if name in CRITERIA:
             slot = "criterion"
@@ -98,11 +105,15 @@ def parse_recipe_line(text: str) -> dict[str, Any]:
             slot = "reconstruction"
         else:
             known = ", ".join((*CRITERIA, *ALLOCATIONS, *CORRECTIONS, *_RECONSTRUCTION_TERMS, "unstructured", "N:M"))
-            raise InvalidConfigError(f"unknown recipe term {name!r}; known terms: {known}.")
+            raise InvalidConfigError("unknown recipe term {name!r}; known terms: {known}.", name=name, known=known)
         if slot is not None:
             if slot in fields:
                 raise InvalidConfigError(
-                    f"recipe {text!r} names more than one {slot} ({terms[slot]!r} and {name!r}); keep one of them."
+                    "recipe {recipe!r} names more than one {slot} ({first!r} and {second!r}); keep one of them.",
+                    recipe=text,
+                    slot=slot,
+                    first=terms[slot],
+                    second=name,
                 )
             fields[slot] = _RECONSTRUCTION_TERMS[name] if slot == "reconstruction" else name
             terms[slot] = name
@@ -113,14 +124,24 @@ def parse_recipe_line(text: str) -> dict[str, Any]:
                 key, sep, raw = pair.partition("=")
                 key = key.strip()
                 if not sep or key not in allowed:
-                    options = ", ".join(allowed) or "none"
-                    raise InvalidConfigError(f"recipe term {name!r} has no parameter {key!r}; its parameters: {options}.")
+                    if not allowed:
+                        raise InvalidConfigError(
+                            "recipe term {name!r} has no parameter {key!r}; its parameters: none.", name=name, key=key
+                        )
+                    raise InvalidConfigError(
+                        "recipe term {name!r} has no parameter {key!r}; its parameters: {options}.",
+                        name=name,
+                        key=key,
+                        options=", ".join(allowed),
+                    )
                 if key in seen_keys:
-                    raise InvalidConfigError(f"recipe term {name!r} sets {key} twice; give it once.")
+                    raise InvalidConfigError("recipe term {name!r} sets {key} twice; give it once.", name=name, key=key)
                 seen_keys.add(key)
                 fields[allowed[key]] = _parse_value(name, key, raw.strip(), allowed[key])
     if "criterion" not in fields:
-        raise InvalidConfigError(f"recipe {text!r} names no criterion; add one of {', '.join(CRITERIA)}.")
+        raise InvalidConfigError(
+            "recipe {recipe!r} names no criterion; add one of {choices}.", recipe=text, choices=", ".join(CRITERIA)
+        )
     return fields
 
 
@@ -129,24 +150,33 @@ def parse_recipe_file(path: Path) -> dict[str, Any]:
     try:
         document = tomllib.loads(path.read_text(encoding="utf-8"))
     except (OSError, UnicodeDecodeError) as exc:
-        raise InvalidConfigError(f"cannot read recipe file {path}: {exc}.") from exc
+        raise InvalidConfigError("cannot read recipe file {path}: {reason}.", path=path, reason=str(exc)) from exc
     except tomllib.TOMLDecodeError as exc:
-        raise InvalidConfigError(f"recipe file {path} is not valid TOML: {exc}.") from exc
+        raise InvalidConfigError("recipe file {path} is not valid TOML: {reason}.", path=path, reason=str(exc)) from exc
     table = document.get("recipe")
     if not isinstance(table, dict):
-        raise InvalidConfigError(f"recipe file {path} has no [recipe] table.")
+        raise InvalidConfigError("recipe file {path} has no [recipe] table.", path=path)
     unknown = sorted(set(table) - _TOML_KEYS)
     if unknown:
-        raise InvalidConfigError(f"recipe file {path}: unknown key {unknown[0]!r}; known keys: {', '.join(sorted(_TOML_KEYS))}.")
+        raise InvalidConfigError(
+            "recipe file {path}: unknown key {key!r}; known keys: {known}.",
+            path=path,
+            key=unknown[0],
+            known=", ".join(sorted(_TOML_KEYS)),
+        )
     fields = dict(table)
     if not isinstance(fields.get("corrections", []), list):
         raise InvalidConfigError(
-            f"recipe file {path}: corrections must be a list of names, got {fields['corrections']!r}; "
-            'write for example corrections = ["bias_correction"].'
+            "recipe file {path}: corrections must be a list of names, got {value!r}; "
+            'write for example corrections = ["bias_correction"].',
+            path=path,
+            value=fields["corrections"],
         )
     fields["corrections"] = list(fields.get("corrections", []))
     if "criterion" not in fields:
-        raise InvalidConfigError(f"recipe file {path} names no criterion; add criterion = \"wanda\" for example.")
+        raise InvalidConfigError(
+            "recipe file {path} names no criterion; add criterion = \"wanda\" for example.", path=path
+        )
     _check_toml_types(path, fields)
     _check_toml_parameters_used(path, fields)
     return fields
@@ -156,15 +186,26 @@ def _check_toml_types(path: Path, fields: dict[str, Any]) -> None:
     for key, value in fields.items():
         if key == "corrections":
             if not all(isinstance(item, str) for item in value):
-                raise InvalidConfigError(f"recipe file {path}: corrections must be a list of names, got {value!r}.")
+                raise InvalidConfigError(
+                    "recipe file {path}: corrections must be a list of names, got {value!r}.", path=path, value=value
+                )
         elif key in _INTEGER_FIELDS:
             if isinstance(value, bool) or not isinstance(value, int):
-                raise InvalidConfigError(f"recipe file {path}: {key} = {value!r} is not an integer.")
+                raise InvalidConfigError(
+                    "recipe file {path}: {key} = {value!r} is not an integer.", path=path, key=key, value=value
+                )
         elif key in _STRING_FIELDS or key in ("criterion", "allocation", "pattern", "reconstruction"):
             if not isinstance(value, str):
-                raise InvalidConfigError(f"recipe file {path}: {key} = {value!r} is not a string; write it in quotes.")
+                raise InvalidConfigError(
+                    "recipe file {path}: {key} = {value!r} is not a string; write it in quotes.",
+                    path=path,
+                    key=key,
+                    value=value,
+                )
         elif isinstance(value, bool) or not isinstance(value, (int, float)):
-            raise InvalidConfigError(f"recipe file {path}: {key} = {value!r} is not a number.")
+            raise InvalidConfigError(
+                "recipe file {path}: {key} = {value!r} is not a number.", path=path, key=key, value=value
+            )
 
 
 # TOML parameter keys and the setting they belong to: (key of that setting, values that use them).
@@ -194,8 +235,13 @@ def _check_toml_parameters_used(path: Path, fields: dict[str, Any]) -> None:
             selected = fields.get(owner, _DEFAULTS.get(owner))
             if selected not in users:
                 raise InvalidConfigError(
-                    f"recipe file {path}: {key} is set but {owner} is {selected!r}, so it would be ignored; "
-                    f"set {owner} = \"{users[0]}\" or remove {key}."
+                    "recipe file {path}: {key} is set but {owner} is {selected!r}, so it would be ignored; "
+                    "set {owner} = \"{value}\" or remove {key}.",
+                    path=path,
+                    key=key,
+                    owner=owner,
+                    selected=selected,
+                    value=users[0],
                 )
 
 
@@ -210,9 +256,9 @@ def resolve_recipe(recipe: str, sparsity: float | None, policy: LayerPolicy) -> 
     if pattern is not None:
         sparsity = 1.0 - pattern[0] / pattern[1]
     if sparsity is None:
-        raise InvalidConfigError(f"recipe {recipe!r} needs a sparsity; pass --sparsity.")
+        raise InvalidConfigError("recipe {recipe!r} needs a sparsity; pass --sparsity.", recipe=recipe)
     corrections = tuple(fields.pop("corrections"))
     try:
         return PruneConfig(sparsity=sparsity, pattern=pattern, policy=policy, corrections=corrections, **fields)
     except TypeError as exc:
-        raise InvalidConfigError(f"recipe {recipe!r} is invalid: {exc}.") from exc
+        raise InvalidConfigError("recipe {recipe!r} is invalid: {reason}.", recipe=recipe, reason=str(exc)) from exc
