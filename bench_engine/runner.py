@@ -8,7 +8,7 @@ import logging
 import time
 import uuid
 from collections.abc import Callable, Sequence
-from dataclasses import dataclass, field
+from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -21,7 +21,9 @@ from bench_engine.environment import environment_key, environment_profile
 from bench_engine.errors import DataError, InvalidConfigError
 from bench_engine.latency import SPREAD_WARNING, measure_latency
 from bench_engine.metrics import predict, score
+from bench_engine.executors import Executor, LocalExecutor, TaskOutcome
 from bench_engine.features import weight_statistics
+from bench_engine.jobs import ModelSource, WorkerTask, plan_to_json
 from bench_engine.models import ModelBundle, architecture_features
 from bench_engine.paths import data_dir
 from bench_engine.pruning import LayerPolicy, PruneConfig, collect_stats, find_prunable_layers, prune_model
@@ -34,9 +36,11 @@ from bench_engine.pruning.recipe import resolve_recipe
 from bench_engine.pruning.prune import measure_sparsity
 from bench_engine.pruning.sensitivity import cached_sensitivity
 from bench_engine.runtimes import check_runtime_names
+from bench_engine.shards import ingest_shards
 from bench_engine.storage import weight_bytes_json
-from bench_engine.timing import RuntimeTimer, TimedModel, as_columns, usable_runtimes, warn_if_noisy
+from bench_engine.timing import RuntimeTimer, TimedModel, usable_runtimes, warn_if_noisy
 from db import DatabaseLockedError, Store
+
 
 log = logging.getLogger(__name__)
 
@@ -193,6 +197,10 @@ def check_compatible(bundle: ModelBundle, data: DataSplits) -> None:
         )
 
 
+# on_result(config or None for the dense row, the row or None, its latency rows, the error or None)
+ResultCallback = Callable[[PruneConfig | None, dict[str, Any] | None, list[dict[str, Any]], Exception | None], None]
+
+
 def bench_model(
     bundle: ModelBundle,
     data: DataSplits,
@@ -200,11 +208,19 @@ def bench_model(
     run_id: str,
     env_key: str,
     progress: tqdm | None = None,
+    skip: Callable[[PruneConfig | None], bool] | None = None,
+    on_result: ResultCallback | None = None,
 ) -> tuple[dict[str, list[Any]], list[dict[str, Any]]]:
     """Prune and measure one model with every configuration of the plan.
 
     Returns the result rows column-wise (dense row first), ready for `Store.insert_results`,
     and the latency rows of the plan's runtimes (empty without runtimes), each naming its result.
+
+    For resumable runs (`bench_engine.jobs`): `skip(config)` (None for the dense row) leaves out a
+    configuration whose job is already stored; the dense model is still evaluated, since every
+    row's drop is measured against it. `on_result(config, row, latency_rows, error)` is called
+    as each row is finished, or with the error of a configuration that failed, which then does
+    not stop the others.
     """
     check_compatible(bundle, data)
     configs = plan.configs()
@@ -283,8 +299,8 @@ def bench_model(
     target_names = [layer.name for layer in layers]
     dense_sparsity = measure_sparsity(dense, target_names)
     dense_timed = TimedModel(dense, "dense", 0.0, "dense", 0.0, result_id=uuid.uuid4().hex)
-    if timer is not None:
-        latency_rows += timer.time(dense_timed, [])
+    dense_latency = timer.time(dense_timed, []) if timer is not None else []
+    latency_rows += dense_latency
     rows.append(
         {
             **base,
@@ -305,8 +321,13 @@ def bench_model(
         }
     )
 
+    if on_result is not None and not (skip is not None and skip(None)):
+        on_result(None, rows[-1], dense_latency, None)
+
     learned_counts: dict[tuple[float, LearnedSettings], dict[str, int]] = {}
-    for config in configs:
+
+    def bench_config(config: PruneConfig) -> tuple[dict[str, Any], list[dict[str, Any]]]:
+        """Prune a copy of the dense model with one configuration and measure it."""
         if progress is not None:
             progress.set_postfix_str(f"{bundle.model_key} · {config.criterion} · {config.pattern_name} · {config.sparsity:.0%}")
         sparse = copy.deepcopy(dense)
@@ -337,10 +358,11 @@ def bench_model(
         counted = measure_sparsity(sparse, target_names)
         logits, _ = predict(sparse, data.evaluation_batches())
         result_id = uuid.uuid4().hex
+        timed_rows: list[dict[str, Any]] = []
         if timer is not None:
             timed = TimedModel(sparse, config.criterion, config.sparsity, config.pattern_name, counted.targeted, result_id)
-            latency_rows += timer.time(dense_timed, [timed], baseline_rows=False)
-        rows.append(
+            timed_rows = timer.time(dense_timed, [timed], baseline_rows=False)
+        row = (
             {
                 **base,
                 **score(logits, labels, dense_logits, data.labelled),
@@ -359,9 +381,32 @@ def bench_model(
                 "prune_seconds": technique_seconds,
             }
         )
+        del sparse
+        return row, timed_rows
+
+
+    for config in configs:
+        if skip is not None and skip(config):
+            if progress is not None:
+                progress.update(1)
+            continue
+        if on_result is None:
+            row, timed_rows = bench_config(config)
+        else:
+            try:
+                row, timed_rows = bench_config(config)
+            except Exception as exc:  # one configuration failing must not stop the others
+                log.error("%s: %s failed: %s", bundle.model_key, config.to_dict().get("recipe"), failure_text(exc))
+                on_result(config, None, [], exc)
+                if progress is not None:
+                    progress.update(1)
+                continue
+        rows.append(row)
+        latency_rows += timed_rows
+        if on_result is not None:
+            on_result(config, row, timed_rows, None)
         if progress is not None:
             progress.update(1)
-        del sparse
 
     noisy = [row for row in rows if row["latency_spread"] > SPREAD_WARNING]
     if noisy:
@@ -422,10 +467,10 @@ def open_for_write(db_path: str | Path, wait_seconds: float = LOCK_WAIT_SECONDS)
 
 @dataclass
 class BenchJob:
-    """One model on one dataset, loaded lazily so a suite can report progress while loading."""
+    """One model on one dataset with its plan; a worker process loads and benches it."""
 
     label: str
-    load: Callable[[], tuple[ModelBundle, DataSplits]]
+    source: ModelSource
     plan: BenchPlan
 
 
@@ -456,6 +501,24 @@ class ProgressFile:
         self.bar.close()
 
 
+def shard_folder(db_path: str | Path) -> Path:
+    """The folder where workers leave result shards for the database at `db_path`."""
+    path = Path(db_path)
+    return path.with_name(path.name + ".shards")
+
+
+@dataclass
+class RunSummary:
+    """What a run did, job by job; `failed` holds (label, error) of the jobs that failed."""
+
+    run_id: str
+    finished: int = 0
+    skipped: int = 0
+    failed: list[tuple[str, str]] = field(default_factory=list)
+    quarantined: list[tuple[str, str]] = field(default_factory=list)
+    results: int = 0
+
+
 def run_jobs(
     db_path: str | Path,
     jobs: Sequence[BenchJob],
@@ -463,52 +526,79 @@ def run_jobs(
     num_threads: int | None = None,
     show_progress: bool = True,
     progress_file: str | Path | None = None,
-) -> str:
-    """Run bench jobs as one run: each model's rows are inserted in one transaction.
+    force: bool = False,
+    retry_failed: bool = False,
+    executor: Executor | None = None,
+) -> RunSummary:
+    """Run bench jobs as one run, each model in a worker process, resuming where earlier runs stopped.
+
+    Jobs already stored as finished are skipped unless `force`; jobs stored as failed are skipped
+    unless `retry_failed` (or `force`). Workers write result shards; this process ingests them,
+    each with its job record in one transaction, so a kill at any moment loses at most the jobs
+    in flight. Shards left by a killed run are ingested first. A worker that dies has its
+    unfinished jobs recorded as failed, and the run goes on with the next model.
 
     With `progress_file`, one JSON line per step goes to that file (`run_id`, `done`, `total`,
     `detail`), for a program that watches the run, such as the TUI's Runs tab.
 
-    The database is opened only to record the run and to insert each model's rows, because
-    DuckDB lets no other process read the file while one has it open for writing.
-    The run is recorded as 'finished', or 'failed' with the error. Rows of models that completed
-    before a failure stay, each complete.
+    The database is opened only for short transactions, because DuckDB lets no other process
+    read the file while one has it open for writing. The run is recorded as 'finished', or
+    'failed' with the errors of its failed jobs or the interruption.
     """
     for job in jobs:
         job.plan.configs()  # validate every plan before any work starts
-    if num_threads is not None:
-        if num_threads < 1:
-            raise InvalidConfigError("thread count must be at least 1, got {count}.", count=num_threads)
-        torch.set_num_threads(num_threads)
+    if num_threads is not None and num_threads < 1:
+        raise InvalidConfigError("thread count must be at least 1, got {count}.", count=num_threads)
+    executor = executor or LocalExecutor()
     profile = environment_profile()
     env_key = environment_key(profile)
     run_id = uuid.uuid4().hex[:12]
+    spool = shard_folder(db_path)
+    summary = RunSummary(run_id)
     # Nothing is measured yet, so a locked database fails at once instead of waiting.
     with open_for_write(db_path, wait_seconds=0) as store:
+        recovered = ingest_shards(store, spool)  # what a killed run left behind
+        if recovered.finished or recovered.failed:
+            log.warning("stored %d jobs that an interrupted run had finished", len(recovered.finished))
+        summary.quarantined += recovered.quarantined
         store.upsert_environment(env_key, profile)
         store.start_run(
             run_id,
             command,
-            {"jobs": [{"label": j.label, "plan": j.plan.to_dict()} for j in jobs]},
+            {"jobs": [{"label": j.label, "source": asdict(j.source), "plan": j.plan.to_dict()} for j in jobs],
+             "force": force, "retry_failed": retry_failed, "executor": executor.name},
             env_key,
             __version__,
         )
+        statuses = ("'finished'",) if (retry_failed and not force) else ("'finished'", "'failed'")
+        skip_keys = [] if force else [r["job_key"] for r in store.query(
+            f"SELECT job_key FROM jobs WHERE status IN ({', '.join(statuses)})")]
     total = sum(len(job.plan.configs()) for job in jobs)
-    bar = tqdm(total=total, desc="bench", unit="config", disable=not show_progress, dynamic_ncols=True)
+    bar = tqdm(total=total, desc="bench", unit="job", disable=not show_progress, dynamic_ncols=True)
     if progress_file is not None:
         bar = ProgressFile(bar, Path(progress_file), run_id, total)
+
+    def ingest() -> None:
+        with open_for_write(db_path) as store:
+            report = ingest_shards(store, spool)
+        summary.finished += len(report.finished)
+        summary.results += report.results
+        summary.quarantined += report.quarantined
+        for name, reason in report.quarantined:
+            log.warning("shard %s quarantined: %s", name, reason)
+
+    tasks = [WorkerTask(source=job.source, plan=plan_to_json(job.plan), run_id=run_id, env_key=env_key,
+                        shard_folder=str(spool), skip_keys=skip_keys, threads=num_threads) for job in jobs]
     try:
-        for job in jobs:
-            bar.set_postfix_str(f"{job.label} · loading")
-            bundle, data = job.load()
-            columns, latency_rows = bench_model(bundle, data, job.plan, run_id, env_key, progress=bar)
-            with open_for_write(db_path) as store, store.transaction():
-                store.upsert_model(model_row(bundle))
-                store.insert_results(columns)
-                store.insert_latency(as_columns(latency_rows))
-            log.info("stored %d results for %s", len(columns["result_id"]), bundle.model_key)
+        for outcome in executor.run(tasks, bar, ingest):
+            summary.skipped += outcome.skipped
+            if outcome.crashed_before_manifest:  # it could not load the model or the data
+                summary.failed.append((outcome.label, outcome.error or ""))
+            elif outcome.returncode != 0:
+                _record_lost_jobs(db_path, run_id, outcome)
     except BaseException as exc:
         try:
+            ingest()
             with open_for_write(db_path) as store:
                 store.finish_run(run_id, "failed", failure_text(exc))
         except DatabaseLockedError:
@@ -517,5 +607,28 @@ def run_jobs(
     finally:
         bar.close()
     with open_for_write(db_path) as store:
-        store.finish_run(run_id, "finished")
-    return run_id
+        summary.failed += [(r["label"], r["error"]) for r in store.query(
+            "SELECT label, error FROM jobs WHERE run_id = ? AND status = 'failed' ORDER BY updated_at", [run_id])
+            if (r["label"], r["error"]) not in summary.failed]
+        if summary.failed:
+            store.finish_run(run_id, "failed", f"{len(summary.failed)} jobs failed; first: {summary.failed[0][1]}")
+        else:
+            store.finish_run(run_id, "finished")
+    return summary
+
+
+def _record_lost_jobs(db_path: str | Path, run_id: str, outcome: TaskOutcome) -> None:
+    """Store the jobs a dead worker attempted but did not finish as failed, with how it ended."""
+    import datetime as dt
+
+    now = dt.datetime.now(dt.timezone.utc).replace(tzinfo=None)
+    with open_for_write(db_path) as store, store.transaction():
+        for key, job in outcome.jobs.items():
+            previous = store.query("SELECT run_id, status, attempts FROM jobs WHERE job_key = ?", [key])
+            if previous and (previous[0]["run_id"] == run_id or previous[0]["status"] == "finished"):
+                continue  # its shard was ingested
+            store.upsert_job({
+                "job_key": key, "run_id": run_id, "model_key": outcome.model_key, "label": job["label"],
+                "spec_json": json.dumps(job["spec"], sort_keys=True), "status": "failed", "error": outcome.error,
+                "attempts": (previous[0]["attempts"] if previous else 0) + 1, "result_count": 0, "updated_at": now,
+            })

@@ -9,11 +9,11 @@ from pathlib import Path
 from tqdm import tqdm
 
 from assets import read_json
-from bench_engine.baselines import MNIST_BASELINES, MNIST_PREPROCESS, ensure_baseline, is_cached, load_baseline
-from bench_engine.data import DataSplits, load_mnist, load_photos
-from bench_engine.models import load_efficientnet_lite0
+from bench_engine.baselines import MNIST_BASELINES, MNIST_PREPROCESS, ensure_baseline, is_cached
+from bench_engine.data import DataSplits, load_mnist
 from bench_engine.pruning import parse_pattern
-from bench_engine.runner import BenchJob, BenchPlan, run_jobs
+from bench_engine.jobs import ModelSource
+from bench_engine.runner import BenchJob, BenchPlan, RunSummary, run_jobs
 
 log = logging.getLogger(__name__)
 
@@ -43,20 +43,13 @@ def quickstart_jobs(include_lite0: bool = True, models: list[str] | None = None)
     settings = read_json("quickstart.json")
     plan = _plan(settings, settings["mnist"]["calibration_size"], with_techniques=True)
     names = models or list(MNIST_BASELINES)
-    jobs = [
-        BenchJob(label=name, load=functools.partial(lambda n: (load_baseline(n, _mnist()), _mnist()), name), plan=plan)
-        for name in names
-    ]
+    jobs = [BenchJob(label=name, source=ModelSource(name, "mnist"), plan=plan) for name in names]
     if include_lite0:
         # NOTE: the technique recipes are left out for EfficientNet-Lite0: at 224×224 its
         # reconstruction and learned allocation take minutes each on a 2-core CPU.
         lite_plan = _plan(settings, settings["efficientnet_lite0"]["calibration_size"], with_techniques=False)
-
-        def load_lite0():
-            bundle = load_efficientnet_lite0()
-            return bundle, load_photos(bundle.preprocess)
-
-        jobs.append(BenchJob(label="efficientnet_lite0", load=load_lite0, plan=lite_plan))
+        jobs.append(BenchJob(label="efficientnet_lite0", source=ModelSource("efficientnet_lite0", "photos"),
+                             plan=lite_plan))
     return jobs
 
 
@@ -83,7 +76,10 @@ def run_quickstart(
     models: list[str] | None = None,
     include_lite0: bool = True,
     command: str = "ptsa demo",
-) -> str:
-    """Train missing baselines, then bench the suite as one run; returns the run id."""
+    force: bool = False,
+    retry_failed: bool = False,
+) -> RunSummary:
+    """Train missing baselines, then bench the suite as one run, skipping the jobs already stored."""
     train_missing_baselines(models, show_progress)
-    return run_jobs(db_path, quickstart_jobs(include_lite0, models), command, num_threads, show_progress)
+    return run_jobs(db_path, quickstart_jobs(include_lite0, models), command, num_threads, show_progress,
+                    force=force, retry_failed=retry_failed)

@@ -209,4 +209,27 @@ MIGRATION_5 = [
         "p90_ms", "p99_ms", "spread", "warmup", "repeats", "num_threads", "max_abs_diff", "weight_bytes_json")),
 ]
 
-MIGRATIONS: list[list[str]] = [MIGRATION_1, MIGRATION_2, MIGRATION_3, MIGRATION_4, MIGRATION_5]
+# Version 6: jobs, for runs that survive crashes and resume. A job is one configuration of one
+# model on one dataset, runtime set and hardware profile; its key is a content hash of all of
+# these (`bench_engine.jobs`). `jobs` records each job's last outcome, so a bench skips finished
+# jobs and `--retry-failed` finds the failed ones; `results.job_key` ties each row to its job.
+MIGRATION_6 = [
+    """
+    CREATE TABLE jobs (
+        job_key VARCHAR PRIMARY KEY,
+        run_id VARCHAR NOT NULL,          -- the run that last attempted it
+        model_key VARCHAR NOT NULL,
+        label VARCHAR,                    -- model, recipe and sparsity, for people
+        spec_json VARCHAR NOT NULL,       -- everything the key was computed from
+        status VARCHAR NOT NULL,          -- 'finished' or 'failed'
+        error VARCHAR,                    -- why it failed: the exception, or how the worker died
+        attempts INTEGER NOT NULL,
+        result_count INTEGER NOT NULL,
+        updated_at TIMESTAMP NOT NULL
+    )
+    """,
+    "ALTER TABLE results ADD COLUMN job_key VARCHAR",
+    "ALTER TABLE latency ADD COLUMN job_key VARCHAR",
+]
+
+MIGRATIONS: list[list[str]] = [MIGRATION_1, MIGRATION_2, MIGRATION_3, MIGRATION_4, MIGRATION_5, MIGRATION_6]

@@ -27,6 +27,7 @@ from db.migrations import MIGRATIONS
 log = logging.getLogger(__name__)
 
 SCHEMA_VERSION = len(MIGRATIONS)
+JOB_STATUSES = ("finished", "failed")
 PROVENANCES = ("measured", "published", "predicted")
 APP_NAME = "pts-advisor"
 
@@ -294,6 +295,18 @@ class Store:
     def insert_latency(self, columns: Mapping[str, Sequence[Any]]) -> int:
         """Insert latency rows given column-wise, like `insert_results`."""
         return self._insert_columns("latency", columns)
+
+    def upsert_job(self, row: Mapping[str, Any]) -> None:
+        """Record a job's latest outcome (a `jobs` row), replacing an earlier attempt's."""
+        self._require_writable()
+        if row.get("status") not in JOB_STATUSES:
+            raise InvalidRowsError("invalid job status {value!r}; use one of {choices}", value=row.get("status"),
+                                   choices=list(JOB_STATUSES))
+        names = list(row)
+        self._con.execute(
+            f"INSERT OR REPLACE INTO jobs ({', '.join(names)}) VALUES ({', '.join('?' for _ in names)})",
+            [row[n] for n in names],
+        )
 
     def insert_fit(self, row: Mapping[str, Any]) -> None:
         """Record one fitted regressor (a `regressor_fits` row)."""
