@@ -211,14 +211,13 @@ def bench(obj: dict[str, Any], model: str, weights: Path | None, data_spec: str,
     plan.configs()  # validate before loading anything heavy
     _report_unavailable(plan.runtimes)
     if not recipes and allocation != "uniform" and any(p is not None for p in plan.patterns):
-        click.echo(f"warning: allocation {allocation!r} applies to the unstructured rows only; N:M pattern rows "
-                   "use uniform, because the pattern fixes every layer's sparsity.", err=True)
+        click.echo(_("warning: allocation {allocation!r} applies to the unstructured rows only; N:M pattern rows "
+                     "use uniform, because the pattern fixes every layer's sparsity.").format(allocation=allocation),
+                   err=True)
     if model.startswith("mnist/") and weights is None:
-        from bench_engine.baselines import MNIST_BASELINES
         from bench_engine.suite import train_missing_baselines
 
-        if model not in MNIST_BASELINES:
-            _fail(f"unknown MNIST baseline {model!r}; choose one of {', '.join(MNIST_BASELINES)}.")
+        _check_mnist_baseline(model)
         train_missing_baselines([model], show_progress=not no_progress)
     bundle = load_model(model, weights, num_classes=num_classes, in_chans=in_chans, input_size=input_size)
     data = load_dataset(data_spec, bundle.preprocess, seed, labelled=False if unlabelled else None)
@@ -234,7 +233,17 @@ def bench(obj: dict[str, Any], model: str, weights: Path | None, data_spec: str,
         timings = store.query("SELECT * FROM latency WHERE run_id = ? ORDER BY runtime, batch_size, created_at", [run_id])
     if timings:
         _print_latency(timings)
-    click.echo(f"run {run_id}: stored {rows[0]['n']} results for {bundle.model_key} in {obj['db']}")
+    click.echo(_("run {run_id}: stored {n} results for {model} in {db}").format(
+        run_id=run_id, n=rows[0]["n"], model=bundle.model_key, db=obj["db"]))
+
+
+def _check_mnist_baseline(model: str) -> None:
+    """Exit 2 unless `model` is one of the MNIST baselines `ptsa` trains itself."""
+    from bench_engine.baselines import MNIST_BASELINES
+
+    if model not in MNIST_BASELINES:
+        _fail(_("unknown MNIST baseline {model!r}; choose one of {choices}.").format(
+            model=model, choices=", ".join(MNIST_BASELINES)))
 
 
 def _print_latency(rows: list[dict[str, Any]]) -> None:
@@ -242,8 +251,10 @@ def _print_latency(rows: list[dict[str, Any]]) -> None:
 
     click.echo(formatting.latency_table(rows))
     for key, sparsity in break_even(rows).items():
-        timed = "none of the timed sparsities" if sparsity is None else f"{sparsity:.0%}"
-        click.echo(f"break-even with a sparse kernel, {key}: {timed}")
+        if sparsity is None:
+            click.echo(_("break-even with a sparse kernel, {key}: none of the timed sparsities").format(key=key))
+        else:
+            click.echo(_("break-even with a sparse kernel, {key}: {sparsity:.0%}").format(key=key, sparsity=sparsity))
 
 
 # -- latency -----------------------------------------------------------------------------------
@@ -259,7 +270,8 @@ def _batch_sizes(value: str) -> list[int]:
     try:
         return [int(b) for b in _comma_list(value)]
     except ValueError:
-        raise InvalidConfigError(f"invalid --batch {value!r}: give comma-separated integers such as 1,16.") from None
+        raise InvalidConfigError("invalid --batch {value!r}: give comma-separated integers such as 1,16.",
+                                 value=value) from None
 
 
 def _report_unavailable(names: list[str]) -> None:
@@ -269,7 +281,12 @@ def _report_unavailable(names: list[str]) -> None:
     from bench_engine.timing import usable_runtimes
 
     for name, reason in usable_runtimes(names)[1].items():
-        click.echo(f"runtime {name} skipped: {reason}", err=True)
+        _echo_skipped_runtime(name, reason)
+
+
+def _echo_skipped_runtime(name: str, reason: str) -> None:
+    # NOTE: `reason` comes from bench_engine in English.
+    click.echo(_("runtime {name} skipped: {reason}").format(name=name, reason=reason), err=True)
 
 
 @main.command()
@@ -322,24 +339,22 @@ def latency(obj: dict[str, Any], model: str, weights: Path | None, runtimes: str
         bundle = random_init_model(model, num_classes=num_classes, in_chans=in_chans, input_size=input_size)
     else:
         if model.startswith("mnist/") and weights is None:
-            from bench_engine.baselines import MNIST_BASELINES
             from bench_engine.suite import train_missing_baselines
 
-            if model not in MNIST_BASELINES:
-                _fail(f"unknown MNIST baseline {model!r}; choose one of {', '.join(MNIST_BASELINES)}.")
-
+            _check_mnist_baseline(model)
             train_missing_baselines([model], show_progress=True)  # progress goes to stderr
         bundle = load_model(model, weights, num_classes=num_classes, in_chans=in_chans, input_size=input_size)
     run_id, rows, unavailable = run_latency(obj["db"], bundle, plan, _command_line())
     ensure_published(obj["db"])
     for name, reason in unavailable.items():
-        click.echo(f"runtime {name} skipped: {reason}", err=True)
+        _echo_skipped_runtime(name, reason)
     even = break_even(rows)
     if as_json:
         _print_json({"run_id": run_id, "unavailable": unavailable, "break_even_sparsity": even, "measurements": rows})
         return
     _print_latency(rows)
-    click.echo(f"run {run_id}: stored {len(rows)} latency measurements for {bundle.model_key} in {obj['db']}")
+    click.echo(_("run {run_id}: stored {n} latency measurements for {model} in {db}").format(
+        run_id=run_id, n=len(rows), model=bundle.model_key, db=obj["db"]))
 
 
 # -- recommend ---------------------------------------------------------------------------------
@@ -418,7 +433,8 @@ def _budget(options: dict[str, Any], default_objective: str = "accuracy") -> Bud
     runtimes = tuple(dict.fromkeys(r.strip() for r in options["runtimes"].split(",") if r.strip()))
     for runtime in runtimes:
         if runtime not in RUNTIME_NAMES + PUBLISHED_RUNTIMES:
-            _fail(f"unknown runtime {runtime!r}; choose from {', '.join(RUNTIME_NAMES + PUBLISHED_RUNTIMES)}.")
+            _fail(_("unknown runtime {runtime!r}; choose from {choices}.").format(
+                runtime=runtime, choices=", ".join(RUNTIME_NAMES + PUBLISHED_RUNTIMES)))
     return Budget(
         runtimes=runtimes,
         profile=options["profile"],
@@ -446,11 +462,11 @@ def _workload(options: dict[str, Any], required: bool) -> Workload | None:
     if not given and not required:
         return None
     if options["utilisation"] is not None and 0 < options["utilisation"] <= 1:
-        _fail(f"--utilisation {options['utilisation']:g} is read as a percentage, {options['utilisation']:g} %; "
-              f"for {options['utilisation'] * 100:g} % pass --utilisation {options['utilisation'] * 100:g}.")
+        _fail(_("--utilisation {value:g} is read as a percentage, {value:g} %; for {percent:g} % pass "
+                "--utilisation {percent:g}.").format(value=options["utilisation"], percent=options["utilisation"] * 100))
     if options["peak_rps"] is None:
-        _fail("the ROI what-if needs the peak rate: add --peak-rps (requests per second at peak), for example "
-              "--peak-rps 50.")
+        _fail(_("the ROI what-if needs the peak rate: add --peak-rps (requests per second at peak), for example "
+                "--peak-rps 50."))
     return Workload(
         peak_rps=options["peak_rps"], price_per_hour=options["price_per_hour"],
         price_per_device=options["price_per_device"], requests_per_day=options["requests_per_day"],
@@ -470,13 +486,14 @@ def _recommendation(db_path: Path, budget: Budget, workload: Workload | None, li
     with Store.open(db_path, read_only=True) as store:
         datasets = [r["dataset"] for r in store.query("SELECT DISTINCT dataset FROM results ORDER BY dataset")]
         if not datasets:
-            _fail(f"database {db_path} has no results; run `ptsa demo` or `ptsa bench` first.")
+            _fail(_("database {db} has no results; run `ptsa demo` or `ptsa bench` first.").format(db=db_path))
         if budget.dataset is not None and budget.dataset not in datasets:
-            _fail(f"database {db_path} has no results for dataset {budget.dataset!r}; it has results for "
-                  f"{', '.join(datasets)}. Pass one of them to --dataset, or bench that dataset first.")
+            _fail(_("database {db} has no results for dataset {dataset!r}; it has results for {datasets}. Pass one of "
+                    "them to --dataset, or bench that dataset first.").format(
+                db=db_path, dataset=budget.dataset, datasets=", ".join(datasets)))
         if budget.dataset is None and len(datasets) > 1:
-            log.warning("results span datasets %s with different data and metrics; pass --dataset to "
-                        "compare like with like", ", ".join(datasets))
+            log.warning("%s", _("results span datasets {datasets} with different data and metrics; pass --dataset to "
+                                "compare like with like").format(datasets=", ".join(datasets)))
         result = rank_store(store, budget, workload, limit=limit, pareto_only=pareto_only)
         timed = [] if result.profile is not None else store.query(
             f"SELECT DISTINCT runtime, batch_size FROM ({TIMINGS_SQL})")
@@ -484,30 +501,52 @@ def _recommendation(db_path: Path, budget: Budget, workload: Workload | None, li
             "SELECT DISTINCT pattern FROM results WHERE criterion <> 'dense' AND ($d IS NULL OR dataset = $d) "
             "ORDER BY pattern", {"d": budget.dataset})]
     if result.total == 0:
-        allowed = ", ".join(budget.patterns or ["any"])
-        _fail(f"no candidate to judge: no result on {budget.dataset or 'any dataset'} has pattern {allowed}"
-              + ("" if budget.include_dense else " (and --sparse-only leaves the dense models out)")
-              + f". The results have patterns {', '.join(patterns) or 'none'}; pass one of them to --pattern.")
+        _fail(_no_candidate_message(budget, patterns))
     latency_used = budget.max_latency_ms is not None or budget.objective == "latency"
     if latency_used and budget.latency_stat == "p90" and all(r in PUBLISHED_RUNTIMES for r in budget.runtimes):
-        _fail(f"runtime {budget.runtime} holds published mean step times as p50 only, so a p90 limit rules out "
-              "every candidate; add --latency-stat p50.")
+        _fail(_("runtime {runtime} holds published mean step times as p50 only, so a p90 limit rules out "
+                "every candidate; add --latency-stat p50.").format(runtime=budget.runtime))
     if result.profile is None:
-        # Runtimes the product measured come before the published ones.
-        runtimes = sorted({(t["runtime"], t["batch_size"]) for t in timed}, key=lambda k: (k[0] in PUBLISHED_RUNTIMES, k))
-        measured = ", ".join(f"{name} at batch {batch}" for name, batch in runtimes[:8])
-        if len(runtimes) > 8:
-            measured += f" and {len(runtimes) - 8} more (see `ptsa profiles`)"
-        has = (f"the database has timings for {measured}. Pass one of those with --runtime and --batch-size, or "
-               if measured else "the database has no timings yet; ")
-        where = ",".join(budget.runtimes)
-        message = (f"no latency measured on runtime {where!r} at batch {budget.batch_size}; {has}time it "
-                   f"with `ptsa latency MODEL --runtime {budget.runtime} --batch {budget.batch_size}`.")
+        message = _no_latency_message(budget, timed)
         if budget.max_latency_ms is not None or budget.min_throughput is not None or \
                 budget.objective in ("latency", "cost") or workload is not None:
             _fail(message)
         log.warning("%s", message)
     return result
+
+
+def _no_candidate_message(budget: Budget, patterns: list[str]) -> str:
+    """Say that no result has an allowed pattern, and which patterns the results have."""
+    fields = {
+        "dataset": budget.dataset or _("any dataset"),
+        "allowed": ", ".join(budget.patterns or [_("any")]),
+        "patterns": ", ".join(patterns) or _("none"),
+    }
+    if budget.include_dense:
+        return _("no candidate to judge: no result on {dataset} has pattern {allowed}. The results have patterns "
+                 "{patterns}; pass one of them to --pattern.").format(**fields)
+    return _("no candidate to judge: no result on {dataset} has pattern {allowed} (and --sparse-only leaves the dense "
+             "models out). The results have patterns {patterns}; pass one of them to --pattern.").format(**fields)
+
+
+def _no_latency_message(budget: Budget, timed: list[dict[str, Any]]) -> str:
+    """Say that the budget's runtimes have no timing at its batch size, and which runtimes and batches do."""
+    from bench_engine.runtime_names import PUBLISHED_RUNTIMES
+
+    # Runtimes the product measured come before the published ones.
+    runtimes = sorted({(row["runtime"], row["batch_size"]) for row in timed},
+                      key=lambda k: (k[0] in PUBLISHED_RUNTIMES, k))
+    measured = ", ".join(_("{runtime} at batch {batch}").format(runtime=name, batch=batch)
+                         for name, batch in runtimes[:8])
+    if len(runtimes) > 8:
+        measured = _("{listed} and {n} more (see `ptsa profiles`)").format(listed=measured, n=len(runtimes) - 8)
+    fields = {"where": ",".join(budget.runtimes), "batch": budget.batch_size, "runtime": budget.runtime}
+    if measured:
+        return _("no latency measured on runtime {where!r} at batch {batch}; the database has timings for {measured}. "
+                 "Pass one of those with --runtime and --batch-size, or time it with `ptsa latency MODEL --runtime "
+                 "{runtime} --batch {batch}`.").format(measured=measured, **fields)
+    return _("no latency measured on runtime {where!r} at batch {batch}; the database has no timings yet; time it with "
+             "`ptsa latency MODEL --runtime {runtime} --batch {batch}`.").format(**fields)
 
 
 @main.command(name="recommend")
@@ -579,8 +618,9 @@ def report_command(obj: dict[str, Any], out_path: str, lang: str | None, limit: 
     try:
         report.write_atomic(out_path, text)
     except OSError as exc:
-        _fail(f"cannot write {out_path}: {exc.strerror or exc}; pick another --out path.")
-    click.echo(f"wrote {out_path}", err=True)
+        _fail(_("cannot write {path}: {reason}; pick another --out path.").format(
+            path=out_path, reason=exc.strerror or exc))
+    click.echo(_("wrote {path}").format(path=out_path), err=True)
     if not result.found:
         sys.exit(EXIT_NO_CANDIDATE)
 
@@ -628,7 +668,8 @@ def demo(obj: dict[str, Any], no_tui: bool, threads: int | None, skip_lite0: boo
     ensure_published(obj["db"])
     with Store.open(obj["db"], read_only=True) as store:
         count = store.query("SELECT count(*) AS n FROM results WHERE run_id = ?", [run_id])[0]["n"]
-    click.echo(f"run {run_id}: stored {count} measured results in {obj['db']}", err=True)
+    click.echo(_("run {run_id}: stored {n} measured results in {db}").format(run_id=run_id, n=count, db=obj["db"]),
+               err=True)
     budget = Budget(dataset="mnist", max_drop=2.0, objective="sparsity")
     if no_tui or not sys.stdout.isatty():
         from advisor.ranking import rank_store
@@ -671,9 +712,14 @@ def features(obj: dict[str, Any], architectures: tuple[str, ...], all_models: bo
         raise InvalidConfigError("give one or more timm architectures, for example `ptsa features resnet18`, or --all.")
     unknown = [name for name in names if not timm.is_model(name)]
     if unknown:
-        from bench_engine.features import close_matches
+        from bench_engine.features import similar_architectures
 
-        raise InvalidConfigError(f"unknown timm architecture {unknown[0]!r}; {close_matches(unknown[0])}")
+        matches = similar_architectures(unknown[0])
+        if matches:
+            raise InvalidConfigError("unknown timm architecture {name!r}; did you mean {matches}?",
+                                     name=unknown[0], matches=", ".join(matches))
+        raise InvalidConfigError("unknown timm architecture {name!r}; see the names with "
+                                 "`python -c \"import timm; print(timm.list_models('resnet*'))\"`.", name=unknown[0])
     bar = tqdm(total=len(names), desc="features", unit="model", disable=no_progress or len(names) < 5)
     rows, failures = featurize_many(names, progress=bar, num_classes=num_classes, input_size=input_size)
     bar.close()
@@ -682,13 +728,13 @@ def features(obj: dict[str, Any], architectures: tuple[str, ...], all_models: bo
             store.upsert_architectures(rows)
         ensure_published(obj["db"])
     for name, reason in failures.items():
-        click.echo(f"skipped {reason}", err=True)
+        click.echo(_("skipped {reason}").format(reason=reason), err=True)
     if as_json:
         _print_json([dict(row, features=json.loads(row.pop("features_json"))) for row in rows])
     elif len(rows) <= 20:
         click.echo(formatting.features_table(rows))
-    click.echo(f"stored features of {len(rows)} architectures in {obj['db']}; {len(failures)} could not be "
-               "built without weights", err=as_json)
+    click.echo(_("stored features of {n} architectures in {db}; {failed} could not be built without weights").format(
+        n=len(rows), db=obj["db"], failed=len(failures)), err=as_json)
     if not rows:
         sys.exit(EXIT_INVALID)
 
@@ -709,7 +755,7 @@ def _missing_features(store: Store, keys: set[tuple[str, int, int, int]]) -> lis
             rows.append(architecture_row(featurize(architecture, num_classes=num_classes, in_chans=in_chans,
                                                    input_size=input_size)))
         except InvalidConfigError as exc:
-            failed.append(str(exc))
+            failed.append(exc.localized(_))
     store.upsert_architectures(rows)
     return failed
 
@@ -730,13 +776,13 @@ def fit(obj: dict[str, Any], as_json: bool) -> None:
     from bench_engine.runner import open_for_write
 
     if not Path(obj["db"]).is_file():
-        _fail(f"database not found: {obj['db']}. Run `ptsa demo` or `ptsa bench` first, or pass --db with an "
-              "existing database (an empty one fits on the published evidence alone).")
+        _fail(_("database not found: {db}. Run `ptsa demo` or `ptsa bench` first, or pass --db with an "
+                "existing database (an empty one fits on the published evidence alone).").format(db=obj["db"]))
     ensure_published(obj["db"])
     with open_for_write(obj["db"], wait_seconds=0) as store:
         keys = {robustness.shape_key(r) for r in robustness.training_rows(store)}
         for reason in _missing_features(store, keys):
-            click.echo(f"skipped {reason}", err=True)
+            click.echo(_("skipped {reason}").format(reason=reason), err=True)
         row = robustness.fit(store, data_dir(), FEATURE_VERSION, __version__)
     metrics = json.loads(row["metrics_json"])
     if as_json:
@@ -775,7 +821,7 @@ def predict(obj: dict[str, Any], model: str, recipe: str, sparsities: tuple[floa
     from bench_engine.runner import open_for_write
 
     if not Path(obj["db"]).is_file():
-        _fail(f"database not found: {obj['db']}. Run `ptsa demo`, then `ptsa fit`, or pass --db.")
+        _fail(_("database not found: {db}. Run `ptsa demo`, then `ptsa fit`, or pass --db.").format(db=obj["db"]))
     with open_for_write(obj["db"], wait_seconds=0) as store:
         predictions = predict_rows(store, data_dir(), model, recipe, list(sparsities), dataset=dataset,
                                    num_classes=num_classes, input_size=input_size, dense_top1=dense_top1,
@@ -827,15 +873,17 @@ def profiles(obj: dict[str, Any], as_json: bool) -> None:
         _print_json(entries)
         return
     if not entries:
-        click.echo(f"database {obj['db']} has no profiles yet; `ptsa bench` or `ptsa latency` records one.")
+        click.echo(_("database {db} has no profiles yet; `ptsa bench` or `ptsa latency` records one.").format(
+            db=obj["db"]))
         return
     for entry in entries:
         parts = [entry["cpu_model"], entry["device"] if entry["device"] not in (None, "cpu") else None,
-                 entry["gpu"] and f"GPU {entry['gpu']}", entry["num_threads"] and f"{entry['num_threads']} threads",
+                 entry["gpu"] and f"GPU {entry['gpu']}",
+                 entry["num_threads"] and _("{n} threads").format(n=entry["num_threads"]),
                  entry["torch_version"] and f"torch {entry['torch_version']}"]
         click.echo(f"{entry['profile']}  " + ", ".join(str(part) for part in parts if part))
         for label, n in entry["timings"].items():
-            click.echo(f"    {label}: {n} timings")
+            click.echo("    " + _("{label}: {n} timings").format(label=label, n=n))
 
 
 # -- models ------------------------------------------------------------------------------------
@@ -848,21 +896,22 @@ def models(obj: dict[str, Any]) -> None:
     """List the named models and the models the database has results for."""
     from bench_engine.models import named_models
 
-    click.echo("Named models (no --weights needed):")
+    click.echo(_("Named models (no --weights needed):"))
     for name in named_models():
         click.echo(f"  {name}")
     db_path = obj["db"]
     if not Path(db_path).exists():
-        click.echo(f"No database at {db_path} yet; `ptsa demo` or `ptsa bench` creates it.")
+        click.echo(_("No database at {db} yet; `ptsa demo` or `ptsa bench` creates it.").format(db=db_path))
     else:
         with Store.open(db_path, read_only=True) as store:
             rows = store.query(
                 "SELECT model_key, family, count(*) AS results FROM results LEFT JOIN models USING (model_key) "
                 "GROUP BY ALL ORDER BY model_key"
             )
-        click.echo(f"Models with results in {db_path}:")
+        click.echo(_("Models with results in {db}:").format(db=db_path))
         for row in rows:
-            click.echo(f"  {row['model_key']:<32} {row['family'] or '':<20} {row['results']} results")
+            click.echo("  " + _("{model:<32} {family:<20} {n} results").format(
+                model=row["model_key"], family=row["family"] or "", n=row["results"]))
 
 
 if __name__ == "__main__":  # pragma: no cover

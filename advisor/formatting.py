@@ -1,30 +1,40 @@
-"""Plain-text rendering of recommendations for the terminal (the TUI has its own widgets)."""
+"""Plain-text rendering of recommendations for the terminal (the TUI has its own widgets).
+
+Headers and sentences go through `_`, so they follow `ptsa --lang`; numbers, model names,
+method names and commands stay as they are. `method_label`, `number` and `sparsity_cell` return
+values, not prose, and the report and the TUI use them in either language.
+"""
 
 from __future__ import annotations
 
 import json
 import math
+import unicodedata
 
+from advisor.i18n import N_, _
+from advisor.labels import CONSTRAINT_UNITS, PROVENANCE_NAMES, risk_text
 from advisor.recommend import Candidate, Recommendation
+from advisor.roi import note_text
 
+# The CLI's shorter names of the limits; the report and the TUI use advisor.labels.CONSTRAINT_NAMES.
 CONSTRAINT_LABELS = {
-    "max_latency_ms": "max latency",
-    "min_throughput": "min throughput",
-    "min_accuracy": "min accuracy",
-    "max_drop": "max drop",
-    "max_relative_drop": "max relative drop",
-    "max_weight_mb": "max weight memory",
-}
-CONSTRAINT_UNITS = {
-    "max_latency_ms": "ms",
-    "min_throughput": "/s",
-    "min_accuracy": "points",
-    "max_drop": "points",
-    "max_relative_drop": "% of dense",
-    "max_weight_mb": "MB",
+    "max_latency_ms": N_("max latency"),
+    "min_throughput": N_("min throughput"),
+    "min_accuracy": N_("min accuracy"),
+    "max_drop": N_("max drop"),
+    "max_relative_drop": N_("max relative drop"),
+    "max_weight_mb": N_("max weight memory"),
 }
 
-METRIC_LABELS = {"top1": "top-1", "top1_agreement": "agreement"}
+METRIC_LABELS = {"top1": N_("top-1"), "top1_agreement": N_("agreement")}
+
+
+def _constraint_label(constraint: str | None) -> str:
+    return _(CONSTRAINT_LABELS[constraint]) if constraint in CONSTRAINT_LABELS else str(constraint)
+
+
+def _unit(constraint: str) -> str:
+    return _(CONSTRAINT_UNITS[constraint]) if constraint in CONSTRAINT_UNITS else ""
 
 
 def number(value: float | None, digits: int = 1, suffix: str = "") -> str:
@@ -65,7 +75,7 @@ def candidate_cells(candidate: Candidate, with_runtime: bool = False) -> list[st
         method_label(row),
         sparsity_cell(row),
         *([candidate.runtime or "-"] if with_runtime else []),
-        f"{number(candidate.accuracy, 1)} {METRIC_LABELS[candidate.metric]}",
+        f"{number(candidate.accuracy, 1)} {_(METRIC_LABELS[candidate.metric])}",
         number(candidate.drop, 1),
         number(candidate.latency_ms, 2),
         speedup_cell(candidate),
@@ -77,8 +87,9 @@ def evidence_cell(row: dict) -> str:
     """Return the provenance, with the 80 % retention interval for a predicted row."""
     if row["provenance"] == "predicted" and row.get("prediction_json"):
         p = json.loads(row["prediction_json"])
-        return f"predicted {p['retention_low']:.0f}–{p['retention_high']:.0f} %"
-    return row["provenance"]
+        return _("predicted {low:.0f}–{high:.0f} %").format(low=p["retention_low"], high=p["retention_high"])
+    provenance = row["provenance"]
+    return _(PROVENANCE_NAMES[provenance]) if provenance in PROVENANCE_NAMES else provenance
 
 
 def sparsity_cell(row: dict) -> str:
@@ -100,48 +111,62 @@ def speedup_cell(candidate: Candidate) -> str:
     return f"{timing.speedup:.2f}×{SOURCE_MARKS[timing.source]}"
 
 
-HEADERS = ["model", "method", "sparsity", "accuracy", "drop", "latency ms", "speedup p50", "evidence"]
+HEADERS = [N_("model"), N_("method"), N_("sparsity"), N_("accuracy"), N_("drop"), N_("latency ms"),
+           N_("speedup p50"), N_("evidence")]
 
 
 def headers(with_runtime: bool) -> list[str]:
-    return [*HEADERS[:3], "runtime", *HEADERS[3:]] if with_runtime else HEADERS
+    """Return the translated headers of the candidate table."""
+    names = [*HEADERS[:3], N_("runtime"), *HEADERS[3:]] if with_runtime else HEADERS
+    return [_(name) for name in names]
+
+
+def display_width(text: str) -> int:
+    """Return the columns `text` takes in a terminal: wide and full-width characters (CJK) take two."""
+    return sum(2 if unicodedata.east_asian_width(char) in "WF" else 1 for char in text)
+
+
+def _pad(text: str, width: int) -> str:
+    return text + " " * (width - display_width(text))
 
 
 def _table(rows: list[list[str]], headers: list[str]) -> str:
-    widths = [max(len(h), *(len(r[i]) for r in rows)) if rows else len(h) for i, h in enumerate(headers)]
-    lines = ["  ".join(h.ljust(w) for h, w in zip(headers, widths))]
+    widths = [max(display_width(h), *(display_width(r[i]) for r in rows)) if rows else display_width(h)
+              for i, h in enumerate(headers)]
+    lines = ["  ".join(_pad(h, w) for h, w in zip(headers, widths))]
     lines.append("  ".join("-" * w for w in widths))
     for row in rows:
-        lines.append("  ".join(c.ljust(w) for c, w in zip(row, widths)))
+        lines.append("  ".join(_pad(c, w) for c, w in zip(row, widths)))
     return "\n".join(lines)
 
 
 def describe_violation(constraint: str, amount: float, candidate: Candidate) -> str:
-    label = CONSTRAINT_LABELS.get(constraint, constraint)
+    label = _constraint_label(constraint)
     if math.isinf(amount):
         if constraint == "max_latency_ms":
-            return f"{label}: not measured on this profile, runtime and batch size"
-        return f"{label}: not measured"
-    if constraint == "max_weight_mb" and math.isinf(amount):
-        return f"{label}: not counted"
-    return f"{label} missed by {amount:.2f} {CONSTRAINT_UNITS.get(constraint, '')}".rstrip()
+            return _("{name}: not measured on this profile, runtime and batch size").format(name=label)
+        return _("{name}: not measured").format(name=label)
+    return _("{name} missed by {amount:.2f} {unit}").format(name=label, amount=amount, unit=_unit(constraint)).rstrip()
 
 
 def profile_text(result: Recommendation) -> str:
     """Return one line naming the latency evidence: statistic, runtime, batch size and profile."""
     budget = result.budget
-    where = f"latency {budget.latency_stat} on {', '.join(budget.runtimes)} at batch {budget.batch_size}"
+    fields = {"stat": budget.latency_stat, "runtimes": ", ".join(budget.runtimes), "batch": budget.batch_size}
     profile = result.profile
     if profile is None:
-        return f"{where}: not measured"
+        return _("latency {stat} on {runtimes} at batch {batch}: not measured").format(**fields)
     device = profile.device if profile.device not in (None, "cpu") else None
-    described = ", ".join(str(x) for x in (profile.cpu_model, device,
-                                           profile.num_threads and f"{profile.num_threads} threads") if x)
-    return f"{where}, profile {profile.env_key}" + (f" ({described})" if described else "")
+    threads = profile.num_threads and _("{n} threads").format(n=profile.num_threads)
+    described = ", ".join(str(x) for x in (profile.cpu_model, device, threads) if x)
+    if described:
+        return _("latency {stat} on {runtimes} at batch {batch}, profile {profile} ({described})").format(
+            profile=profile.env_key, described=described, **fields)
+    return _("latency {stat} on {runtimes} at batch {batch}, profile {profile}").format(profile=profile.env_key, **fields)
 
 
 def _rows(n: int) -> str:
-    return "1 row" if n == 1 else f"{n} rows"
+    return _("1 row") if n == 1 else _("{n} rows").format(n=n)
 
 
 def source_notes(candidates: list[Candidate]) -> list[str]:
@@ -152,15 +177,16 @@ def source_notes(candidates: list[Candidate]) -> list[str]:
         if c.timing is not None and c.row["criterion"] != "dense":
             counts[c.timing.source] = counts.get(c.timing.source, 0) + 1
     if counts.get("same_sparsity"):
-        notes.append(f"* latency and speedup measured for the same model, sparsity and pattern with a magnitude "
-                     f"mask, not for this result ({_rows(counts['same_sparsity'])}).")
+        notes.append(_("* latency and speedup measured for the same model, sparsity and pattern with a magnitude "
+                       "mask, not for this result ({rows}).").format(rows=_rows(counts["same_sparsity"])))
     if counts.get("dense_kernels"):
-        notes.append(f"† the dense model's latency: this runtime ran dense kernels only, so the zeros do not change "
-                     f"it; 1.00× is inferred, not measured ({_rows(counts['dense_kernels'])}).")
+        notes.append(_("† the dense model's latency: this runtime ran dense kernels only, so the zeros do not change "
+                       "it; 1.00× is inferred, not measured ({rows}).").format(rows=_rows(counts["dense_kernels"])))
     sparse = [c for c in candidates if c.row["criterion"] != "dense" and c.timing is not None]
     if sparse and all(c.timing.sparse_kernel is None for c in sparse):
-        notes.append(f"No sparse kernel ran on {sparse[0].timing.runtime}: the zeros save storage once "
-                     "compressed, not time; speedups are measured, never estimated from FLOPs.")
+        notes.append(_("No sparse kernel ran on {runtime}: the zeros save storage once "
+                       "compressed, not time; speedups are measured, never estimated from FLOPs.").format(
+                           runtime=sparse[0].timing.runtime))
     return notes
 
 
@@ -168,11 +194,11 @@ def citation_notes(candidates: list[Candidate]) -> list[str]:
     """List the sources of the published and predicted rows shown."""
     sources = list(dict.fromkeys(c.row.get("source") for c in candidates
                                  if c.row["provenance"] != "measured" and c.row.get("source")))
-    notes = ["Sources of published and predicted rows:"] if sources else []
+    notes = [_("Sources of published and predicted rows:")] if sources else []
     notes += [f"  {source}" for source in sources]
     if any(c.row["provenance"] == "predicted" for c in candidates):
-        notes.append("Predicted rows show their 80 % interval of retention (sparse top-1 / dense top-1); an "
-                     "accuracy limit applies to the interval's low end.")
+        notes.append(_("Predicted rows show their 80 % interval of retention (sparse top-1 / dense top-1); an "
+                       "accuracy limit applies to the interval's low end."))
     return notes
 
 
@@ -181,12 +207,27 @@ def binding_text(candidate: Candidate) -> str | None:
     binding = candidate.binding()
     if binding is None:
         return None
-    return (f"the tightest constraint is {CONSTRAINT_LABELS[binding]}, with {candidate.margins[binding]:.2f} "
-            f"{CONSTRAINT_UNITS[binding]} of headroom")
+    return _("the tightest constraint is {name}, with {headroom:.2f} {unit} of headroom").format(
+        name=_constraint_label(binding), headroom=candidate.margins[binding], unit=_unit(binding))
+
+
+def _english(message: str) -> str:
+    return message
+
+
+def risk_detail(risk: dict) -> str:
+    """Return a risk in the user's language.
+
+    In English it is the `detail` recorded with the risk, the same text as in the JSON output.
+    In another language it is the sentence of `advisor.labels.risk_text`, as in the report and
+    the TUI. A risk that the catalog does not translate keeps its `detail`.
+    """
+    translated = risk_text(risk, _)
+    return risk["detail"] if translated == risk_text(risk, _english) else translated
 
 
 def risk_lines(candidate: Candidate) -> list[str]:
-    return [f"  risk: {risk['detail']}" for risk in candidate.risks]
+    return ["  " + _("risk: {text}").format(text=risk_detail(risk)) for risk in candidate.risks]
 
 
 def recommendation_text(result: Recommendation, limit: int = 10) -> str:
@@ -196,37 +237,42 @@ def recommendation_text(result: Recommendation, limit: int = 10) -> str:
     if result.found:
         shown = result.ranked[:limit]
         rows = [[str(i + 1), *candidate_cells(c, with_runtime), "P" if c.pareto else ""] for i, c in enumerate(shown)]
-        parts.append(
-            f"{result.meeting_count} of {result.total} candidates meet the budget "
-            f"(objective: {budget.objective}; {profile_text(result)}):"
-        )
-        parts.append(_table(rows, ["#", *headers(with_runtime), "front"]))
+        parts.append(_meeting_text(result))
+        parts.append(_table(rows, [_("#"), *headers(with_runtime), _("front")]))
         best = result.ranked[0]
         why = binding_text(best)
         if why:
-            parts.append(f"Top candidate: {why}.")
+            parts.append(_("Top candidate: {why}.").format(why=why))
         parts.extend(risk_lines(best))
         if any(c.pareto for c in shown):
-            parts.append("P: on the Pareto front of accuracy, latency and weight memory (no other candidate is "
-                         "better on all three).")
+            parts.append(_("P: on the Pareto front of accuracy, latency and weight memory (no other candidate is "
+                           "better on all three)."))
         parts.extend(source_notes(shown))
         parts.extend(citation_notes(shown))
     else:
         binding = result.binding_constraint()
-        parts.append(
-            f"No candidate meets the budget: {CONSTRAINT_LABELS.get(binding, binding)} rules out "
-            f"{result.failing_counts.get(binding, 0)} of {result.total} candidates."
-        )
-        parts.append(f"Nearest candidates ({profile_text(result)}):")
+        parts.append(_("No candidate meets the budget: {name} rules out {n} of {total} candidates.").format(
+            name=_constraint_label(binding), n=result.failing_counts.get(binding, 0), total=result.total))
+        parts.append(_("Nearest candidates ({profile}):").format(profile=profile_text(result)))
         rows = []
         for c in result.nearest:
             misses = "; ".join(describe_violation(k, v, c) for k, v in c.violations.items())
             rows.append([*candidate_cells(c, with_runtime), misses])
-        parts.append(_table(rows, [*headers(with_runtime), "why it fails"]))
-    step = result.next_step(limit)
-    if step is not None:
-        parts.append(f"Next measurement to reduce doubt: {step[1]}")
+        parts.append(_table(rows, [*headers(with_runtime), _("why it fails")]))
+    parts.extend(_next_step_lines(result, limit))
     return "\n".join(parts)
+
+
+def _meeting_text(result: Recommendation) -> str:
+    return _("{n} of {total} candidates meet the budget (objective: {objective}; {profile}):").format(
+        n=result.meeting_count, total=result.total, objective=result.budget.objective, profile=profile_text(result))
+
+
+def _next_step_lines(result: Recommendation, limit: int) -> list[str]:
+    step = result.next_step(limit)
+    if step is None:
+        return []
+    return [_("Next measurement to reduce doubt: {command}").format(command=step[1])]
 
 
 def money(value: float | None, currency: str) -> str:
@@ -235,27 +281,28 @@ def money(value: float | None, currency: str) -> str:
     return f"{value:,.0f} {currency}"
 
 
-ROI_HEADERS = ["#", "model", "method", "sparsity", "runtime", "accuracy", "given up", "sized by p50 ms", "speedup",
-               "instances", "cost", "saving", "weight MB", "storage MB"]
+ROI_HEADERS = [N_("#"), N_("model"), N_("method"), N_("sparsity"), N_("runtime"), N_("accuracy"), N_("given up"),
+               N_("sized by p50 ms"), N_("speedup"), N_("instances"), N_("cost"), N_("saving"), N_("weight MB"),
+               N_("storage MB")]
 
 
 def workload_text(result: Recommendation) -> str:
     w = result.workload
-    period = "once" if w.per_device else "a month"
-    unit = "device" if w.per_device else "instance-hour"
-    parts = [f"peak {w.peak_rps:g} requests/s at {w.utilisation * 100:g} % utilisation",
-             f"{w.price:g} {w.currency} per {unit}"]
+    period = _("once") if w.per_device else _("a month")
+    unit = _("device") if w.per_device else _("instance-hour")
+    parts = [_("peak {peak:g} requests/s at {util:g} % utilisation").format(peak=w.peak_rps, util=w.utilisation * 100),
+             _("{price:g} {currency} per {unit}").format(price=w.price, currency=w.currency, unit=unit)]
     if w.requests_per_day is not None:
-        parts.append(f"{w.requests_per_day:,.0f} requests a day")
+        parts.append(_("{n:,.0f} requests a day").format(n=w.requests_per_day))
     if w.instances_today is not None:
-        parts.append(f"{w.instances_today} running today")
-    return f"Workload: {', '.join(parts)}; costs are {period}."
+        parts.append(_("{n} running today").format(n=w.instances_today))
+    return _("Workload: {details}; costs are {period}.").format(details=", ".join(parts), period=period)
 
 
 def _sized_cell(cost) -> str:
     """Return the p50 that sized a candidate, marked when it is the dense model's."""
     text = number(cost.sized_p50_ms, 2)
-    return f"{text} (dense)" if cost.sized_by == "dense_timing" else text
+    return _("{value} (dense)").format(value=text) if cost.sized_by == "dense_timing" else text
 
 
 def roi_text(result: Recommendation, limit: int = 10) -> str:
@@ -264,11 +311,10 @@ def roi_text(result: Recommendation, limit: int = 10) -> str:
     shown = result.ranked[:limit] if result.found else result.nearest
     if not result.found:
         binding = result.binding_constraint()
-        parts.append(f"No candidate meets the budget: {CONSTRAINT_LABELS.get(binding, binding)} rules out "
-                     f"{result.failing_counts.get(binding, 0)} of {result.total} candidates. Nearest:")
+        parts.append(_("No candidate meets the budget: {name} rules out {n} of {total} candidates. Nearest:").format(
+            name=_constraint_label(binding), n=result.failing_counts.get(binding, 0), total=result.total))
     else:
-        parts.append(f"{result.meeting_count} of {result.total} candidates meet the budget (objective: "
-                     f"{result.budget.objective}; {profile_text(result)}):")
+        parts.append(_meeting_text(result))
     currency = result.workload.currency
     rows, notes = [], {}
     for i, c in enumerate(shown):
@@ -277,35 +323,41 @@ def roi_text(result: Recommendation, limit: int = 10) -> str:
             f"{cost.baseline_instances}→{cost.instances}" if cost.baseline_instances is not None else str(cost.instances))
         rows.append([
             str(i + 1), c.row["model_key"], method_label(c.row), sparsity_cell(c.row), c.runtime or "-",
-            f"{number(c.accuracy, 1)} {METRIC_LABELS[c.metric]}", number(cost.accuracy_given_up, 1),
+            f"{number(c.accuracy, 1)} {_(METRIC_LABELS[c.metric])}", number(cost.accuracy_given_up, 1),
             _sized_cell(cost), speedup_cell(c), instances,
             money(cost.cost, currency), money(cost.saving, currency),
             number(cost.weight_mb, 1), number(cost.storage_mb, 1),
         ])
         for note in cost.notes:
-            notes.setdefault(note["code"], note["detail"])
-    parts.append(_table(rows, ROI_HEADERS))
+            if note["code"] not in notes:
+                notes[note["code"]] = note_text(note["code"], c, cost, _)
+    parts.append(_table(rows, [_(name) for name in ROI_HEADERS]))
     baseline = result.workload.baseline_model
-    parts.append("instances: dense baseline → candidate; saving = baseline cost − candidate cost; given up = points "
-                 "below " + (f"{baseline} (dense)." if baseline else "the candidate's own dense model."))
+    if baseline:
+        parts.append(_("instances: dense baseline → candidate; saving = baseline cost − candidate cost; given up = "
+                       "points below {baseline} (dense).").format(baseline=baseline))
+    else:
+        parts.append(_("instances: dense baseline → candidate; saving = baseline cost − candidate cost; given up = "
+                       "points below the candidate's own dense model."))
     if result.workload.instances_today is not None and shown and shown[0].costing.saving_vs_today is not None:
         saving = shown[0].costing.saving_vs_today
-        verb = "saves" if saving >= 0 else "costs more by"
-        parts.append(f"Against the {result.workload.instances_today} instances running today, the top row {verb} "
-                     f"{money(abs(saving), currency)}.")
+        fields = {"n": result.workload.instances_today, "amount": money(abs(saving), currency)}
+        if saving >= 0:
+            parts.append(_("Against the {n} instances running today, the top row saves {amount}.").format(**fields))
+        else:
+            parts.append(_("Against the {n} instances running today, the top row costs more by {amount}.").format(
+                **fields))
     if shown and all(c.costing.instances is None for c in shown):
-        parts.append("None of these candidates has a timing on this profile, runtime and batch size, so none can be "
-                     "sized; time them first (see the next measurement below).")
-    parts.extend(f"note: {detail}" for detail in notes.values())
+        parts.append(_("None of these candidates has a timing on this profile, runtime and batch size, so none can be "
+                       "sized; time them first (see the next measurement below)."))
+    parts.extend(_("note: {detail}").format(detail=detail) for detail in notes.values())
     parts.extend(source_notes(shown))
-    step = result.next_step(limit)
-    if step is not None:
-        parts.append(f"Next measurement to reduce doubt: {step[1]}")
+    parts.extend(_next_step_lines(result, limit))
     return "\n".join(parts)
 
 
-LATENCY_HEADERS = ["runtime", "batch", "criterion", "sparsity", "p50 ms", "p90 ms", "spread", "dense p50 ms", "speedup",
-                   "verdict"]
+LATENCY_HEADERS = [N_("runtime"), N_("batch"), N_("criterion"), N_("sparsity"), "p50 ms", "p90 ms", N_("spread"),
+                   N_("dense p50 ms"), N_("speedup"), N_("verdict")]
 
 
 def latency_table(rows: list[dict]) -> str:
@@ -326,13 +378,14 @@ def latency_table(rows: list[dict]) -> str:
             # The dense p50 timed in the same rounds: the denominator of this row's speedup.
             number(row.get("baseline_p50_ms"), 2),
             "-" if row["speedup"] is None else f"{row['speedup']:.2f}×",
-            row["verdict"] or "baseline",
+            # NOTE: the verdict is the English sentence stored with the measurement, so it stays English.
+            row["verdict"] or _("baseline"),
         ])
-    return _table(cells, LATENCY_HEADERS)
+    return _table(cells, [_(name) for name in LATENCY_HEADERS])
 
 
-FEATURE_HEADERS = ["architecture", "family", "params M", "GMACs", "layers", "linear", "depthwise", "attention",
-                   "residual adds"]
+FEATURE_HEADERS = [N_("architecture"), N_("family"), N_("params M"), "GMACs", N_("layers"), N_("linear"),
+                   N_("depthwise"), N_("attention"), N_("residual adds")]
 
 
 def features_table(rows: list[dict]) -> str:
@@ -348,43 +401,49 @@ def features_table(rows: list[dict]) -> str:
             str(int(features["prunable_layers"])),
             number(features["linear_share"] * 100, 0, " %"),
             number(features["depthwise_conv_share"] * 100, 0, " %"),
-            "yes" if features["attention_calls"] or features["attention_modules"] else "no",
+            _("yes") if features["attention_calls"] or features["attention_modules"] else _("no"),
             str(int(features["residual_adds"])),
         ])
-    return _table(cells, FEATURE_HEADERS)
+    return _table(cells, [_(name) for name in FEATURE_HEADERS])
 
 
-MODEL_LABELS = {"regressor": "regressor", "params_only": "baseline: parameter count only",
-                "recipe_mean": "baseline: mean of the same recipe and sparsity"}
+MODEL_LABELS = {"regressor": N_("regressor"), "params_only": N_("baseline: parameter count only"),
+                "recipe_mean": N_("baseline: mean of the same recipe and sparsity")}
 
 
 def fit_text(row: dict, metrics: dict) -> str:
     """Describe a fit: its data and the held-out-family metrics of the regressor and baselines."""
     models = metrics["models"]
-    cells = [[MODEL_LABELS[name], number(m["mae"], 2), number(m["rmse"], 2), number(m["spearman"], 2),
+    cells = [[_(MODEL_LABELS[name]), number(m["mae"], 2), number(m["rmse"], 2), number(m["spearman"], 2),
               number(m["within_5"] * 100, 0, " %")] for name, m in models.items()]
+    regressor = models["regressor"]
     lines = [
-        f"fit {row['fit_id']}: {row['n_rows']} pruned results, {row['n_architectures']} architectures, "
-        f"{row['n_families']} families (training data {row['training_sha256'][:12]}, scikit-learn "
-        f"{row['sklearn_version']})",
-        f"Held-out-family cross-validation ({metrics['split']}), retention in points of dense top-1:",
-        _table(cells, ["model", "MAE", "RMSE", "Spearman", "within ±5"]),
-        f"80 % interval: the quantile models cover {models['regressor']['interval_80_coverage'] * 100:.0f} % of "
-        f"held-out rows; widened by {models['regressor']['interval_adjustment']:.1f} points they cover "
-        f"{models['regressor']['interval_80_coverage_adjusted'] * 100:.0f} % (calibrated on these same folds).",
+        _("fit {fit_id}: {rows} pruned results, {architectures} architectures, {families} families (training data "
+          "{sha}, scikit-learn {version})").format(
+            fit_id=row["fit_id"], rows=row["n_rows"], architectures=row["n_architectures"], families=row["n_families"],
+            sha=row["training_sha256"][:12], version=row["sklearn_version"]),
+        _("Held-out-family cross-validation ({split}), retention in points of dense top-1:").format(
+            split=metrics["split"]),
+        _table(cells, [_("model"), "MAE", "RMSE", "Spearman", _("within ±5")]),
+        _("80 % interval: the quantile models cover {coverage:.0f} % of held-out rows; widened by {widening:.1f} "
+          "points they cover {adjusted:.0f} % (calibrated on these same folds).").format(
+            coverage=regressor["interval_80_coverage"] * 100, widening=regressor["interval_adjustment"],
+            adjusted=regressor["interval_80_coverage_adjusted"] * 100),
     ]
     better = all(models["regressor"][m] < models[b][m] for b in ("params_only", "recipe_mean") for m in ("mae", "rmse"))
     margin = min(models[b]["mae"] for b in ("params_only", "recipe_mean")) - models["regressor"]["mae"]
     if not better:
-        lines.append("The regressor does NOT beat both baselines on MAE and RMSE; treat its predictions as rough.")
+        lines.append(_("The regressor does NOT beat both baselines on MAE and RMSE; treat its predictions as rough."))
     elif margin < 1.0:
-        lines.append(f"The regressor beats both baselines on MAE and RMSE, but by only {margin:.2f} points of MAE "
-                     "over the closer one: within noise for this much data; treat its predictions as rough.")
+        lines.append(_("The regressor beats both baselines on MAE and RMSE, but by only {margin:.2f} points of MAE "
+                       "over the closer one: within noise for this much data; treat its predictions as rough.").format(
+                           margin=margin))
     else:
-        lines.append(f"The regressor beats both baselines on MAE and RMSE, by {margin:.2f} points of MAE or more.")
-    lines.append("Per family (held out): " + ", ".join(
-        f"{family} {m['regressor_mae']:.1f}" for family, m in metrics["per_family"].items()) + " MAE.")
-    lines.append(f"saved to {row['model_path']}")
+        lines.append(_("The regressor beats both baselines on MAE and RMSE, by {margin:.2f} points of MAE or more.").format(
+            margin=margin))
+    per_family = ", ".join(f"{family} {m['regressor_mae']:.1f}" for family, m in metrics["per_family"].items())
+    lines.append(_("Per family (held out): {families} MAE.").format(families=per_family))
+    lines.append(_("saved to {path}").format(path=row["model_path"]))
     return "\n".join(lines)
 
 
@@ -392,22 +451,27 @@ def prediction_text(predictions: list[dict]) -> str:
     """Describe each prediction: retention with its interval, top-1 when dense is known, drivers."""
     parts = []
     for p in predictions:
-        top1 = "" if p["top1"] is None else (
-            f"; top-1 {p['top1']:.1f} % ({p['top1_low']:.1f} to {p['top1_high']:.1f}) from dense "
-            f"{p['dense_top1']:.1f} % ({p.get('dense_top1_source')})")
-        parts.append(
-            f"{p['model_key']} on {p['dataset']}, {p['recipe']} at {p['sparsity']:.0%}: retention "
-            f"{p['retention']:.1f} % of dense (80 % interval {p['retention_low']:.1f} to {p['retention_high']:.1f}){top1}"
-        )
+        fields = {"model": p["model_key"], "dataset": p["dataset"], "recipe": p["recipe"], "sparsity": p["sparsity"],
+                  "retention": p["retention"], "low": p["retention_low"], "high": p["retention_high"]}
+        if p["top1"] is None:
+            parts.append(_("{model} on {dataset}, {recipe} at {sparsity:.0%}: retention {retention:.1f} % of dense "
+                           "(80 % interval {low:.1f} to {high:.1f})").format(**fields))
+        else:
+            parts.append(_("{model} on {dataset}, {recipe} at {sparsity:.0%}: retention {retention:.1f} % of dense "
+                           "(80 % interval {low:.1f} to {high:.1f}); top-1 {top1:.1f} % ({top1_low:.1f} to "
+                           "{top1_high:.1f}) from dense {dense:.1f} % ({source})").format(
+                top1=p["top1"], top1_low=p["top1_low"], top1_high=p["top1_high"], dense=p["dense_top1"],
+                source=p.get("dense_top1_source"), **fields))
+        # NOTE: the warnings and the dense top-1 source are English text stored with the prediction.
         for warning in p.get("warnings") or []:
-            parts.append(f"  note: {warning}")
+            parts.append("  " + _("note: {detail}").format(detail=warning))
         if not p["drivers"]:
-            parts.append("  no architecture feature moves this prediction away from the training median's")
+            parts.append("  " + _("no architecture feature moves this prediction away from the training median's"))
         for d in p["drivers"]:
-            parts.append(f"  {d['feature']} = {d['value']:.3g} (training median {d['training_median']:.3g}): "
-                         f"{d['effect']:+.1f} points")
+            parts.append("  " + _("{feature} = {value:.3g} (training median {median:.3g}): {effect:+.1f} points").format(
+                feature=d["feature"], value=d["value"], median=d["training_median"], effect=d["effect"]))
     if predictions:
-        parts.append(f"predicted by fit {predictions[0]['fit_id']}, whose held-out-family MAE is "
-                     f"{predictions[0]['held_out_family_mae']:.1f} points")
+        parts.append(_("predicted by fit {fit_id}, whose held-out-family MAE is {mae:.1f} points").format(
+            fit_id=predictions[0]["fit_id"], mae=predictions[0]["held_out_family_mae"]))
     return "\n".join(parts)
 

@@ -39,11 +39,18 @@ def _resolve_model(store: Store, model: str, num_classes: int | None, input_size
     if timm.is_model(model):
         return {"model_key": model, "architecture": model, "family": None, "num_classes": num_classes or 1000,
                 "in_chans": 3, "input_size": input_size, "dataset": dataset or "imagenet", "stored": False}
-    from bench_engine.features import close_matches
+    from bench_engine.features import similar_architectures
 
+    matches = similar_architectures(model)
+    if matches:
+        raise RegressorError(
+            "unknown model {model!r}: it is neither a model in the database (`ptsa models`) nor a timm "
+            "architecture; did you mean {matches}?", model=model, matches=", ".join(matches)
+        )
     raise RegressorError(
-        f"unknown model {model!r}: it is neither a model in the database (`ptsa models`) nor a timm "
-        f"architecture; {close_matches(model)}"
+        "unknown model {model!r}: it is neither a model in the database (`ptsa models`) nor a timm "
+        "architecture; see the names with `python -c \"import timm; print(timm.list_models('resnet*'))\"`.",
+        model=model,
     )
 
 

@@ -31,6 +31,7 @@ import uuid
 from importlib import resources
 from typing import Any
 
+from advisor.i18n import _
 from db import DatabaseLockedError, Store
 
 log = logging.getLogger(__name__)
@@ -275,7 +276,7 @@ def ensure_published(db_path: Any) -> None:
             added = import_published(store)
         if added:
             # One line on stderr: a read command such as `ptsa recommend` has written to the file.
-            log.warning("imported %d published rows and timings into %s (once per version of the published tables)",
-                        added, db_path)
+            log.warning("%s", _("imported {n} published rows and timings into {db} (once per version of the published "
+                                "tables)").format(n=added, db=db_path))
     except DatabaseLockedError:
         log.info("database %s is locked; published evidence will be imported later", db_path)

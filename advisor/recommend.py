@@ -52,7 +52,7 @@ def parse_pattern_name(text: str) -> str:
     n, _, m = text.partition(":")
     if n.isdigit() and m.isdigit() and 0 < int(n) < int(m):
         return f"{int(n)}:{int(m)}"
-    raise BudgetError(f"pattern {text!r} is invalid; use unstructured or N:M with N < M, for example 2:4.")
+    raise BudgetError("pattern {text!r} is invalid; use unstructured or N:M with N < M, for example 2:4.", text=text)
 
 
 @dataclass(frozen=True)
@@ -88,42 +88,43 @@ class Budget:
     def __post_init__(self) -> None:
         if not _positive(self.max_latency_ms):
             raise BudgetError(
-                f"max latency {self.max_latency_ms!r} ms is invalid; give a positive number of "
-                "milliseconds, for example --max-latency-ms 20."
+                "max latency {value!r} ms is invalid; give a positive number of "
+                "milliseconds, for example --max-latency-ms 20.", value=self.max_latency_ms
             )
         if self.latency_stat not in LATENCY_STATS:
-            raise BudgetError(f"latency statistic {self.latency_stat!r} is invalid; use p50 or p90.")
+            raise BudgetError("latency statistic {value!r} is invalid; use p50 or p90.", value=self.latency_stat)
         if self.batch_size < 1:
-            raise BudgetError(f"batch size {self.batch_size} is invalid; it must be at least 1.")
+            raise BudgetError("batch size {value} is invalid; it must be at least 1.", value=self.batch_size)
         if not _positive(self.min_throughput):
-            raise BudgetError(f"minimum throughput {self.min_throughput!r} is invalid; give a positive number of "
-                              "inferences per second, for example --min-throughput 200.")
+            raise BudgetError("minimum throughput {value!r} is invalid; give a positive number of "
+                              "inferences per second, for example --min-throughput 200.", value=self.min_throughput)
         if self.min_accuracy is not None and not 0 <= self.min_accuracy <= 100:
             raise BudgetError(
-                f"minimum accuracy {self.min_accuracy!r} is out of range; it is a percentage "
-                "between 0 and 100, for example --min-accuracy 90."
+                "minimum accuracy {value!r} is out of range; it is a percentage "
+                "between 0 and 100, for example --min-accuracy 90.", value=self.min_accuracy
             )
         if self.max_drop is not None and not 0 <= self.max_drop <= 100:
             raise BudgetError(
-                f"maximum drop {self.max_drop!r} is out of range; it is in percentage points "
-                "between 0 and 100, for example --max-drop 2."
+                "maximum drop {value!r} is out of range; it is in percentage points "
+                "between 0 and 100, for example --max-drop 2.", value=self.max_drop
             )
         if self.max_relative_drop is not None and not 0 <= self.max_relative_drop <= 100:
             raise BudgetError(
-                f"maximum relative drop {self.max_relative_drop!r} is out of range; it is a percentage of the "
-                "dense accuracy between 0 and 100, for example --max-relative-drop 1."
+                "maximum relative drop {value!r} is out of range; it is a percentage of the "
+                "dense accuracy between 0 and 100, for example --max-relative-drop 1.", value=self.max_relative_drop
             )
         if not _positive(self.max_weight_mb):
-            raise BudgetError(f"maximum weight memory {self.max_weight_mb!r} MB is invalid; give a positive number "
-                              "of megabytes, for example --max-weight-mb 20.")
+            raise BudgetError("maximum weight memory {value!r} MB is invalid; give a positive number "
+                              "of megabytes, for example --max-weight-mb 20.", value=self.max_weight_mb)
         if not (0 <= self.margin_pct < 100 and math.isfinite(self.margin_pct)):
-            raise BudgetError(f"margin {self.margin_pct!r} % is out of range; give a percentage from 0 to below 100, "
-                              "for example --margin 10.")
+            raise BudgetError("margin {value!r} % is out of range; give a percentage from 0 to below 100, "
+                              "for example --margin 10.", value=self.margin_pct)
         if not 0 <= self.accuracy_margin <= 100:
-            raise BudgetError(f"accuracy margin {self.accuracy_margin!r} is out of range; give points from 0 to 100, "
-                              "for example --accuracy-margin 0.5.")
+            raise BudgetError("accuracy margin {value!r} is out of range; give points from 0 to 100, "
+                              "for example --accuracy-margin 0.5.", value=self.accuracy_margin)
         if self.objective not in OBJECTIVES:
-            raise BudgetError(f"objective {self.objective!r} is invalid; use one of {', '.join(OBJECTIVES)}.")
+            raise BudgetError("objective {value!r} is invalid; use one of {choices}.", value=self.objective,
+                              choices=", ".join(OBJECTIVES))
         if not self.runtimes:
             raise BudgetError("no runtime given; name at least one, for example --runtime torch-eager.")
         if self.patterns is not None:
@@ -569,14 +570,18 @@ def resolve_profile(evidence: LatencyEvidence, budget: Budget, known: dict[str, 
     matches = [key for key in known if key.startswith(budget.profile)]
     if len(matches) == 1:
         return matches[0]
-    listed = ", ".join(sorted(known)) or "none"
+    if not matches and not known:
+        raise BudgetError(
+            "profile {profile!r} is not in the database; known profiles: none. "
+            "Run `ptsa profiles` to see what each one is.", profile=budget.profile
+        )
     if not matches:
         raise BudgetError(
-            f"profile {budget.profile!r} is not in the database; known profiles: {listed}. "
-            "Run `ptsa profiles` to see what each one is."
+            "profile {profile!r} is not in the database; known profiles: {listed}. "
+            "Run `ptsa profiles` to see what each one is.", profile=budget.profile, listed=", ".join(sorted(known))
         )
-    raise BudgetError(f"profile {budget.profile!r} matches {len(matches)} profiles ({', '.join(sorted(matches))}); "
-                      "give more characters.")
+    raise BudgetError("profile {profile!r} matches {n} profiles ({matches}); give more characters.",
+                      profile=budget.profile, n=len(matches), matches=", ".join(sorted(matches)))
 
 
 _CANDIDATE_SQL = """
@@ -872,9 +877,12 @@ def attach_costs(candidates: list[Candidate], dense: list[Candidate], workload: 
         reference = {c.runtime: c for c in dense if c.row["model_key"] == workload.baseline_model}
         if not reference:
             known = sorted(set(known_dense_models or [c.row["model_key"] for c in dense]))
-            raise BudgetError(f"baseline model {workload.baseline_model!r} has no dense result in this selection; "
-                              f"choose one of {', '.join(known[:12]) or 'none'}" + (" …" if len(known) > 12 else "")
-                              + ".")
+            if not known:
+                raise BudgetError("baseline model {model!r} has no dense result in this selection; choose one of none.",
+                                  model=workload.baseline_model)
+            raise BudgetError("baseline model {model!r} has no dense result in this selection; choose one of {known}.",
+                              model=workload.baseline_model,
+                              known=", ".join(known[:12]) + (" …" if len(known) > 12 else ""))
     for c in candidates:
         mine = own.get((c.row["model_key"], c.row["dataset"], c.runtime))
         c.costing = roi.costing(c, mine, mine if reference is None else reference.get(c.runtime), workload)

@@ -258,9 +258,10 @@ def write_atomic(path: Path, text: str) -> None:
         raise ReportError("--out is empty; give the path of the Markdown file to write, for example --out report.md.")
     path = Path(path).resolve()
     if path.is_dir():
-        raise ReportError(f"{path} is a folder; give a file path, for example --out {path / 'report.md'}.")
+        raise ReportError("{path} is a folder; give a file path, for example --out {example}.",
+                          path=path, example=path / "report.md")
     if not path.parent.is_dir():
-        raise ReportError(f"folder {path.parent} does not exist; create it or pick another --out path.")
+        raise ReportError("folder {folder} does not exist; create it or pick another --out path.", folder=path.parent)
     if path.exists():
         mode = path.stat().st_mode & 0o777
     else:

@@ -234,8 +234,9 @@ def evaluate(data: TrainingData) -> dict[str, Any]:
     families = sorted(set(data.groups.tolist()))
     if len(families) < 3:
         raise RegressorError(
-            f"the training rows come from {len(families)} architecture families ({', '.join(families)}); "
-            "holding one out needs at least 3. Bench more architectures (`ptsa demo` benches eleven) first."
+            "the training rows come from {n} architecture families ({families}); "
+            "holding one out needs at least 3. Bench more architectures (`ptsa demo` benches eleven) first.",
+            n=len(families), families=", ".join(families),
         )
 
     splitter = LeaveOneGroupOut() if len(families) <= 12 else GroupKFold(n_splits=8)
@@ -325,8 +326,8 @@ def fit(store: Store, data_folder: Path, feature_version: int, product_version: 
     data = build_training(rows, features)
     if len(data.y) < 30:
         raise RegressorError(
-            f"the database has {len(data.y)} labelled pruned results with architecture features; the regressor "
-            "needs at least 30. Run `ptsa demo` or bench more models first."
+            "the database has {n} labelled pruned results with architecture features; the regressor "
+            "needs at least 30. Run `ptsa demo` or bench more models first.", n=len(data.y)
         )
     metrics = evaluate(data)
     with threadpool_limits(1):
@@ -371,7 +372,7 @@ def _remove_old_files(folder: Path, keep: int) -> None:
 def latest_fit_row(store: Store) -> dict[str, Any]:
     rows = store.query("SELECT * FROM regressor_fits ORDER BY created_at DESC LIMIT 1")
     if not rows:
-        raise RegressorError(f"database {store.path} has no fitted regressor; run `ptsa fit` first.")
+        raise RegressorError("database {path} has no fitted regressor; run `ptsa fit` first.", path=store.path)
     return rows[0]
 
 
@@ -385,22 +386,24 @@ def load_fit(row: dict[str, Any], data_folder: Path) -> Fit:
     path = Path(row["model_path"])
     folder = regressor_folder(data_folder).resolve()
     if folder not in path.resolve().parents:
-        raise RegressorError(f"regressor file {path} is outside {folder}, so it is not loaded. Run `ptsa fit` again.")
+        raise RegressorError("regressor file {path} is outside {folder}, so it is not loaded. Run `ptsa fit` again.",
+                             path=path, folder=folder)
     if not path.is_file():
-        raise RegressorError(f"regressor file {path} is missing; run `ptsa fit` again.")
+        raise RegressorError("regressor file {path} is missing; run `ptsa fit` again.", path=path)
     actual = file_sha256(path)
     if actual != row["model_sha256"]:
         raise RegressorError(
-            f"regressor file {path} was changed after it was fitted (SHA-256 {actual[:12]}…, recorded "
-            f"{row['model_sha256'][:12]}…), so it is not loaded. Delete it and run `ptsa fit` again."
+            "regressor file {path} was changed after it was fitted (SHA-256 {actual}…, recorded "
+            "{recorded}…), so it is not loaded. Delete it and run `ptsa fit` again.",
+            path=path, actual=actual[:12], recorded=row["model_sha256"][:12],
         )
     try:
         content = skops.io.load(path, trusted=TRUSTED_TYPES)
     except Exception as exc:  # skops raises several types for a broken file
-        raise RegressorError(f"regressor file {path} cannot be read ({type(exc).__name__}: {exc}); "
-                             "run `ptsa fit` again.") from None
+        raise RegressorError("regressor file {path} cannot be read ({kind}: {reason}); run `ptsa fit` again.",
+                             path=path, kind=type(exc).__name__, reason=str(exc)) from None
     if content.get("feature_names") != list(FEATURES):
-        raise RegressorError(f"regressor file {path} was fitted on other features; run `ptsa fit` again.")
+        raise RegressorError("regressor file {path} was fitted on other features; run `ptsa fit` again.", path=path)
     return Fit(row["fit_id"], content["models"], content["feature_medians"], json.loads(row["metrics_json"]))
 
 

@@ -22,6 +22,7 @@ import math
 from dataclasses import asdict, dataclass, field
 from typing import TYPE_CHECKING, Any
 
+from advisor.labels import Gettext
 from bench_engine.runtime_names import MEASURABLE_CHANGE
 from db.errors import TranslatableError
 
@@ -52,31 +53,35 @@ class Workload:
 
     def __post_init__(self) -> None:
         if not (self.peak_rps > 0 and math.isfinite(self.peak_rps)):
-            raise WorkloadError(f"peak rate {self.peak_rps!r} requests/s is invalid; give a positive number, "
-                                "for example --peak-rps 50.")
+            raise WorkloadError("peak rate {value!r} requests/s is invalid; give a positive number, "
+                                "for example --peak-rps 50.", value=self.peak_rps)
         prices = [p for p in (self.price_per_hour, self.price_per_device) if p is not None]
         if len(prices) != 1:
             raise WorkloadError("give exactly one price: --price-per-hour for instances billed by the hour, or "
                                 "--price-per-device for devices bought once.")
         if not (prices[0] > 0 and math.isfinite(prices[0])):
-            raise WorkloadError(f"price {prices[0]!r} is invalid; give a positive amount, for example "
-                                "--price-per-hour 1.2.")
+            raise WorkloadError("price {value!r} is invalid; give a positive amount, for example "
+                                "--price-per-hour 1.2.", value=prices[0])
         if self.requests_per_day is not None:
             if not (self.requests_per_day >= 0 and math.isfinite(self.requests_per_day)):
-                raise WorkloadError(f"requests per day {self.requests_per_day!r} is invalid; give 0 or more.")
+                raise WorkloadError("requests per day {value!r} is invalid; give 0 or more.",
+                                    value=self.requests_per_day)
             average = self.requests_per_day / SECONDS_PER_DAY
             if average > self.peak_rps * (1 + 1e-9):
                 raise WorkloadError(
-                    f"{self.requests_per_day:g} requests per day average {average:.2f} requests/s, above the peak of "
-                    f"{self.peak_rps:g}/s; raise --peak-rps or check --requests-per-day."
+                    "{per_day:g} requests per day average {average:.2f} requests/s, above the peak of "
+                    "{peak:g}/s; raise --peak-rps or check --requests-per-day.",
+                    per_day=self.requests_per_day, average=average, peak=self.peak_rps,
                 )
         if self.instances_today is not None and self.instances_today < 1:
-            raise WorkloadError(f"instances today {self.instances_today!r} is invalid; give 1 or more.")
+            raise WorkloadError("instances today {value!r} is invalid; give 1 or more.", value=self.instances_today)
         if not (0 < self.utilisation <= 1):
-            raise WorkloadError(f"target utilisation {self.utilisation * 100:g} % is out of range; give a "
-                                "percentage above 0 and at most 100, for example --utilisation 60.")
+            raise WorkloadError("target utilisation {percent:g} % is out of range; give a "
+                                "percentage above 0 and at most 100, for example --utilisation 60.",
+                                percent=self.utilisation * 100)
         if not self.currency or len(self.currency) > 8:
-            raise WorkloadError(f"currency {self.currency!r} is invalid; give a short label such as USD or JPY.")
+            raise WorkloadError("currency {value!r} is invalid; give a short label such as USD or JPY.",
+                                value=self.currency)
 
     @property
     def per_device(self) -> bool:
@@ -156,24 +161,46 @@ def _sized_latency(candidate: Candidate, own_dense: Candidate | None) -> tuple[f
     return (dense_timing or timing).p50_ms, "dense_timing", speedup
 
 
+def _english(message: str) -> str:
+    return message
+
+
+def note_text(code: str, candidate: Candidate, costing: Costing, t: Gettext = _english) -> str:
+    """Return the costing note `code` of a candidate as a sentence in the language of `t` (English by default).
+
+    The English sentence is the note's `detail`; the CLI calls this again with `_` to show it translated.
+    """
+    runtime = candidate.runtime
+    if code == "no_timing":
+        return t("no timing on {runtime} at batch {batch} on this profile, so instances are unknown").format(
+            runtime=runtime or t("the runtime"), batch=candidate.batch_size)
+    if code == "no_compute_saving":
+        return t("no speed-up measured on {runtime}: sized like the dense model; the saving is weight memory and "
+                 "storage, not compute").format(runtime=runtime)
+    more = costing.instances is not None and costing.baseline_instances is not None \
+        and costing.instances > costing.baseline_instances
+    if more:
+        return t("{speedup:.2f}× the dense speed on {runtime}: needs more instances").format(
+            speedup=costing.speedup, runtime=runtime)
+    return t("{speedup:.2f}× the dense speed on {runtime}; the rounding to whole instances hides it").format(
+        speedup=costing.speedup, runtime=runtime)
+
+
 def costing(candidate: Candidate, own_dense: Candidate | None, baseline: Candidate | None,
             workload: Workload) -> Costing:
     """Size and price one candidate and its baseline (a dense model on the same runtime)."""
     latency, sized_by, speedup = _sized_latency(candidate, own_dense)
     batch = candidate.batch_size
-    notes: list[dict[str, str]] = []
+    codes: list[str] = []  # note codes in order; their text needs the finished costing
     capacity_rps = instances = cost = None
     if latency:
         capacity_rps = capacity(latency, batch)
         instances = instances_needed(workload.peak_rps, capacity_rps, workload.utilisation)
         cost = workload.cost(instances)
     else:
-        notes.append({"code": "no_timing", "detail": f"no timing on {candidate.runtime or 'the runtime'} at batch "
-                                                     f"{batch} on this profile, so instances are unknown"})
+        codes.append("no_timing")
     if sized_by == "dense_timing":
-        notes.append({"code": "no_compute_saving",
-                      "detail": f"no speed-up measured on {candidate.runtime}: sized like the dense model; the "
-                                "saving is weight memory and storage, not compute"})
+        codes.append("no_compute_saving")
 
     baseline_instances = baseline_cost = saving = None
     if baseline is not None:
@@ -183,10 +210,7 @@ def costing(candidate: Candidate, own_dense: Candidate | None, baseline: Candida
             baseline_cost = workload.cost(baseline_instances)
             saving = None if cost is None else baseline_cost - cost
     if speedup is not None and speedup < 1 - MEASURABLE_CHANGE and sized_by == "own_timing":
-        more = instances is not None and baseline_instances is not None and instances > baseline_instances
-        notes.append({"code": "slower_than_dense",
-                      "detail": f"{speedup:.2f}× the dense speed on {candidate.runtime}"
-                                + (": needs more instances" if more else "; the rounding to whole instances hides it")})
+        codes.append("slower_than_dense")
     today = None if workload.instances_today is None else workload.cost(workload.instances_today)
     per_million = None
     if cost is not None and not workload.per_device and workload.requests_per_day:
@@ -197,7 +221,7 @@ def costing(candidate: Candidate, own_dense: Candidate | None, baseline: Candida
         if baseline is not None and candidate.accuracy is not None and baseline.accuracy is not None \
                 and candidate.metric == baseline.metric:
             given_up = baseline.accuracy - candidate.accuracy
-    return Costing(
+    result = Costing(
         sized_p50_ms=latency, capacity_rps=capacity_rps, instances=instances, cost=cost, sized_by=sized_by, speedup=speedup,
         baseline_model=None if baseline is None else baseline.row["model_key"],
         baseline_instances=baseline_instances, baseline_cost=baseline_cost, saving=saving,
@@ -207,5 +231,7 @@ def costing(candidate: Candidate, own_dense: Candidate | None, baseline: Candida
         baseline_weight_mb=None if baseline is None else _megabytes(baseline.weight_bytes),
         storage_mb=_megabytes(candidate.storage_bytes),
         baseline_storage_mb=None if baseline is None else _megabytes(baseline.storage_bytes),
-        accuracy_given_up=given_up, notes=notes,
+        accuracy_given_up=given_up,
     )
+    result.notes = [{"code": code, "detail": note_text(code, candidate, result)} for code in codes]
+    return result

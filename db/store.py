@@ -393,6 +393,6 @@ class Store:
         return {name: values.tolist() for name, values in arrays.items()}
 
     def count(self, table: str) -> int:
-        if table not in {"results", "runs", "models", "environments", "latency", "architectures", "regressor_fits"}:
+        if table not in {"results", "runs", "models", "environments", "latency", "architectures", "regressor_fits", "jobs"}:
             raise ValueError(f"unknown table {table!r}")
         return int(self._con.execute(f"SELECT count(*) FROM {table}").fetchone()[0])
