@@ -1,7 +1,7 @@
 """The `ptsa` command line: bench, recommend, demo, and the TUI when run without a command.
 
 Exit codes: 0 success, 2 invalid input (bad model, weights, data, sparsity, budget, database),
-3 when no candidate meets the budget.
+3 when no candidate meets the budget, 4 when some bench jobs failed (the others are stored).
 
 torch and timm are imported inside the commands that need them, so `ptsa recommend` and the
 TUI start without paying for them.
@@ -38,6 +38,7 @@ log = logging.getLogger("ptsa")
 
 EXIT_INVALID = 2
 EXIT_NO_CANDIDATE = 3
+EXIT_JOBS_FAILED = 4
 
 
 def _fail(message: str, code: int = EXIT_INVALID) -> None:
@@ -113,6 +114,15 @@ def _open_tui(db_path: Path, budget: Budget | None = None, lang: str | None = No
 # -- bench -------------------------------------------------------------------------------------
 
 
+def resume_options(func: Callable[..., Any]) -> Callable[..., Any]:
+    """--force and --retry-failed: what a bench does with jobs an earlier run already stored."""
+    func = click.option("--retry-failed", is_flag=True,
+                        help="Bench again the jobs an earlier run stored as failed (skipped by default).")(func)
+    return click.option("--force", is_flag=True,
+                        help="Bench every job again, even those already stored; a stored result is kept, not "
+                             "duplicated.")(func)
+
+
 def _parse_patterns(values: tuple[str, ...]) -> list[tuple[int, int] | None]:
     from bench_engine.pruning import parse_pattern
 
@@ -169,6 +179,7 @@ def _parse_patterns(values: tuple[str, ...]) -> list[tuple[int, int] | None]:
 @click.option("--no-progress", is_flag=True, help="Hide progress bars.")
 @click.option("--progress-file", type=click.Path(dir_okay=False, path_type=Path), default=None,
               help="Append one JSON line per step (run_id, done, total, detail) to this file, for a watching program.")
+@resume_options
 @click.pass_obj
 @handle_errors
 def bench(obj: dict[str, Any], model: str, weights: Path | None, data_spec: str, unlabelled: bool,
@@ -178,7 +189,7 @@ def bench(obj: dict[str, Any], model: str, weights: Path | None, data_spec: str,
           calibration_size: int, seed: int, threads: int | None, latency_batch_size: int,
           runtimes: str | None, batches: str, repeats: int, max_seconds: float, prune_first_layer: bool, prune_classifier: bool, skip_depthwise: bool, num_classes: int | None,
           in_chans: int | None, input_size: int | None, activation_memory: float, no_progress: bool,
-          progress_file: Path | None) -> None:
+          progress_file: Path | None, force: bool, retry_failed: bool) -> None:
     """Prune MODEL with each criterion × sparsity, measure it, and store the results.
 
     MODEL is a named model (efficientnet_lite0, mnist/resnet10t, ...) or a timm architecture
@@ -187,6 +198,7 @@ def bench(obj: dict[str, Any], model: str, weights: Path | None, data_spec: str,
     from bench_engine.data import load_dataset
     from bench_engine.models import load_model
     from bench_engine.pruning import LayerPolicy
+    from bench_engine.jobs import ModelSource
     from bench_engine.runner import BenchJob, BenchPlan, run_jobs
 
     plan = BenchPlan(
@@ -225,16 +237,38 @@ def bench(obj: dict[str, Any], model: str, weights: Path | None, data_spec: str,
 
     check_compatible(bundle, data)
     data.check_readable(calibration_size, seed)
-    job = BenchJob(label=bundle.model_key, load=lambda: (bundle, data), plan=plan)
-    run_id = run_jobs(obj["db"], [job], _command_line(), threads, not no_progress, progress_file)
+    source = ModelSource(model, data_spec, weights=None if weights is None else str(weights), unlabelled=unlabelled,
+                         num_classes=num_classes, in_chans=in_chans, input_size=input_size)
+    del bundle, data  # the worker process loads them again; this process only checked them
+    summary = run_jobs(obj["db"], [BenchJob(label=model, source=source, plan=plan)], _command_line(), threads,
+                       not no_progress, progress_file, force=force, retry_failed=retry_failed)
     ensure_published(obj["db"])
+    run_id = summary.run_id
     with Store.open(obj["db"], read_only=True) as store:
         rows = store.query("SELECT count(*) AS n FROM results WHERE run_id = ?", [run_id])
         timings = store.query("SELECT * FROM latency WHERE run_id = ? ORDER BY runtime, batch_size, created_at", [run_id])
     if timings:
         _print_latency(timings)
+    _report_jobs(summary)
     click.echo(_("run {run_id}: stored {n} results for {model} in {db}").format(
-        run_id=run_id, n=rows[0]["n"], model=bundle.model_key, db=obj["db"]))
+        run_id=run_id, n=rows[0]["n"], model=model, db=obj["db"]))
+    if summary.failed:
+        sys.exit(EXIT_JOBS_FAILED)
+
+
+def _report_jobs(summary: Any) -> None:
+    """Say on stderr what was skipped, what failed and which shards were set aside."""
+    if summary.skipped:
+        click.echo(_("skipped {n} jobs already stored; --force benches them again, --retry-failed the failed "
+                     "ones.").format(n=summary.skipped), err=True)
+    for name, reason in summary.quarantined:
+        click.echo(_("result shard {name} set aside in quarantine: {reason}").format(name=name, reason=reason),
+                   err=True)
+    for label, error in summary.failed:
+        click.echo(_("failed: {job}: {error}").format(job=label, error=error), err=True)
+    if summary.failed:
+        click.echo(_("{n} jobs failed; the others are stored. Fix the cause, then run the same command with "
+                     "--retry-failed.").format(n=len(summary.failed)), err=True)
 
 
 def _check_mnist_baseline(model: str) -> None:
@@ -652,9 +686,11 @@ def _print_json(payload: Any) -> None:
 @click.option("--threads", type=click.IntRange(min=1), default=None, help="torch threads for training, pruning and latency.")
 @click.option("--skip-lite0", is_flag=True, help="Leave out the EfficientNet-Lite0 (ImageNet weights) part.")
 @click.option("--no-progress", is_flag=True, help="Hide progress bars.")
+@resume_options
 @click.pass_obj
 @handle_errors
-def demo(obj: dict[str, Any], no_tui: bool, threads: int | None, skip_lite0: bool, no_progress: bool) -> None:
+def demo(obj: dict[str, Any], no_tui: bool, threads: int | None, skip_lite0: bool, no_progress: bool, force: bool,
+         retry_failed: bool) -> None:
     """Run the quick-start suite on real data, then show the recommendations.
 
     Trains eleven small timm baselines on the bundled MNIST subset (cached after the first run),
@@ -663,8 +699,10 @@ def demo(obj: dict[str, Any], no_tui: bool, threads: int | None, skip_lite0: boo
     """
     from bench_engine.suite import run_quickstart
 
-    run_id = run_quickstart(obj["db"], threads, show_progress=not no_progress, include_lite0=not skip_lite0,
-                            command=_command_line())
+    summary = run_quickstart(obj["db"], threads, show_progress=not no_progress, include_lite0=not skip_lite0,
+                             command=_command_line(), force=force, retry_failed=retry_failed)
+    run_id = summary.run_id
+    _report_jobs(summary)
     ensure_published(obj["db"])
     with Store.open(obj["db"], read_only=True) as store:
         count = store.query("SELECT count(*) AS n FROM results WHERE run_id = ?", [run_id])[0]["n"]

@@ -10,7 +10,6 @@ from click.testing import CliRunner
 from advisor.cli import main
 from bench_engine.baselines import MNIST_PREPROCESS, BaselineSpec, ensure_baseline
 from bench_engine.data import load_mnist
-from bench_engine.runner import BenchJob, BenchPlan, run_jobs
 from db import Store
 from test_inputs import save_tiny_resnet, write_images
 
@@ -95,30 +94,6 @@ def test_bench_unlabelled_scores_fidelity(tiny_setup):
         rows = store.query("SELECT labelled, top1, top1_agreement, kl_divergence FROM results WHERE provenance = 'measured'")
     assert len(rows) == 2
     assert all(not r["labelled"] and r["top1"] is None and r["top1_agreement"] is not None for r in rows)
-
-
-def test_failed_model_leaves_earlier_rows_complete(tiny_setup):
-    weights, data, db_path = tiny_setup
-    from bench_engine.data import load_dataset
-    from bench_engine.models import load_model
-
-    def good():
-        bundle = load_model("resnet10t", weights, input_size=32)
-        return bundle, load_dataset(str(data), bundle.preprocess)
-
-    def broken():
-        raise RuntimeError("disk vanished")
-
-    plan = BenchPlan(criteria=["magnitude"], sparsities=[0.5], calibration_size=4)
-    with pytest.raises(RuntimeError, match="disk vanished"):
-        run_jobs(db_path, [BenchJob("good", good, plan), BenchJob("broken", broken, plan)], "test", show_progress=False)
-    with Store.open(db_path, read_only=True) as store:
-        run = store.query("SELECT status, error FROM runs")[0]
-        rows = store.query("SELECT model_key, top1, latency_p50_ms FROM results WHERE provenance = 'measured'")
-    assert run["status"] == "failed"
-    assert "disk vanished" in run["error"]
-    assert len(rows) == 2
-    assert all(r["top1"] is not None and r["latency_p50_ms"] is not None for r in rows)
 
 
 def test_write_retries_while_locked(tmp_path):

@@ -1,0 +1,195 @@
+"""Resumable runs: job keys, worker processes, result shards and their ingester, kills at any moment."""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import threading
+import time
+from pathlib import Path
+
+import pytest
+
+from bench_engine.jobs import ModelSource
+from bench_engine.runner import BenchJob, BenchPlan, run_jobs, shard_folder
+from bench_engine.shards import ingest_shards, write_shard
+from db import Store
+from test_inputs import save_tiny_resnet, write_images
+
+ROOT = Path(__file__).parents[1]
+
+
+@pytest.fixture
+def tiny(tmp_path):
+    weights = tmp_path / "w.safetensors"
+    save_tiny_resnet(weights, num_classes=3)
+    for index, name in enumerate(("a", "b", "c")):
+        write_images(tmp_path / "data" / name, 10, seed=index)
+    source = ModelSource("resnet10t", str(tmp_path / "data"), weights=str(weights), input_size=32)
+    return source, tmp_path / "r.duckdb"
+
+
+def counts(db_path):
+    with Store.open(db_path, read_only=True) as store:
+        results = store.query("SELECT count(*) AS n, count(DISTINCT job_key) AS keys FROM results "
+                              "WHERE provenance = 'measured'")[0]
+        jobs = {r["status"]: r["n"] for r in store.query("SELECT status, count(*) AS n FROM jobs GROUP BY status")}
+    return results["n"], results["keys"], jobs
+
+
+def test_a_second_run_skips_finished_jobs_and_force_reruns_them(tiny):
+    source, db_path = tiny
+    job = BenchJob("tiny", source, BenchPlan(criteria=["magnitude", "wanda"], sparsities=[0.5], calibration_size=8))
+    first = run_jobs(db_path, [job], "test", show_progress=False)
+    assert (first.finished, first.skipped, first.failed) == (3, 0, [])  # dense + 2 configurations
+    again = run_jobs(db_path, [job], "test", show_progress=False)
+    assert (again.finished, again.skipped) == (0, 3)
+    assert counts(db_path) == (3, 3, {"finished": 3})
+    # A wider grid runs only what is new: the same keys, plus one sparsity.
+    wider = BenchJob("tiny", source, BenchPlan(criteria=["magnitude", "wanda"], sparsities=[0.5, 0.7],
+                                               calibration_size=8))
+    grown = run_jobs(db_path, [wider], "test", show_progress=False)
+    assert (grown.finished, grown.skipped) == (2, 3)
+    forced = run_jobs(db_path, [job], "test", show_progress=False, force=True)
+    assert forced.finished == 0 and forced.skipped == 0  # benched again, but a stored job is not duplicated
+    assert counts(db_path) == (5, 5, {"finished": 5})
+
+
+def test_a_model_that_cannot_load_fails_alone(tiny, tmp_path):
+    source, db_path = tiny
+    plan = BenchPlan(criteria=["magnitude"], sparsities=[0.5], calibration_size=8)
+    broken = ModelSource("resnet10t", str(tmp_path / "no-such-folder"), weights=source.weights, input_size=32)
+    summary = run_jobs(db_path, [BenchJob("broken", broken, plan), BenchJob("good", source, plan)], "test",
+                       show_progress=False)
+    assert summary.finished == 2
+    assert len(summary.failed) == 1 and summary.failed[0][0] == "resnet10t"
+    assert "no-such-folder" in summary.failed[0][1]
+    with Store.open(db_path, read_only=True) as store:
+        run = store.query("SELECT status, error FROM runs")[0]
+    assert run["status"] == "failed" and "1 jobs failed" in run["error"]
+
+
+def _workers_of(pid: int) -> list[int]:
+    """Child processes of `pid` that run a bench worker."""
+    found = []
+    for entry in Path("/proc").iterdir():
+        if not entry.name.isdigit():
+            continue
+        try:
+            stat = (entry / "stat").read_text()
+            cmdline = (entry / "cmdline").read_bytes()
+        except OSError:
+            continue
+        parent = int(stat.rsplit(")", 1)[1].split()[1])
+        if parent == pid and b"bench_engine.jobs" in cmdline:
+            found.append(int(entry.name))
+    return found
+
+
+@pytest.mark.skipif(not Path("/proc").is_dir(), reason="finds the worker through /proc")
+def test_a_killed_worker_loses_only_its_unfinished_jobs(tiny):
+    source, db_path = tiny
+    plan = BenchPlan(criteria=["magnitude", "wanda", "sparsegpt"], sparsities=[0.3, 0.5, 0.7], calibration_size=8)
+    spool = shard_folder(db_path)
+
+    def kill_after_first_shard():
+        deadline = time.monotonic() + 120
+        while time.monotonic() < deadline:
+            if spool.is_dir() and any(spool.glob("*.manifest")) and any(spool.glob("*.json")):
+                for pid in _workers_of(os.getpid()):
+                    os.kill(pid, signal.SIGKILL)  # as the kernel's out-of-memory killer would
+                return
+            time.sleep(0.02)
+
+    killer = threading.Thread(target=kill_after_first_shard)
+    killer.start()
+    summary = run_jobs(db_path, [BenchJob("tiny", source, plan)], "test", show_progress=False)
+    killer.join()
+    with Store.open(db_path, read_only=True) as store:
+        failed = store.query("SELECT error FROM jobs WHERE status = 'failed'")
+    assert failed, "the worker finished before it could be killed"
+    assert all("killed by signal SIGKILL" in row["error"] for row in failed)
+    finished = summary.finished
+    # The failed jobs are skipped by default, and --retry-failed benches exactly them.
+    assert run_jobs(db_path, [BenchJob("tiny", source, plan)], "test", show_progress=False).finished == 0
+    retried = run_jobs(db_path, [BenchJob("tiny", source, plan)], "test", show_progress=False, retry_failed=True)
+    assert retried.finished == len(failed)
+    assert finished + retried.finished == 10
+    assert counts(db_path) == (10, 10, {"finished": 10})
+
+
+def test_corrupt_and_half_written_shards_are_never_ingested(tiny, tmp_path):
+    _source, db_path = tiny
+    with Store.open(db_path):
+        pass
+    spool = shard_folder(db_path)
+    spool.mkdir()
+    (spool / "garbage.json").write_text("{not json", encoding="utf-8")
+    (spool / ".half.123.tmp").write_text('{"format": "ptsa-result-shard", "bo', encoding="utf-8")
+    good = write_shard(spool, "k1", {"job": {"job_key": "k1", "run_id": "r", "model_key": "m", "status": "failed",
+                                              "error": "boom"}})
+    altered = write_shard(spool, "k2", {"job": {"job_key": "k2", "run_id": "r", "model_key": "m", "status": "failed",
+                                                 "error": "boom"}})
+    payload = json.loads(altered.read_text())
+    payload["body"]["job"]["error"] = "changed after writing"
+    altered.write_text(json.dumps(payload))
+    (spool / "k3.json").write_bytes(good.read_bytes())  # a shard whose name does not match its job
+    with Store.open(db_path) as store:
+        report = ingest_shards(store, spool)
+        jobs = store.query("SELECT job_key, status FROM jobs")
+    assert report.failed == ["k1"]
+    reasons = dict(report.quarantined)
+    assert "cannot read garbage.json" in reasons["garbage.json"]
+    assert "fails its checksum" in reasons["k2.json"]
+    assert "not the job its name says" in reasons["k3.json"]
+    assert jobs == [{"job_key": "k1", "status": "failed"}]
+    quarantine = spool / "quarantine"
+    assert sorted(p.name for p in quarantine.glob("*.json")) == ["garbage.json", "k2.json", "k3.json"]
+    assert "checksum" in (quarantine / "k2.reason.txt").read_text()
+    assert (spool / ".half.123.tmp").exists()  # a writer may still be on it; it is never read
+
+
+def test_shard_rows_that_do_not_fit_are_quarantined_whole(tiny):
+    _source, db_path = tiny
+    with Store.open(db_path):
+        pass
+    spool = shard_folder(db_path)
+    write_shard(spool, "k9", {"job": {"job_key": "k9", "run_id": "r", "model_key": "m", "status": "finished"},
+                              "results": {"result_id": ["x"], "no_such_column": [1]}})
+    with Store.open(db_path) as store:
+        report = ingest_shards(store, spool)
+        assert store.count("jobs") == 0 and store.count("results") == 0
+    assert [name for name, _ in report.quarantined] == ["k9.json"]
+
+
+KILL_SCRIPT = """
+import sys
+from bench_engine.jobs import ModelSource
+from bench_engine.runner import BenchJob, BenchPlan, run_jobs
+source = ModelSource("resnet10t", sys.argv[2], weights=sys.argv[3], input_size=32)
+plan = BenchPlan(criteria=["magnitude", "wanda"], sparsities=[0.3, 0.5, 0.7], calibration_size=8)
+run_jobs(sys.argv[1], [BenchJob("tiny", source, plan)], "kill test", show_progress=False)
+"""
+
+
+def test_sigkill_at_random_moments_then_resume_gives_one_row_per_job(tiny, tmp_path):
+    """Kill the whole bench (driver and worker) with SIGKILL at several moments, resume, and check the rows."""
+    source, db_path = tiny
+    env = {**os.environ, "HF_HUB_OFFLINE": "1", "PYTHONPATH": str(ROOT)}
+    command = [sys.executable, "-c", KILL_SCRIPT, str(db_path), source.data, source.weights]
+    for delay in (1.0, 3.5, 5.0, 6.5, 8.0):  # from start-up, through loading, into the grid
+        process = subprocess.Popen(command, env=env, start_new_session=True, stdout=subprocess.DEVNULL,
+                                   stderr=subprocess.DEVNULL)
+        time.sleep(delay)
+        os.killpg(process.pid, signal.SIGKILL)
+        process.wait()
+        if db_path.exists():
+            with Store.open(db_path, read_only=True) as store:  # never corrupt: it opens after every kill
+                store.count("results")
+    finished = subprocess.run(command, env=env, capture_output=True, text=True, timeout=300)
+    assert finished.returncode == 0, finished.stderr
+    assert counts(db_path) == (7, 7, {"finished": 7})  # dense + 2 criteria × 3 sparsities, each once
+    assert not list(shard_folder(db_path).glob("*.json"))
