@@ -62,6 +62,25 @@ def write_shard(folder: Path, job_key: str, body: Mapping[str, Any]) -> Path:
     return final
 
 
+def write_shard_bytes(folder: Path, name: str, data: bytes) -> Path:
+    """Write a shard another machine produced (a Ray node), atomically, under its own name.
+
+    The name must be a plain `<job key>.json`; the contents are checked when ingested.
+    """
+    if Path(name).name != name or not name.endswith(".json") or name.startswith("."):
+        raise ShardError(f"refusing shard name {name!r}: expected <job key>.json")
+    folder.mkdir(parents=True, exist_ok=True)
+    temporary = folder / f".{name}.{os.getpid()}.tmp"
+    with temporary.open("wb") as stream:
+        stream.write(data)
+        stream.flush()
+        os.fsync(stream.fileno())
+    final = folder / name
+    os.replace(temporary, final)
+    _sync_folder(folder)
+    return final
+
+
 def _sync_folder(folder: Path) -> None:
     """Flush the folder entry of a rename to disk (where the platform allows it)."""
     try:

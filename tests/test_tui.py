@@ -12,10 +12,15 @@ from advisor.tui.app import RANK_DELAY, PTSAdvisorApp
 
 
 async def settle(pilot) -> None:
-    """Wait until an edit's ranking has run: the app ranks in a worker after RANK_DELAY seconds."""
+    """Wait until an edit's ranking has run: the app ranks in a worker after RANK_DELAY seconds.
+
+    Also stops the inputs' cursors from blinking, so a snapshot does not depend on when it is taken.
+    """
+    for field in pilot.app.query(Input):
+        field.cursor_blink = False
     await pilot.pause(RANK_DELAY + 0.1)
     await pilot.app.workers.wait_for_complete()
-    await pilot.pause()
+    await pilot.pause(0.1)  # a DataTable sizes its columns to new rows when the app is next idle
 
 
 def status_text(app: PTSAdvisorApp) -> str:
@@ -307,8 +312,7 @@ async def test_models_tab_without_fit_or_features(fixture_db):
 async def open_models_tab(pilot):
     await settle(pilot)
     await pilot.press("f6")
-    await pilot.app.workers.wait_for_complete()  # the rows are read in a worker thread
-    await pilot.pause()
+    await settle(pilot)  # the rows are read in a worker thread
 
 
 def test_models_snapshot(snap_compare, fixture_db):

@@ -12,6 +12,7 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
+from rich.cells import cell_len
 from textual import on, work
 from textual.app import App, ComposeResult
 from textual.binding import Binding
@@ -269,7 +270,7 @@ class PTSAdvisorApp(App):
         self.last_change = self._latest_change()
         # New results (a bench in another terminal, or one from the Runs tab) show up by themselves.
         self.set_interval(WATCH_SECONDS, self.check_for_new_results)
-        self.query_one("#ranking", DataTable).add_columns(*ranking_headers())
+        fill_table(self.query_one("#ranking", DataTable), ranking_headers(), [])
         self.start_ranking()
         self.query_one("#ranking", DataTable).focus()  # q and r work at once; Tab reaches the inputs
 
@@ -344,8 +345,8 @@ class PTSAdvisorApp(App):
             return
         self.result = ranked
         shown = ranked.ranked if ranked.found else ranked.nearest
-        for index, candidate in enumerate(shown):
-            table.add_row(*ranking_cells(str(index + 1) if ranked.found else "✗", candidate), key=str(index))
+        fill_table(table, ranking_headers(),
+                   [ranking_cells(str(index + 1) if ranked.found else "✗", c) for index, c in enumerate(shown)])
         if ranked.found:
             text = _("{n} of {total} candidates meet the budget (objective: {objective}).").format(
                 n=ranked.meeting_count, total=ranked.total, objective=_(OBJECTIVE_NAMES[self.budget.objective]))
@@ -497,24 +498,25 @@ class PTSAdvisorApp(App):
         today = workload.instances_today is not None
         per_million = any(c.costing.cost_per_million is not None for c in shown)
         # The model, then sizes and costs, so each row shows what it prices before the table scrolls.
-        table.clear(columns=True)
-        table.add_columns("#", _("model"), _("instances"), _("cost once") if workload.per_device else _("cost/month"),
-                          _("saving"), *([_("vs today")] if today else []), *([_("per 1M req")] if per_million else []),
-                          _("acc %"), _("sparsity"), _("method"), _("weight MB"), _("storage MB"))
+        headers = ["#", _("model"), _("instances"), _("cost once") if workload.per_device else _("cost/month"),
+                   _("saving"), *([_("vs today")] if today else []), *([_("per 1M req")] if per_million else []),
+                   _("acc %"), _("sparsity"), _("method"), _("weight MB"), _("storage MB")]
         seen: dict[str, str] = {}
+        rows = []
         for index, c in enumerate(shown):
             cost = c.costing
             instances = "-" if cost.instances is None else (
                 f"{cost.baseline_instances}→{cost.instances}" if cost.baseline_instances is not None
                 else str(cost.instances))
-            table.add_row(str(index + 1), c.row["model_key"], instances, _money(cost.cost, currency),
-                          _money(cost.saving, currency),
-                          *([_money(cost.saving_vs_today, currency)] if today else []),
-                          *([_money(cost.cost_per_million, currency, 2)] if per_million else []),
-                          number(c.accuracy), sparsity_text(c.row), method_label(c.row), number(cost.weight_mb, 1),
-                          number(cost.storage_mb, 1), key=str(index))
+            rows.append([str(index + 1), c.row["model_key"], instances, _money(cost.cost, currency),
+                         _money(cost.saving, currency),
+                         *([_money(cost.saving_vs_today, currency)] if today else []),
+                         *([_money(cost.cost_per_million, currency, 2)] if per_million else []),
+                         number(c.accuracy), sparsity_text(c.row), method_label(c.row), number(cost.weight_mb, 1),
+                         number(cost.storage_mb, 1)])
             for note in cost.notes:
                 seen.setdefault(note["code"], self._note_text(note["code"], c))
+        fill_table(table, headers, rows)
         if workload.per_device:
             text = _("Peak {peak:g}/s at {util:g} % utilisation, {price:g} {currency} per device bought once; "
                      "cheapest first. instances: dense → candidate.")
@@ -642,6 +644,21 @@ class PTSAdvisorApp(App):
     def action_focus_table(self) -> None:
         self.query_one(TabbedContent).active = "recommend"
         self.query_one("#ranking", DataTable).focus()
+
+
+def fill_table(table: DataTable, headers: list[str], rows: list[list[str]]) -> None:
+    """Replace a table's columns and rows, each column as wide as its widest cell.
+
+    The widths are set here rather than left to the table, which measures new rows only when the
+    app is next idle: a table filled from a worker could otherwise show a frame with columns cut
+    to their headers' width.
+    """
+    table.clear(columns=True)
+    for position, header in enumerate(headers):
+        width = max([cell_len(header), *(cell_len(row[position]) for row in rows)])
+        table.add_column(header, width=width)
+    for index, row in enumerate(rows):
+        table.add_row(*row, key=str(index))
 
 
 def _money(value: float | None, currency: str, digits: int = 0) -> str:
