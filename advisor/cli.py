@@ -115,7 +115,17 @@ def _open_tui(db_path: Path, budget: Budget | None = None, lang: str | None = No
 
 
 def resume_options(func: Callable[..., Any]) -> Callable[..., Any]:
-    """--force and --retry-failed: what a bench does with jobs an earlier run already stored."""
+    """--force and --retry-failed: what a bench does with jobs an earlier run already stored; and
+    --executor, --address, --resources: where its worker processes run."""
+    func = click.option("--resources", default=None,
+                        help="What each model's Ray task asks of its node, for example cpus=2,gpus=1,memory=8 "
+                             "(memory in GiB). Default: cpus=1.")(func)
+    func = click.option("--address", default=None,
+                        help="Ray cluster to use with --executor ray: auto (a cluster this machine belongs to), "
+                             "HOST:PORT of the head node, or ray://HOST:10001. Default: auto.")(func)
+    func = click.option("--executor", type=click.Choice(["local", "ray"]), default="local", show_default=True,
+                        help="Run each model's worker here, one after another (local), or on a Ray cluster (ray; "
+                             "needs pip install \"pts-advisor[ray]\").")(func)
     func = click.option("--retry-failed", is_flag=True,
                         help="Bench again the jobs an earlier run stored as failed (skipped by default).")(func)
     return click.option("--force", is_flag=True,
@@ -189,7 +199,8 @@ def bench(obj: dict[str, Any], model: str, weights: Path | None, data_spec: str,
           calibration_size: int, seed: int, threads: int | None, latency_batch_size: int,
           runtimes: str | None, batches: str, repeats: int, max_seconds: float, prune_first_layer: bool, prune_classifier: bool, skip_depthwise: bool, num_classes: int | None,
           in_chans: int | None, input_size: int | None, activation_memory: float, no_progress: bool,
-          progress_file: Path | None, force: bool, retry_failed: bool) -> None:
+          progress_file: Path | None, force: bool, retry_failed: bool, executor: str, address: str | None,
+          resources: str | None) -> None:
     """Prune MODEL with each criterion × sparsity, measure it, and store the results.
 
     MODEL is a named model (efficientnet_lite0, mnist/resnet10t, ...) or a timm architecture
@@ -221,6 +232,7 @@ def bench(obj: dict[str, Any], model: str, weights: Path | None, data_spec: str,
         activation_memory_gib=activation_memory,
     )
     plan.configs()  # validate before loading anything heavy
+    runner = _executor(executor, address, resources)
     _report_unavailable(plan.runtimes)
     if not recipes and allocation != "uniform" and any(p is not None for p in plan.patterns):
         click.echo(_("warning: allocation {allocation!r} applies to the unstructured rows only; N:M pattern rows "
@@ -241,7 +253,7 @@ def bench(obj: dict[str, Any], model: str, weights: Path | None, data_spec: str,
                          num_classes=num_classes, in_chans=in_chans, input_size=input_size)
     del bundle, data  # the worker process loads them again; this process only checked them
     summary = run_jobs(obj["db"], [BenchJob(label=model, source=source, plan=plan)], _command_line(), threads,
-                       not no_progress, progress_file, force=force, retry_failed=retry_failed)
+                       not no_progress, progress_file, force=force, retry_failed=retry_failed, executor=runner)
     ensure_published(obj["db"])
     run_id = summary.run_id
     with Store.open(obj["db"], read_only=True) as store:
@@ -254,6 +266,19 @@ def bench(obj: dict[str, Any], model: str, weights: Path | None, data_spec: str,
         run_id=run_id, n=rows[0]["n"], model=model, db=obj["db"]))
     if summary.failed:
         sys.exit(EXIT_JOBS_FAILED)
+
+
+def _executor(executor: str, address: str | None, resources: str | None) -> Any:
+    """Return the executor the options ask for (None: the default local one)."""
+    if executor == "local":
+        if address is not None or resources is not None:
+            _fail(_("--address and --resources apply to --executor ray; add --executor ray or drop them."))
+        return None
+    from bench_engine.ray_executor import RayExecutor, parse_resources
+
+    runner = RayExecutor(address=address or "auto", resources=parse_resources(resources))
+    runner.connect()  # before anything is written: a wrong address fails here
+    return runner
 
 
 def _report_jobs(summary: Any) -> None:
@@ -690,7 +715,7 @@ def _print_json(payload: Any) -> None:
 @click.pass_obj
 @handle_errors
 def demo(obj: dict[str, Any], no_tui: bool, threads: int | None, skip_lite0: bool, no_progress: bool, force: bool,
-         retry_failed: bool) -> None:
+         retry_failed: bool, executor: str, address: str | None, resources: str | None) -> None:
     """Run the quick-start suite on real data, then show the recommendations.
 
     Trains eleven small timm baselines on the bundled MNIST subset (cached after the first run),
@@ -699,8 +724,9 @@ def demo(obj: dict[str, Any], no_tui: bool, threads: int | None, skip_lite0: boo
     """
     from bench_engine.suite import run_quickstart
 
+    runner = _executor(executor, address, resources)
     summary = run_quickstart(obj["db"], threads, show_progress=not no_progress, include_lite0=not skip_lite0,
-                             command=_command_line(), force=force, retry_failed=retry_failed)
+                             command=_command_line(), force=force, retry_failed=retry_failed, executor=runner)
     run_id = summary.run_id
     _report_jobs(summary)
     ensure_published(obj["db"])

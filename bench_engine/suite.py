@@ -12,6 +12,7 @@ from assets import read_json
 from bench_engine.baselines import MNIST_BASELINES, MNIST_PREPROCESS, ensure_baseline, is_cached
 from bench_engine.data import DataSplits, load_mnist
 from bench_engine.pruning import parse_pattern
+from bench_engine.executors import Executor
 from bench_engine.jobs import ModelSource
 from bench_engine.runner import BenchJob, BenchPlan, RunSummary, run_jobs
 
@@ -78,8 +79,9 @@ def run_quickstart(
     command: str = "ptsa demo",
     force: bool = False,
     retry_failed: bool = False,
+    executor: Executor | None = None,
 ) -> RunSummary:
     """Train missing baselines, then bench the suite as one run, skipping the jobs already stored."""
     train_missing_baselines(models, show_progress)
     return run_jobs(db_path, quickstart_jobs(include_lite0, models), command, num_threads, show_progress,
-                    force=force, retry_failed=retry_failed)
+                    force=force, retry_failed=retry_failed, executor=executor)

@@ -1,0 +1,176 @@
+"""Run a bench's worker tasks on a Ray cluster (`ptsa bench ... --executor ray`).
+
+Each model's task becomes one Ray task with its own resource request (CPUs, GPUs, memory). On
+its node, the task runs the same worker process as the local executor, into a node-local shard
+folder, then returns the shards' bytes and the worker's manifest to the driver, which writes
+them into the database's shard folder and ingests them. Nodes therefore never see the database
+file, and the driver checks every shard as if a local worker had written it.
+
+When a node dies, Ray runs the task again elsewhere (`max_retries`); a worker that fails on its
+own (a crash, an error before its manifest) is reported like a local one. Ray is an optional
+dependency (`pip install "pts-advisor[ray]"`) imported only here.
+"""
+
+from __future__ import annotations
+
+import logging
+import socket
+import subprocess
+import sys
+import tempfile
+from collections import Counter
+from collections.abc import Callable, Iterator, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from bench_engine.errors import InvalidConfigError
+from bench_engine.executors import TaskOutcome, exit_text
+from bench_engine.jobs import WorkerTask, plan_from_json, read_manifest, write_json_atomic
+
+log = logging.getLogger(__name__)
+
+
+@dataclass(frozen=True)
+class RayResources:
+    """What one model's task asks of its node."""
+
+    num_cpus: float = 1.0
+    num_gpus: float = 0.0
+    memory_gb: float | None = None  # Ray schedules by it; None asks for none in particular
+
+
+def run_task_on_node(task_json: dict[str, Any]) -> dict[str, Any]:
+    """The Ray task: run one worker here, into a temporary folder, and return what it wrote."""
+    task = WorkerTask.from_json(task_json)
+    with tempfile.TemporaryDirectory(prefix="ptsa-ray-") as folder:
+        task.shard_folder = folder
+        task.progress_file = None
+        task_path = Path(folder) / "task.json"
+        write_json_atomic(task_path, task.to_json())
+        process = subprocess.run([sys.executable, "-m", "bench_engine.jobs", str(task_path)],
+                                 stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE,
+                                 text=True, errors="replace")
+        shards = {path.name: path.read_bytes() for path in Path(folder).glob("*.json") if path.name != "task.json"}
+        manifest = read_manifest(task.manifest_path)
+    return {"shards": shards, "manifest": manifest, "returncode": process.returncode,
+            "stderr": process.stderr[-20000:], "node": socket.gethostname()}
+
+
+class RayExecutor:
+    """Fan the tasks out to a Ray cluster; ingest each task's shards as it returns."""
+
+    name = "ray"
+
+    def __init__(self, address: str | None = None, resources: RayResources = RayResources(), max_retries: int = 2,
+                 init_options: dict[str, Any] | None = None) -> None:
+        self.address = address
+        self.resources = resources
+        self.max_retries = max_retries
+        self.init_options = init_options or {}
+
+    def connect(self) -> Any:
+        """Join the cluster (once); raises InvalidConfigError naming the address when it cannot.
+
+        Call it before anything is written, so a wrong address fails the command at once.
+        """
+        try:
+            import ray
+        except ImportError:
+            raise InvalidConfigError(
+                "--executor ray needs Ray, which is not installed; install it with "
+                "pip install \"pts-advisor[ray]\", or use --executor local."
+            ) from None
+        if not ray.is_initialized():
+            self._check_reachable()
+            options = {"include_dashboard": False, "log_to_driver": False, **self.init_options}
+            try:
+                ray.init(address=self.address, **options)
+            except (ConnectionError, RuntimeError, ValueError) as exc:
+                raise InvalidConfigError(
+                    "cannot reach the Ray cluster at {address}: {reason}. Start it with `ray start --head` on "
+                    "the head node, then pass --address HOST:PORT (or auto on a node of the cluster).",
+                    address=self.address or "auto", reason=str(exc),
+                ) from exc
+        return ray
+
+    def _check_reachable(self) -> None:
+        """Fail in seconds on a HOST:PORT nobody listens on; Ray itself retries for minutes."""
+        if not self.address or self.address == "auto":
+            return
+        host, _, port = self.address.removeprefix("ray://").rpartition(":")
+        try:
+            with socket.create_connection((host, int(port)), timeout=5):
+                pass
+        except (OSError, ValueError) as exc:
+            raise InvalidConfigError(
+                "cannot reach the Ray cluster at {address}: {reason}. Start it with `ray start --head` on "
+                "the head node, then pass --address HOST:PORT (or auto on a node of the cluster).",
+                address=self.address, reason=str(exc) or type(exc).__name__,
+            ) from exc
+
+    def run(self, tasks: Sequence[WorkerTask], bar: Any, ingest: Callable[[], None]) -> Iterator[TaskOutcome]:
+        ray = self.connect()
+        memory = None if self.resources.memory_gb is None else int(self.resources.memory_gb * 1024**3)
+        remote = ray.remote(num_cpus=self.resources.num_cpus, num_gpus=self.resources.num_gpus, memory=memory,
+                            max_retries=self.max_retries)(run_task_on_node)
+        pending = {remote.remote(task.to_json()): task for task in tasks}
+        per_node: Counter[str] = Counter()
+        bar.set_postfix_str(f"{len(pending)} tasks on Ray")
+        while pending:
+            ready, _ = ray.wait(list(pending), num_returns=1, timeout=1.0)
+            for ref in ready:
+                task = pending.pop(ref)
+                yield self._collect(ray, ref, task, bar, ingest, per_node)
+
+    def _collect(self, ray: Any, ref: Any, task: WorkerTask, bar: Any, ingest: Callable[[], None],
+                 per_node: Counter[str]) -> TaskOutcome:
+        from bench_engine.shards import write_shard_bytes
+
+        try:
+            returned = ray.get(ref)
+        except Exception as exc:  # the task failed on every try (a lost node, a Ray error)
+            error = f"Ray task failed after {self.max_retries} retries: {type(exc).__name__}: {exc}"
+            log.error("%s: %s", task.source.label, error)
+            return TaskOutcome(label=task.source.label, returncode=1, error=error)
+        spool = Path(task.shard_folder)
+        for name, data in returned["shards"].items():
+            write_shard_bytes(spool, name, data)
+        ingest()
+        manifest = returned["manifest"]
+        jobs = manifest.get("jobs", {})
+        per_node[returned["node"]] += len(returned["shards"])
+        bar.update(len(plan_from_json(task.plan).configs()))  # skipped or benched, as the local bar counts
+        bar.set_postfix_str(", ".join(f"{node}: {n} jobs" for node, n in sorted(per_node.items())))
+        if returned["stderr"].strip():
+            sys.stderr.write(returned["stderr"] if returned["stderr"].endswith("\n") else returned["stderr"] + "\n")
+        outcome = TaskOutcome(label=task.source.label, model_key=manifest.get("model_key"), jobs=jobs,
+                              skipped=manifest.get("skipped", 0), returncode=returned["returncode"])
+        if returned["returncode"] != 0:
+            outcome.error = exit_text(returned["returncode"], returned["stderr"]) + f" (node {returned['node']})"
+        return outcome
+
+
+def parse_resources(text: str | None) -> RayResources:
+    """Read 'cpus=2,gpus=1,memory=8' (memory in GiB) into RayResources; names the bad part."""
+    if not text:
+        return RayResources()
+    values: dict[str, float] = {}
+    for part in text.split(","):
+        name, _, value = part.partition("=")
+        name = name.strip()
+        if name not in ("cpus", "gpus", "memory"):
+            raise InvalidConfigError(
+                "unknown resource {name!r} in --resources; use cpus, gpus and memory (GiB), for example "
+                "cpus=2,gpus=1,memory=8.", name=name)
+        try:
+            number = float(value)
+        except ValueError:
+            raise InvalidConfigError("resource {name} needs a number, got {value!r}; for example {name}=2.",
+                                     name=name, value=value.strip()) from None
+        if not number >= 0:
+            raise InvalidConfigError("resource {name} must be 0 or more, got {value}.", name=name, value=value.strip())
+        values[name] = number
+    return RayResources(num_cpus=values.get("cpus", 1.0), num_gpus=values.get("gpus", 0.0),
+                        memory_gb=values.get("memory"))
+

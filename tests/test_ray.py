@@ -1,0 +1,121 @@
+"""The Ray executor against a real Ray cluster started on loopback for these tests."""
+
+from __future__ import annotations
+
+import os
+import signal
+import socket
+import subprocess
+import sys
+import threading
+import time
+from pathlib import Path
+
+import pytest
+
+from db import Store
+from test_inputs import save_tiny_resnet, write_images
+
+pytest.importorskip("ray")  # in the test extra; `pip install "pts-advisor[ray]"` for users
+
+RAY = Path(sys.executable).with_name("ray")
+
+
+def free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return sock.getsockname()[1]
+
+
+@pytest.fixture(scope="module")
+def ray_cluster(tmp_path_factory):
+    """A one-node Ray cluster on 127.0.0.1, stopped after the module's tests."""
+    port = free_port()
+    env = {**os.environ, "RAY_USAGE_STATS_ENABLED": "0"}
+    subprocess.run([str(RAY), "start", "--head", "--node-ip-address=127.0.0.1", f"--port={port}", "--num-cpus=2",
+                    "--include-dashboard=false", "--disable-usage-stats"], env=env, check=True,
+                   capture_output=True, timeout=180)
+    try:
+        yield f"127.0.0.1:{port}"
+    finally:
+        subprocess.run([str(RAY), "stop", "--force"], env=env, capture_output=True, timeout=120)
+
+
+@pytest.fixture
+def tiny(tmp_path):
+    weights = tmp_path / "w.safetensors"
+    save_tiny_resnet(weights, num_classes=3)
+    for index, name in enumerate(("a", "b", "c")):
+        write_images(tmp_path / "data" / name, 10, seed=index)
+    return weights, tmp_path / "data", tmp_path / "r.duckdb"
+
+
+def bench(db_path, weights, data, *extra, timeout=600):
+    command = [sys.executable, "-m", "advisor.cli", "--db", str(db_path), "bench", "resnet10t", "--weights",
+               str(weights), "--data", str(data), "--input-size", "32", "--calibration-size", "8",
+               "--criterion", "magnitude", "--criterion", "wanda", "--sparsity", "0.5", "--sparsity", "0.7",
+               "--no-progress", *extra]
+    env = {**os.environ, "HF_HUB_OFFLINE": "1", "RAY_USAGE_STATS_ENABLED": "0"}
+    return subprocess.run(command, env=env, capture_output=True, text=True, timeout=timeout)
+
+
+def test_a_grid_runs_on_the_cluster_and_resumes_locally(ray_cluster, tiny):
+    weights, data, db_path = tiny
+    done = bench(db_path, weights, data, "--executor", "ray", "--address", ray_cluster, "--resources", "cpus=1")
+    assert done.returncode == 0, done.stderr
+    with Store.open(db_path, read_only=True) as store:
+        rows = store.query("SELECT count(*) AS n, count(DISTINCT job_key) AS keys FROM results "
+                             "WHERE provenance = 'measured'")[0]
+        config = store.query("SELECT config_json FROM runs")[0]["config_json"]
+    assert (rows["n"], rows["keys"]) == (5, 5)  # dense + 2 criteria × 2 sparsities
+    assert '"executor": "ray"' in config
+    # The same jobs have the same keys whichever executor ran them: a local rerun skips them all.
+    again = bench(db_path, weights, data)
+    assert again.returncode == 0, again.stderr
+    assert "skipped 5 jobs already stored" in again.stderr
+
+
+def test_a_lost_ray_worker_has_its_task_run_again(ray_cluster, tiny):
+    weights, data, db_path = tiny
+    killed = []
+
+    def kill_one_ray_worker():
+        deadline = time.monotonic() + 240
+        while time.monotonic() < deadline and not killed:
+            for entry in Path("/proc").iterdir():
+                if not entry.name.isdigit():
+                    continue
+                try:
+                    if b"bench_engine.jobs" not in (entry / "cmdline").read_bytes():
+                        continue
+                    parent = int((entry / "stat").read_text().rsplit(")", 1)[1].split()[1])
+                    os.kill(parent, signal.SIGKILL)  # the Ray worker running the task, as a lost node would
+                    killed.append(parent)
+                    break
+                except (OSError, ValueError):
+                    continue
+            time.sleep(0.1)
+
+    killer = threading.Thread(target=kill_one_ray_worker)
+    killer.start()
+    done = bench(db_path, weights, data, "--executor", "ray", "--address", ray_cluster)
+    killer.join()
+    assert killed, "no Ray worker was found to kill"
+    assert done.returncode == 0, done.stderr
+    with Store.open(db_path, read_only=True) as store:
+        rows = store.query("SELECT count(*) AS n, count(DISTINCT job_key) AS keys FROM results "
+                             "WHERE provenance = 'measured'")[0]
+    assert (rows["n"], rows["keys"]) == (5, 5)
+
+
+def test_bad_executor_options_are_named(tiny):
+    weights, data, db_path = tiny
+    local = bench(db_path, weights, data, "--address", "127.0.0.1:1")
+    assert local.returncode == 2 and "--address and --resources apply to --executor ray" in local.stderr
+    resources = bench(db_path, weights, data, "--executor", "ray", "--resources", "cpus=two")
+    assert resources.returncode == 2 and "resource cpus needs a number, got 'two'" in resources.stderr
+    unreachable = bench(db_path, weights, data, "--executor", "ray", "--address", f"127.0.0.1:{free_port()}",
+                        timeout=300)
+    assert unreachable.returncode == 2, unreachable.stderr
+    assert "cannot reach the Ray cluster" in unreachable.stderr
+    assert not db_path.exists()
