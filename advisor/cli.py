@@ -703,6 +703,46 @@ def _print_json(payload: Any) -> None:
     click.echo(json.dumps(_finite(payload), indent=2, default=_json_default, allow_nan=False))
 
 
+# -- db: move results between machines -----------------------------------------------------------
+
+
+@main.group(name="db")
+def db_group() -> None:
+    """Move results between machines as Parquet, with their provenance and hardware profiles."""
+
+
+@db_group.command(name="export")
+@click.option("--out", "out_path", required=True, type=click.Path(file_okay=False, path_type=Path),
+              help="New folder to write: one Parquet file per table and manifest.json.")
+@click.pass_obj
+@handle_errors
+def db_export(obj: dict[str, Any], out_path: Path) -> None:
+    """Export results, runs, jobs, models, timings and hardware profiles of the database."""
+    from bench_engine import __version__
+    from db.transfer import export_parquet
+
+    with Store.open(obj["db"], read_only=True) as store:
+        counts = export_parquet(store, out_path, __version__)
+    click.echo(_("exported {results} results, {latency} timings and {jobs} jobs from {db} to {out}").format(
+        results=counts["results"], latency=counts["latency"], jobs=counts["jobs"], db=obj["db"], out=out_path))
+
+
+@db_group.command(name="import")
+@click.argument("folder", type=click.Path(path_type=Path))
+@click.pass_obj
+@handle_errors
+def db_import(obj: dict[str, Any], folder: Path) -> None:
+    """Add the rows of an export that the database lacks; importing twice adds nothing."""
+    from db.transfer import import_parquet, read_manifest
+
+    read_manifest(folder)  # a bad folder fails before the database is created or locked
+    with Store.open(obj["db"]) as store:
+        added = import_parquet(store, folder)
+    click.echo(_("imported {results} results, {latency} timings and {jobs} jobs into {db}; rows already there "
+                 "were kept").format(results=added["results"], latency=added["latency"], jobs=added["jobs"],
+                                     db=obj["db"]))
+
+
 # -- demo --------------------------------------------------------------------------------------
 
 

@@ -116,6 +116,11 @@ class Store:
     def close(self) -> None:
         self._con.close()
 
+    @property
+    def connection(self) -> duckdb.DuckDBPyConnection:
+        """The DuckDB connection, for this package's bulk operations (`db.transfer`)."""
+        return self._con
+
     def __enter__(self) -> Store:
         return self
 

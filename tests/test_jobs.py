@@ -16,7 +16,7 @@ import pytest
 from bench_engine.jobs import ModelSource
 from bench_engine.runner import BenchJob, BenchPlan, run_jobs, shard_folder
 from bench_engine.shards import ingest_shards, write_shard
-from db import Store
+from db import SCHEMA_VERSION, Store
 from test_inputs import save_tiny_resnet, write_images
 
 ROOT = Path(__file__).parents[1]
@@ -193,3 +193,64 @@ def test_sigkill_at_random_moments_then_resume_gives_one_row_per_job(tiny, tmp_p
     assert finished.returncode == 0, finished.stderr
     assert counts(db_path) == (7, 7, {"finished": 7})  # dense + 2 criteria × 3 sparsities, each once
     assert not list(shard_folder(db_path).glob("*.json"))
+
+
+# -- moving results between machines ---------------------------------------------------------------
+
+
+def test_export_then_import_twice_adds_each_row_once(tmp_path):
+    from click.testing import CliRunner
+
+    from advisor.cli import main
+    from conftest import insert_rows, make_result
+
+    source, target = tmp_path / "lab.duckdb", tmp_path / "laptop.duckdb"
+    with Store.open(source) as store:
+        insert_rows(store, [make_result(criterion="wanda", requested_sparsity=0.5, top1=91.0),
+                            make_result(criterion="magnitude", requested_sparsity=0.5, top1=89.0)])
+        store.upsert_environment("env-lab", {"cpu_model": "Lab CPU", "device": "cpu"})
+        store.upsert_job({"job_key": "j1", "run_id": "r1", "model_key": "m", "label": "m · dense",
+                          "spec_json": "{}", "status": "finished", "error": None, "attempts": 1,
+                          "result_count": 1, "updated_at": "2026-12-05 00:00:00"})
+    runner = CliRunner()
+    out = tmp_path / "export"
+    exported = runner.invoke(main, ["--db", str(source), "db", "export", "--out", str(out)])
+    assert exported.exit_code == 0, exported.output
+    assert "exported 2 results" in exported.output
+    assert sorted(p.name for p in out.iterdir())[-1] == "runs.parquet" and (out / "manifest.json").exists()
+    for expected in (2, 0):  # the second import finds every row already there
+        imported = runner.invoke(main, ["--db", str(target), "db", "import", str(out)])
+        assert imported.exit_code == 0, imported.output
+        assert f"imported {expected} results" in imported.output
+    with Store.open(target, read_only=True) as store:
+        assert store.count("results") == 2 and store.count("jobs") == 1
+        assert store.query("SELECT cpu_model FROM environments WHERE env_key = 'env-lab'")[0]["cpu_model"] == "Lab CPU"
+        assert {r["provenance"] for r in store.query("SELECT provenance FROM results")} == {"measured"}
+    again = runner.invoke(main, ["--db", str(source), "db", "export", "--out", str(out)])
+    assert again.exit_code == 2 and "already exists" in again.output
+
+
+def test_import_rejects_a_broken_or_newer_export(tmp_path):
+    from click.testing import CliRunner
+
+    from advisor.cli import main
+
+    runner = CliRunner()
+    target = tmp_path / "t.duckdb"
+    missing = runner.invoke(main, ["--db", str(target), "db", "import", str(tmp_path / "nowhere")])
+    assert missing.exit_code == 2 and "export folder" in missing.output and "not found" in missing.output
+    with Store.open(tmp_path / "s.duckdb"):
+        pass
+    out = tmp_path / "export"
+    assert runner.invoke(main, ["--db", str(tmp_path / "s.duckdb"), "db", "export", "--out", str(out)]).exit_code == 0
+    manifest = json.loads((out / "manifest.json").read_text())
+    manifest["schema_version"] = 99
+    (out / "manifest.json").write_text(json.dumps(manifest))
+    newer = runner.invoke(main, ["--db", str(target), "db", "import", str(out)])
+    assert newer.exit_code == 2 and "schema version 99, newer than this PTS Advisor reads" in newer.output
+    manifest["schema_version"] = SCHEMA_VERSION
+    (out / "manifest.json").write_text(json.dumps(manifest))
+    (out / "results.parquet").unlink()
+    incomplete = runner.invoke(main, ["--db", str(target), "db", "import", str(out)])
+    assert incomplete.exit_code == 2 and "lacks results.parquet" in incomplete.output
+    assert not target.exists()  # nothing half-written
