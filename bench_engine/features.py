@@ -38,8 +38,9 @@ from bench_engine.pruning.layers import conv_linear_layers, is_depthwise
 log = logging.getLogger(__name__)
 
 # Raised whenever a feature is added, removed or computed differently: stored features of an
-# older version are recomputed.
-FEATURE_VERSION = 1
+# older version are recomputed. Version 2 counts linear-attention modules (EfficientViT's LiteMLA)
+# in `attention_modules`.
+FEATURE_VERSION = 2
 
 ACTIVATION_KINDS = ("relu", "gelu", "silu", "hardswish", "other")
 NORM_KINDS = ("batchnorm", "layernorm", "groupnorm", "other")
@@ -162,7 +163,8 @@ def structure_features(model: nn.Module) -> dict[str, float]:
         if (kind := _norm_kind(module)) is not None:
             norms[kind] = norms.get(kind, 0.0) + 1
         name = type(module).__name__.lower()
-        if "attention" in name or name.endswith("attn"):  # Attention, WindowAttention, ClassAttn, ...
+        # Attention, WindowAttention, ClassAttn, LiteMLA (multi-scale linear attention), ...
+        if "attention" in name or name.endswith(("attn", "mla")):
             attention_modules += 1
 
     params = float(sum(p.numel() for p in model.parameters()))
