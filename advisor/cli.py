@@ -67,7 +67,22 @@ def _setup_logging(verbose: int) -> None:
         level = logging.INFO
     else:
         level = logging.DEBUG
-    logging.basicConfig(stream=sys.stderr, level=level, format="%(levelname)s %(name)s: %(message)s")
+    handler = logging.StreamHandler(sys.stderr)
+    # -v and -vv name the logger, for debugging; by default a line reads like the CLI's own messages.
+    handler.setFormatter(logging.Formatter("%(levelname)s %(name)s: %(message)s") if verbose else _PlainFormatter())
+    logging.basicConfig(level=level, handlers=[handler])
+
+
+class _PlainFormatter(logging.Formatter):
+    """'warning: text' and 'error: text', in the user's language, without the logger's name."""
+
+    def format(self, record: logging.LogRecord) -> str:
+        text = record.getMessage()
+        if record.levelno >= logging.ERROR:
+            return _("error: {message}").format(message=text)
+        if record.levelno >= logging.WARNING:
+            return _("warning: {text}").format(text=text)
+        return text
 
 
 class _RecordingGroup(click.Group):

@@ -253,6 +253,14 @@ class _ProgressLines:
         self._write("step")
 
 
+class _LowerLevelFormatter(logging.Formatter):
+    """'warning: text', as the CLI words its own warnings."""
+
+    def format(self, record: logging.LogRecord) -> str:
+        record.levelname = record.levelname.lower()
+        return super().format(record)
+
+
 def _die_with_parent() -> None:
     """Ask Linux to end this worker when its driver dies, so a killed run leaves no worker behind."""
     if not sys.platform.startswith("linux"):
@@ -272,7 +280,9 @@ def main(argv: Iterable[str]) -> int:
     if len(args) != 1:
         print("usage: python -m bench_engine.jobs TASK.json", file=sys.stderr)
         return 2
-    logging.basicConfig(stream=sys.stderr, level=logging.WARNING, format="%(levelname)s %(name)s: %(message)s")
+    handler = logging.StreamHandler(sys.stderr)  # relayed by the driver, so worded like its own lines
+    handler.setFormatter(_LowerLevelFormatter("%(levelname)s: %(message)s"))
+    logging.basicConfig(level=logging.WARNING, handlers=[handler])
     _die_with_parent()
     task = WorkerTask.from_json(json.loads(Path(args[0]).read_text(encoding="utf-8")))
     run_task(task)

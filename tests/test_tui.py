@@ -477,3 +477,65 @@ async def test_roi_tab_prices_devices_and_compares_with_today(fixture_db):
         assert "cost once" in headers and "per 1M req" not in headers
         assert table.get_row_at(0)[3] == "4 USD"  # 7 devices × 0.5, rounded
         assert "per device bought once" in str(app.query_one("#roi-status", Static).render())
+
+
+async def test_ctrl_b_gives_the_table_the_whole_width(fixture_db):
+    from advisor.tui.forms import BudgetForm
+
+    app = PTSAdvisorApp(fixture_db, Budget(dataset="mnist"), lang="en")
+    async with app.run_test(size=(80, 24)) as pilot:
+        await settle(pilot)
+        table = app.query_one("#ranking", DataTable)
+        narrow = table.size.width
+        await pilot.press("ctrl+b")
+        await pilot.pause()
+        assert not app.query_one(BudgetForm).display
+        assert table.size.width >= narrow + 20
+        await pilot.press("ctrl+b")
+        await pilot.pause()
+        assert app.query_one(BudgetForm).display and table.size.width == narrow
+
+
+async def test_reload_offers_new_datasets_and_waits_out_a_writer(fixture_db, tmp_path):
+    from textual.widgets import Select
+
+    from conftest import insert_rows, make_result
+    from db import Store
+
+    app = PTSAdvisorApp(fixture_db, Budget(), lang="en")
+    async with app.run_test(size=(80, 24)) as pilot:
+        await settle(pilot)
+        with Store.open(fixture_db) as store:
+            insert_rows(store, [make_result(dataset="digits", criterion="wanda", requested_sparsity=0.5)])
+        await pilot.press("r")
+        await settle(pilot)
+        options = [value for _label, value in app.query_one("#dataset", Select)._options]
+        assert "digits" in options
+        # A bench holding the write lock for longer than a read waits: the TUI says it is busy, not broken.
+        holder = subprocess.Popen([sys.executable, "-c", (
+            "import sys, time; from db import Store; s = Store.open(sys.argv[1]); print('locked', flush=True); "
+            "time.sleep(6)"), str(fixture_db)], stdout=subprocess.PIPE, text=True)
+        try:
+            assert holder.stdout.readline().strip() == "locked"
+            app.start_ranking()
+            await app.workers.wait_for_complete()
+            await pilot.pause()
+            assert "The database is busy: a bench is writing results" in status_text(app)
+        finally:
+            holder.kill()
+            holder.wait()
+
+
+async def test_help_scrolls_from_the_keyboard(fixture_db):
+    from textual.containers import VerticalScroll
+
+    app = PTSAdvisorApp(fixture_db, lang="en")
+    async with app.run_test(size=(80, 24)) as pilot:
+        await settle(pilot)
+        await pilot.press("f1")
+        await pilot.pause()
+        scroll = app.query_one("#help-scroll", VerticalScroll)
+        assert app.focused is scroll
+        await pilot.press("pagedown", "pagedown")
+        await pilot.pause()
+        assert scroll.scroll_y > 0

@@ -18,7 +18,7 @@ from textual.app import App, ComposeResult
 from textual.binding import Binding
 from textual.containers import Horizontal, Vertical, VerticalScroll
 from textual.timer import Timer
-from textual.widgets import DataTable, Footer, Markdown, Static, TabbedContent, TabPane
+from textual.widgets import DataTable, Footer, Input, Markdown, Static, TabbedContent, TabPane
 from textual_plotext import PlotextPlot
 
 from advisor.evidence import model_evidence
@@ -32,11 +32,17 @@ from advisor.tui.confirm import Confirm
 from advisor.tui.forms import BudgetForm, WorkloadForm
 from advisor.tui.models import ModelsPane
 from advisor.tui.runs import RunsPane
-from db import DatabaseError, Store, TranslatableError
+from advisor.tui.reading import open_for_reading
+from db import DatabaseError, DatabaseLockedError, TranslatableError
 
 SHOWN_ROWS = 200  # rows of the ranking table; the status line gives the full count
 WATCH_SECONDS = 5.0  # how often the TUI looks for new results
 RANK_DELAY = 0.3  # seconds the inputs must be still before re-ranking: typing "25" ranks once, not twice
+
+
+def busy_text() -> str:
+    return _("The database is busy: a bench is writing results. The TUI reads it again within {seconds:g} "
+             "seconds, or press r.").format(seconds=WATCH_SECONDS)
 
 
 def sparsity_text(row: dict) -> str:
@@ -95,6 +101,8 @@ def help_markdown() -> str:
         "| Tab, Shift+Tab | " + _("move between inputs and the table") + " |",
         "| ↑ ↓ | " + _("highlight a candidate") + " |",
         "| Ctrl+T | " + _("focus the table") + " |",
+        "| Ctrl+B | " + _("hide or show the inputs, to give the table the whole width") + " |",
+        "| ← → | " + _("scroll the table sideways to more columns") + " |",
         "| r | " + _("read the database again") + " |",
         "| q | " + _("quit") + " |",
         "",
@@ -143,6 +151,7 @@ class PTSAdvisorApp(App):
     #models-sort { width: 26; }
     #models-status { height: auto; padding: 0 1; color: $text-muted; }
     #models-table { height: 1fr; }
+    #help-scroll { height: 1fr; }
     """
     # q, r and F1 are bound in __init__, so the footer names them in the chosen language. The tab
     # labels name the other keys, so the footer lists only those three.
@@ -153,6 +162,7 @@ class PTSAdvisorApp(App):
         Binding("f5", "show_tab('runs')", "Runs", show=False),
         Binding("f6", "show_tab('models')", "Models", show=False),
         Binding("ctrl+t", "focus_table", "Table", show=False),
+        Binding("ctrl+b", "toggle_inputs", "Inputs", show=False),
     ]
 
     def __init__(self, db_path: Path, budget: Budget | None = None, workload: Workload | None = None,
@@ -181,7 +191,7 @@ class PTSAdvisorApp(App):
 
     def _load(self) -> None:
         try:
-            with Store.open(self.db_path, read_only=True) as store:
+            with open_for_reading(self.db_path, wait_seconds=1.0) as store:  # on the event loop: wait little
                 self.dataset_names = [r["dataset"] for r in store.query(
                     "SELECT DISTINCT dataset FROM results ORDER BY dataset")]
                 self.profiles = [(r["env_key"], profile_label(r)) for r in store.query(
@@ -192,6 +202,8 @@ class PTSAdvisorApp(App):
                     "LEFT JOIN environments e USING (env_key) WHERE t.env_key IS NOT NULL "
                     "GROUP BY t.env_key ORDER BY newest DESC")]
             self.load_error = None
+        except DatabaseLockedError:
+            self.load_error = busy_text()
         except DatabaseError as exc:
             self.dataset_names = []
             self.load_error = exc.localized(_)
@@ -199,14 +211,18 @@ class PTSAdvisorApp(App):
     def _rank(self, budget: Budget, workload: Workload | None) -> Recommendation | str:
         """Return the ranking, or the message that explains why there is none."""
         if self.load_error:
+            if self.load_error == busy_text():
+                return self.load_error
             return _("Cannot read the database: {error}").format(error=self.load_error)
         if not self.dataset_names:
             return _("No results in {name}. Run `ptsa demo` or `ptsa bench`, then press r.").format(
                 name=self.db_path.name)
         try:
             # The database is opened for this query only, so a bench can write between queries.
-            with Store.open(self.db_path, read_only=True) as store:
+            with open_for_reading(self.db_path) as store:
                 return rank_store(store, budget, workload, limit=SHOWN_ROWS)
+        except DatabaseLockedError:
+            return busy_text()
         except DatabaseError as exc:
             return _("Cannot read the database: {error}").format(error=exc.localized(_))
         except TranslatableError as exc:  # a --profile that is not in this database, or cost without a workload
@@ -215,7 +231,7 @@ class PTSAdvisorApp(App):
     def _latest_change(self) -> tuple | None:
         """Return the count and newest time of results and timings; None while the file cannot be read."""
         try:
-            with Store.open(self.db_path, read_only=True) as store:
+            with open_for_reading(self.db_path, wait_seconds=0) as store:
                 row = store.query("SELECT (SELECT count(*) FROM results) AS results, "
                                   "(SELECT max(created_at) FROM results) AS newest, "
                                   "(SELECT count(*) FROM latency) AS timings")[0]
@@ -262,7 +278,8 @@ class PTSAdvisorApp(App):
             with TabPane("F6 " + _("Models"), id="models"):
                 yield ModelsPane(self.db_path, id="models-pane")
             with TabPane("F1 " + _("Help"), id="help"):
-                yield Markdown(help_markdown(), id="help-text")
+                with VerticalScroll(id="help-scroll", can_focus=True):
+                    yield Markdown(help_markdown(), id="help-text")
         yield Footer()
 
     def on_mount(self) -> None:
@@ -564,7 +581,7 @@ class PTSAdvisorApp(App):
         row = candidate.row
         profile = self.result.profile.env_key if self.result and self.result.profile else None
         try:
-            with Store.open(self.db_path, read_only=True) as store:
+            with open_for_reading(self.db_path, wait_seconds=1.0) as store:
                 evidence = model_evidence(store, row["model_key"], row["dataset"], profile, self.budget.batch_size,
                                           row["result_id"])
         except DatabaseError as exc:
@@ -620,7 +637,8 @@ class PTSAdvisorApp(App):
         self.set_focus(None)
         tabs = self.query_one(TabbedContent)
         tabs.active = tab
-        first = {"recommend": "#ranking", "roi": "#peak-rps", "models": "#models-filter", "runs": "#run-model"}.get(tab)
+        first = {"recommend": "#ranking", "roi": "#peak-rps", "models": "#models-filter", "runs": "#run-model",
+                 "help": "#help-scroll"}.get(tab)
         if first is not None:
             self.call_after_refresh(self.query_one(first).focus)
 
@@ -634,12 +652,22 @@ class PTSAdvisorApp(App):
             if yes:
                 self.exit()  # on_unmount cancels the bench and waits for it
 
-        self.push_screen(Confirm(_("A bench is running. Quit and cancel it? The model in progress is lost; "
-                                   "finished models stay stored."), _("Quit"), _("Keep running")), answered)
+        self.push_screen(Confirm(_("A bench is running. Quit and cancel it? Jobs in progress are lost; "
+                                   "finished jobs stay stored, and the same bench resumes from them."), _("Quit"), _("Keep running")), answered)
 
     def action_reload(self) -> None:
+        """Read the database again: datasets, profiles, the ranking and, once opened, the Models tab."""
         self._load()
+        self.query_one(BudgetForm).set_choices(self.dataset_names, self.profiles)
         self.start_ranking()
+        self.query_one(ModelsPane).reload()
+
+    def action_toggle_inputs(self) -> None:
+        """Hide or show the input columns, so the tables get the whole width of a narrow terminal."""
+        for form in (self.query_one(BudgetForm), self.query_one(WorkloadForm)):
+            form.display = not form.display
+        if not self.query_one(BudgetForm).display and isinstance(self.focused, Input):
+            self.set_focus(None)
 
     def action_focus_table(self) -> None:
         self.query_one(TabbedContent).active = "recommend"

@@ -145,6 +145,21 @@ class BudgetForm(_Form):
         chosen = next((key for key in keys if b.profile and key.startswith(b.profile)), LATEST_PROFILE)
         yield Select(options, value=chosen, allow_blank=False, id="profile", compact=True)
 
+    def set_choices(self, datasets: list[str], profiles: list[tuple[str, str]]) -> None:
+        """Offer the datasets and profiles the database holds now, keeping the current choices."""
+        if datasets != self._datasets:
+            self._datasets = datasets
+            select = self.query_one("#dataset", Select)
+            current = select.value
+            select.set_options([(_("all"), ALL_DATASETS)] + [(d, d) for d in datasets])
+            select.value = current if current in datasets else ALL_DATASETS
+        if profiles != self._profiles:
+            self._profiles = profiles
+            select = self.query_one("#profile", Select)
+            current = select.value
+            select.set_options([(_("latest with timings"), LATEST_PROFILE)] + [(label, key) for key, label in profiles])
+            select.value = current if current in {key for key, _label in profiles} else LATEST_PROFILE
+
     def read(self) -> Budget:
         """Build a budget from the inputs; raises ValueError or BudgetError naming the bad field."""
         b = self._initial

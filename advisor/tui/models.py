@@ -20,7 +20,8 @@ from advisor.catalog import REFERENCE_SPARSITY, add_predictions, architecture_ro
 from advisor.formatting import number
 from advisor.i18n import N_, _
 from bench_engine.paths import data_dir
-from db import DatabaseError, Store
+from advisor.tui.reading import open_for_reading
+from db import DatabaseError
 
 SORTS = {"retention": N_("predicted retention"), "params": N_("parameters"), "gmacs": N_("GMACs"),
          "architecture": N_("name"), "results": N_("results")}
@@ -56,13 +57,19 @@ class ModelsPane(Vertical):
             self.loaded = True
             self._read()
 
+    def reload(self) -> None:
+        """Read the rows again (after `r`), if the tab has been opened; a new fit shows up this way."""
+        if self.loaded:
+            self.query_one("#models-status", Static).update(_("Reading the architectures…"))
+            self._read()
+
     @work(thread=True, exclusive=True)
     def _read(self) -> None:
         try:
-            with Store.open(self.db_path, read_only=True) as store:
+            with open_for_reading(self.db_path) as store:
                 rows = architecture_rows(store)
             self.app.call_from_thread(self._show, [dict(row) for row in rows], None, True)
-            with Store.open(self.db_path, read_only=True) as store:
+            with open_for_reading(self.db_path) as store:
                 fit_id = add_predictions(store, rows, data_dir())
         except DatabaseError as exc:
             self.app.call_from_thread(self._show_error, exc.localized(_))

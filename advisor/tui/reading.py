@@ -1,0 +1,26 @@
+"""Opening the database for a read while a bench may be writing to it.
+
+A bench holds DuckDB's write lock only for the short transaction that ingests a result shard,
+so a read that meets the lock waits a moment and tries again before it reports anything.
+"""
+
+from __future__ import annotations
+
+import time
+from pathlib import Path
+
+from db import DatabaseLockedError, Store
+
+LOCK_WAIT_SECONDS = 3.0  # longer than an ingest transaction; short enough to report a stuck writer
+
+
+def open_for_reading(path: Path, wait_seconds: float = LOCK_WAIT_SECONDS) -> Store:
+    """Open `path` read-only, retrying while a writer holds the lock; raises DatabaseLockedError after that."""
+    deadline = time.monotonic() + wait_seconds
+    while True:
+        try:
+            return Store.open(path, read_only=True)
+        except DatabaseLockedError:
+            if time.monotonic() >= deadline:
+                raise
+            time.sleep(0.1)
