@@ -25,6 +25,18 @@ def isolated_data_dir(tmp_path_factory, monkeypatch):
     return folder
 
 
+@pytest.fixture
+def tiny_setup(tmp_path):
+    """A random-weight resnet10t with 3 classes, 30 small images in 3 class folders, a database path."""
+    from test_inputs import save_tiny_resnet, write_images
+
+    weights = tmp_path / "w.safetensors"
+    save_tiny_resnet(weights, num_classes=3)
+    for index, name in enumerate(("a", "b", "c")):
+        write_images(tmp_path / "data" / name, 10, seed=index)
+    return weights, tmp_path / "data", tmp_path / "r.duckdb"
+
+
 def make_result(**overrides):
     """Return one complete measured result row, as the runner would store it."""
     row = {

@@ -11,16 +11,7 @@ from advisor.cli import main
 from bench_engine.baselines import MNIST_PREPROCESS, BaselineSpec, ensure_baseline
 from bench_engine.data import load_mnist
 from db import Store
-from test_inputs import save_tiny_resnet, write_images
 
-
-@pytest.fixture
-def tiny_setup(tmp_path):
-    weights = tmp_path / "w.safetensors"
-    save_tiny_resnet(weights, num_classes=3)
-    for index, name in enumerate(("a", "b", "c")):
-        write_images(tmp_path / "data" / name, 10, seed=index)
-    return weights, tmp_path / "data", tmp_path / "r.duckdb"
 
 
 def test_bench_cli_stores_complete_rows(tiny_setup):

@@ -17,19 +17,14 @@ from bench_engine.jobs import ModelSource
 from bench_engine.runner import BenchJob, BenchPlan, run_jobs, shard_folder
 from bench_engine.shards import ingest_shards, write_shard
 from db import SCHEMA_VERSION, Store
-from test_inputs import save_tiny_resnet, write_images
 
 ROOT = Path(__file__).parents[1]
 
 
 @pytest.fixture
-def tiny(tmp_path):
-    weights = tmp_path / "w.safetensors"
-    save_tiny_resnet(weights, num_classes=3)
-    for index, name in enumerate(("a", "b", "c")):
-        write_images(tmp_path / "data" / name, 10, seed=index)
-    source = ModelSource("resnet10t", str(tmp_path / "data"), weights=str(weights), input_size=32)
-    return source, tmp_path / "r.duckdb"
+def tiny(tiny_setup):
+    weights, data, db_path = tiny_setup
+    return ModelSource("resnet10t", str(data), weights=str(weights), input_size=32), db_path
 
 
 def counts(db_path):

@@ -14,7 +14,6 @@ from pathlib import Path
 import pytest
 
 from db import Store
-from test_inputs import save_tiny_resnet, write_images
 
 pytest.importorskip("ray")  # in the test extra; `pip install "pts-advisor[ray]"` for users
 
@@ -42,12 +41,8 @@ def ray_cluster(tmp_path_factory):
 
 
 @pytest.fixture
-def tiny(tmp_path):
-    weights = tmp_path / "w.safetensors"
-    save_tiny_resnet(weights, num_classes=3)
-    for index, name in enumerate(("a", "b", "c")):
-        write_images(tmp_path / "data" / name, 10, seed=index)
-    return weights, tmp_path / "data", tmp_path / "r.duckdb"
+def tiny(tiny_setup):
+    return tiny_setup
 
 
 def bench(db_path, weights, data, *extra, timeout=600):
