@@ -448,6 +448,8 @@ def model_row(bundle: ModelBundle) -> dict[str, Any]:
 # How long a bench waits for another process (a TUI or `ptsa recommend` reading) to release the
 # database before it gives up on writing results it has already measured.
 LOCK_WAIT_SECONDS = 120.0
+# How long a bench waits at its start for readers to release the database.
+START_WAIT_SECONDS = 15.0
 
 
 def open_for_write(db_path: str | Path, wait_seconds: float = LOCK_WAIT_SECONDS) -> Store:
@@ -555,8 +557,9 @@ def run_jobs(
     run_id = uuid.uuid4().hex[:12]
     spool = shard_folder(db_path)
     summary = RunSummary(run_id)
-    # Nothing is measured yet, so a locked database fails at once instead of waiting.
-    with open_for_write(db_path, wait_seconds=0) as store:
+    # Readers (the TUI, `ptsa recommend`) hold the file for a moment at a time, so wait them out;
+    # a writer that keeps it longer (another bench) fails this run before anything is measured.
+    with open_for_write(db_path, wait_seconds=START_WAIT_SECONDS) as store:
         recovered = ingest_shards(store, spool)  # what a killed run left behind
         if recovered.finished or recovered.failed:
             log.warning("stored %d jobs that an interrupted run had finished", len(recovered.finished))

@@ -89,7 +89,7 @@ def test_recommend_table_japanese(runner, fixture_db):
     lines = result.stdout.splitlines()
     assert lines[0].startswith("6 件の候補のうち 5 件が予算を満たします（目的: sparsity、")
     assert lines[1].split() == ["#", "モデル", "手法", "スパース率", "精度", "低下", "レイテンシ", "ms", "高速化", "p50",
-                                "根拠", "パレート"]
+                                "出所", "パレート"]
     assert "sparsegpt" in lines[3]  # model and method names stay as they are
     assert "最上位の候補: 最も厳しい制約は最大精度低下で" in result.stdout
     assert "スパースカーネルが動いていません" in result.stdout

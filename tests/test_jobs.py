@@ -249,3 +249,21 @@ def test_import_rejects_a_broken_or_newer_export(tmp_path):
     incomplete = runner.invoke(main, ["--db", str(target), "db", "import", str(out)])
     assert incomplete.exit_code == 2 and "lacks results.parquet" in incomplete.output
     assert not target.exists()  # nothing half-written
+
+
+def test_a_bench_waits_for_a_reader_to_let_go(tiny):
+    """A TUI or `ptsa recommend` reading at the moment a bench starts delays it; it does not fail it."""
+    source, db_path = tiny
+    with Store.open(db_path):
+        pass
+    reader = subprocess.Popen([sys.executable, "-c", (
+        "import sys, time; from db import Store; s = Store.open(sys.argv[1], read_only=True); "
+        "print('reading', flush=True); time.sleep(3); s.close()"), str(db_path)], stdout=subprocess.PIPE, text=True)
+    try:
+        assert reader.stdout.readline().strip() == "reading"
+        summary = run_jobs(db_path, [BenchJob("tiny", source, BenchPlan(criteria=["magnitude"], sparsities=[0.5],
+                                                                         calibration_size=8))], "test",
+                           show_progress=False)
+    finally:
+        reader.wait()
+    assert summary.finished == 2

@@ -28,16 +28,44 @@ def free_port() -> int:
 
 @pytest.fixture(scope="module")
 def ray_cluster(tmp_path_factory):
-    """A one-node Ray cluster on 127.0.0.1, stopped after the module's tests."""
+    """A one-node Ray cluster on 127.0.0.1, owned by this module and stopped after its tests.
+
+    `ray start --block` keeps every process of the cluster in one process group, which the
+    fixture ends; `ray stop` would also stop any other Ray cluster on the machine.
+    """
     port = free_port()
+    log = tmp_path_factory.mktemp("ray") / "ray.log"
     env = {**os.environ, "RAY_USAGE_STATS_ENABLED": "0"}
-    subprocess.run([str(RAY), "start", "--head", "--node-ip-address=127.0.0.1", f"--port={port}", "--num-cpus=2",
-                    "--include-dashboard=false", "--disable-usage-stats"], env=env, check=True,
-                   capture_output=True, timeout=180)
+    with log.open("w") as stream:
+        head = subprocess.Popen([str(RAY), "start", "--head", "--block", "--node-ip-address=127.0.0.1",
+                                 f"--port={port}", "--num-cpus=2", "--include-dashboard=false",
+                                 "--disable-usage-stats"], env=env, stdout=stream, stderr=subprocess.STDOUT,
+                                start_new_session=True)
     try:
+        deadline = time.monotonic() + 180
+        while True:
+            if head.poll() is not None:
+                raise RuntimeError(f"ray start exited with {head.returncode}: {log.read_text()[-2000:]}")
+            try:
+                with socket.create_connection(("127.0.0.1", port), timeout=1):
+                    break
+            except OSError:
+                if time.monotonic() > deadline:
+                    raise
+                time.sleep(0.5)
+        time.sleep(2)  # the raylet registers with the head after its port opens
         yield f"127.0.0.1:{port}"
     finally:
-        subprocess.run([str(RAY), "stop", "--force"], env=env, capture_output=True, timeout=120)
+        try:
+            os.killpg(head.pid, signal.SIGTERM)  # ray start --block stops its services on SIGTERM
+            head.wait(60)
+        except (ProcessLookupError, subprocess.TimeoutExpired):
+            pass
+        try:
+            os.killpg(head.pid, signal.SIGKILL)  # whatever of the group is left
+        except ProcessLookupError:
+            pass
+        head.wait()
 
 
 @pytest.fixture

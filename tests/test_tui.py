@@ -539,3 +539,20 @@ async def test_help_scrolls_from_the_keyboard(fixture_db):
         await pilot.press("pagedown", "pagedown")
         await pilot.pause()
         assert scroll.scroll_y > 0
+
+
+async def test_backspace_keeps_its_place_among_queued_keys(fixture_db):
+    """Keys that arrive together while the app is busy are applied in typing order, Backspace too."""
+    from textual import events
+
+    app = PTSAdvisorApp(fixture_db, Budget(dataset="mnist"), lang="en")
+    async with app.run_test(size=(80, 24)) as pilot:
+        await settle(pilot)
+        field = app.query_one("#max-latency", Input)
+        field.focus()
+        await pilot.pause()
+        for key in ("3", "0", "backspace", "backspace", "1", "2"):  # queued in one go, as a fast typist sends them
+            app.post_message(events.Key(key, None if key == "backspace" else key))
+        await settle(pilot)
+        assert field.value == "12"
+        assert app.budget.max_latency_ms == 12.0

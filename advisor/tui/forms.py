@@ -9,7 +9,7 @@ from __future__ import annotations
 import math
 from typing import Any
 
-from textual import on
+from textual import events, on
 from textual.app import ComposeResult
 from textual.containers import VerticalScroll
 from textual.message import Message
@@ -44,6 +44,23 @@ def parse_number(text: str, label: str, integer: bool = False) -> float | int | 
     return value
 
 
+class FieldInput(Input):
+    """A form input whose Backspace is handled with the key, in typing order.
+
+    Textual's Input deletes through a key binding, which runs as a separate step: while the app
+    is busy showing a new ranking, a Backspace could land after characters typed later.
+    """
+
+    async def _on_key(self, event: events.Key) -> None:
+        if event.key == "backspace":
+            event.stop()
+            event.prevent_default()
+            self._restart_blink()
+            self.action_delete_left()
+            return
+        await super()._on_key(event)
+
+
 def _fmt(value: Any) -> str:
     if value is None:
         return ""
@@ -68,7 +85,7 @@ class _Form(VerticalScroll):
     def _inputs(self, values: dict[str, Any]) -> ComposeResult:
         for field_id, label, placeholder in self.FIELDS:
             yield Label(_(label))
-            yield Input(value=_fmt(values.get(field_id)), placeholder=_(placeholder), id=field_id, compact=True)
+            yield FieldInput(value=_fmt(values.get(field_id)), placeholder=_(placeholder), id=field_id, compact=True)
 
     def text(self, field_id: str) -> str:
         return self.query_one(f"#{field_id}", Input).value
@@ -136,8 +153,8 @@ class BudgetForm(_Form):
         value = b.dataset if b.dataset in self._datasets else ALL_DATASETS
         yield Select(options, value=value, allow_blank=False, id="dataset", compact=True)
         yield Label(_("Runtimes"))
-        yield Input(value=",".join(b.runtimes), placeholder=",".join(KNOWN_RUNTIMES[:3]), id="runtimes",
-                    compact=True)
+        yield FieldInput(value=",".join(b.runtimes), placeholder=",".join(KNOWN_RUNTIMES[:3]), id="runtimes",
+                         compact=True)
         yield Label(_("Hardware profile"))
         options = [(_("latest with timings"), LATEST_PROFILE)] + [(label, key) for key, label in self._profiles]
         keys = [key for key, _label in self._profiles]
