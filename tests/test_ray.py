@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+import secrets
 import signal
 import socket
 import subprocess
@@ -18,6 +19,9 @@ from db import Store
 pytest.importorskip("ray")  # in the test extra; `pip install "pts-advisor[ray]"` for users
 
 RAY = Path(sys.executable).with_name("ray")
+# Ray's token authentication, with a token of these tests' own: the head and every `ptsa` process
+# get it from the environment, whatever ~/.ray/auth_token holds on this machine.
+RAY_ENV = {"RAY_USAGE_STATS_ENABLED": "0", "RAY_AUTH_MODE": "token", "RAY_AUTH_TOKEN": secrets.token_hex(32)}
 
 
 def free_port() -> int:
@@ -35,7 +39,7 @@ def ray_cluster(tmp_path_factory):
     """
     port = free_port()
     log = tmp_path_factory.mktemp("ray") / "ray.log"
-    env = {**os.environ, "RAY_USAGE_STATS_ENABLED": "0"}
+    env = {**os.environ, **RAY_ENV}
     with log.open("w") as stream:
         head = subprocess.Popen([str(RAY), "start", "--head", "--block", "--node-ip-address=127.0.0.1",
                                  f"--port={port}", "--num-cpus=2", "--include-dashboard=false",
@@ -78,7 +82,7 @@ def bench(db_path, weights, data, *extra, timeout=600):
                str(weights), "--data", str(data), "--input-size", "32", "--calibration-size", "8",
                "--criterion", "magnitude", "--criterion", "wanda", "--sparsity", "0.5", "--sparsity", "0.7",
                "--no-progress", *extra]
-    env = {**os.environ, "HF_HUB_OFFLINE": "1", "RAY_USAGE_STATS_ENABLED": "0"}
+    env = {**os.environ, "HF_HUB_OFFLINE": "1", **RAY_ENV}
     return subprocess.run(command, env=env, capture_output=True, text=True, timeout=timeout)
 
 
