@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import json
 import logging
+import shutil
 import signal
 import subprocess
 import sys
@@ -102,6 +103,7 @@ class LocalExecutor:
             sys.stderr.write(stderr_text if stderr_text.endswith("\n") else stderr_text + "\n")
         manifest = read_manifest(task.manifest_path)
         task.manifest_path.unlink(missing_ok=True)
+        shutil.rmtree(folder, ignore_errors=True)
         outcome = TaskOutcome(label=task.source.label, model_key=manifest.get("model_key"),
                               jobs=manifest.get("jobs", {}), skipped=manifest.get("skipped", 0),
                               returncode=process.returncode)

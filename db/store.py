@@ -6,6 +6,7 @@ import datetime as dt
 import json
 import logging
 import os
+import time
 from collections.abc import Iterator, Mapping, Sequence
 from contextlib import contextmanager
 from pathlib import Path
@@ -27,6 +28,8 @@ from db.migrations import MIGRATIONS
 log = logging.getLogger(__name__)
 
 SCHEMA_VERSION = len(MIGRATIONS)
+# A bench holds the write lock only while it ingests a shard, so a reader waits this long for it.
+READ_WAIT_SECONDS = 3.0
 JOB_STATUSES = ("finished", "failed")
 PROVENANCES = ("measured", "published", "predicted")
 APP_NAME = "pts-advisor"
@@ -64,7 +67,21 @@ class Store:
     # -- opening and closing --------------------------------------------------------------
 
     @classmethod
-    def open(cls, path: str | os.PathLike[str] | None = None, read_only: bool = False) -> Store:
+    def open(cls, path: str | os.PathLike[str] | None = None, read_only: bool = False,
+             wait_seconds: float | None = None) -> Store:
+        """Open the database; a read-only open waits up to READ_WAIT_SECONDS for a writer's short lock."""
+        wait = (READ_WAIT_SECONDS if read_only else 0.0) if wait_seconds is None else wait_seconds
+        deadline = time.monotonic() + wait
+        while True:
+            try:
+                return cls._open_once(path, read_only)
+            except DatabaseLockedError:
+                if time.monotonic() >= deadline:
+                    raise
+                time.sleep(0.1)
+
+    @classmethod
+    def _open_once(cls, path: str | os.PathLike[str] | None, read_only: bool) -> Store:
         db_path = Path(path) if path is not None else default_db_path()
         if read_only and not db_path.exists():
             raise DatabaseNotFoundError(

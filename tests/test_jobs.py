@@ -201,8 +201,10 @@ def test_export_then_import_twice_adds_each_row_once(tmp_path):
 
     source, target = tmp_path / "lab.duckdb", tmp_path / "laptop.duckdb"
     with Store.open(source) as store:
-        insert_rows(store, [make_result(criterion="wanda", requested_sparsity=0.5, top1=91.0),
-                            make_result(criterion="magnitude", requested_sparsity=0.5, top1=89.0)])
+        insert_rows(store, [make_result(criterion="wanda", requested_sparsity=0.5, top1=91.0, job_key="j1"),
+                            make_result(criterion="magnitude", requested_sparsity=0.5, top1=89.0),
+                            # every installation imports the published tables itself
+                            make_result(model_key="resnet50@msbench", provenance="published", top1=75.0)])
         store.upsert_environment("env-lab", {"cpu_model": "Lab CPU", "device": "cpu"})
         store.upsert_job({"job_key": "j1", "run_id": "r1", "model_key": "m", "label": "m · dense",
                           "spec_json": "{}", "status": "finished", "error": None, "attempts": 1,
@@ -211,7 +213,7 @@ def test_export_then_import_twice_adds_each_row_once(tmp_path):
     out = tmp_path / "export"
     exported = runner.invoke(main, ["--db", str(source), "db", "export", "--out", str(out)])
     assert exported.exit_code == 0, exported.output
-    assert "exported 2 results" in exported.output
+    assert "exported 3 results" in exported.output
     assert sorted(p.name for p in out.iterdir())[-1] == "runs.parquet" and (out / "manifest.json").exists()
     for expected in (2, 0):  # the second import finds every row already there
         imported = runner.invoke(main, ["--db", str(target), "db", "import", str(out)])
@@ -219,6 +221,12 @@ def test_export_then_import_twice_adds_each_row_once(tmp_path):
         assert f"imported {expected} results" in imported.output
     with Store.open(target, read_only=True) as store:
         assert store.count("results") == 2 and store.count("jobs") == 1
+    # A database that already holds job j1 (benched there too) does not get its row twice.
+    third = tmp_path / "third.duckdb"
+    with Store.open(third) as store:
+        insert_rows(store, [make_result(criterion="wanda", requested_sparsity=0.5, top1=90.5, job_key="j1")])
+    assert "imported 1 results" in runner.invoke(main, ["--db", str(third), "db", "import", str(out)]).output
+    with Store.open(target, read_only=True) as store:
         assert store.query("SELECT cpu_model FROM environments WHERE env_key = 'env-lab'")[0]["cpu_model"] == "Lab CPU"
         assert {r["provenance"] for r in store.query("SELECT provenance FROM results")} == {"measured"}
     again = runner.invoke(main, ["--db", str(source), "db", "export", "--out", str(out)])

@@ -21,6 +21,7 @@ pytest.importorskip("ray")  # in the test extra; `pip install "pts-advisor[ray]"
 RAY = Path(sys.executable).with_name("ray")
 # Ray's token authentication, with a token of these tests' own: the head and every `ptsa` process
 # get it from the environment, whatever ~/.ray/auth_token holds on this machine.
+CLUSTER_GROUP: list[int] = []  # the process group of the cluster the fixture started
 RAY_ENV = {"RAY_USAGE_STATS_ENABLED": "0", "RAY_AUTH_MODE": "token", "RAY_AUTH_TOKEN": secrets.token_hex(32)}
 
 
@@ -58,6 +59,7 @@ def ray_cluster(tmp_path_factory):
                     raise
                 time.sleep(0.5)
         time.sleep(2)  # the raylet registers with the head after its port opens
+        CLUSTER_GROUP[:] = [head.pid]
         yield f"127.0.0.1:{port}"
     finally:
         try:
@@ -102,6 +104,17 @@ def test_a_grid_runs_on_the_cluster_and_resumes_locally(ray_cluster, tiny):
     assert "skipped 5 jobs already stored" in again.stderr
 
 
+def descends_from(pid: int, ancestor: int) -> bool:
+    """True when `ancestor` is `pid` or one of its parents."""
+    for _ in range(32):
+        if pid == ancestor:
+            return True
+        if pid <= 1:
+            return False
+        pid = int(Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[1])
+    return False
+
+
 def test_a_lost_ray_worker_has_its_task_run_again(ray_cluster, tiny):
     weights, data, db_path = tiny
     killed = []
@@ -116,6 +129,9 @@ def test_a_lost_ray_worker_has_its_task_run_again(ray_cluster, tiny):
                     if b"bench_engine.jobs" not in (entry / "cmdline").read_bytes():
                         continue
                     parent = int((entry / "stat").read_text().rsplit(")", 1)[1].split()[1])
+                    # Only a worker of this test's cluster: other benches on the machine are not ours.
+                    if not descends_from(parent, CLUSTER_GROUP[0]):
+                        continue
                     os.kill(parent, signal.SIGKILL)  # the Ray worker running the task, as a lost node would
                     killed.append(parent)
                     break

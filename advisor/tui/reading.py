@@ -6,21 +6,13 @@ so a read that meets the lock waits a moment and tries again before it reports a
 
 from __future__ import annotations
 
-import time
 from pathlib import Path
 
-from db import DatabaseLockedError, Store
+from db import Store
 
 LOCK_WAIT_SECONDS = 3.0  # longer than an ingest transaction; short enough to report a stuck writer
 
 
 def open_for_reading(path: Path, wait_seconds: float = LOCK_WAIT_SECONDS) -> Store:
     """Open `path` read-only, retrying while a writer holds the lock; raises DatabaseLockedError after that."""
-    deadline = time.monotonic() + wait_seconds
-    while True:
-        try:
-            return Store.open(path, read_only=True)
-        except DatabaseLockedError:
-            if time.monotonic() >= deadline:
-                raise
-            time.sleep(0.1)
+    return Store.open(path, read_only=True, wait_seconds=wait_seconds)
