@@ -71,7 +71,7 @@ def _source_root() -> Path:
 
 
 def source_files() -> list[Path]:
-    """Every Python file whose messages belong in the catalog."""
+    """Return every Python file whose messages belong in the catalog."""
     root = _source_root()
     return sorted(path for package in MESSAGE_PACKAGES for path in (root / package).rglob("*.py"))
 

@@ -28,7 +28,7 @@ log = logging.getLogger(__name__)
 
 @dataclass
 class TaskOutcome:
-    """How one worker task ended."""
+    """The outcome of one worker task."""
 
     label: str
     model_key: str | None = None  # known once the worker wrote its manifest

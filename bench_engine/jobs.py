@@ -39,7 +39,7 @@ KEY_VERSION = 1  # bump when the meaning of a job key changes, so old keys no lo
 
 @dataclass(frozen=True)
 class ModelSource:
-    """How a worker loads a model and its data: the `ptsa bench` arguments that name them."""
+    """The `ptsa bench` arguments that name a model and its data, for a worker to load them."""
 
     model: str
     data: str
@@ -68,7 +68,7 @@ class ModelSource:
 
 
 def plan_to_json(plan: Any) -> dict[str, Any]:
-    """Every field of a BenchPlan, in JSON types (patterns as 'N:M' or null)."""
+    """Return every field of a BenchPlan in JSON types (patterns as 'N:M' or null)."""
     data = dataclasses.asdict(plan)
     data["patterns"] = [None if p is None else f"{p[0]}:{p[1]}" for p in plan.patterns]
     data["extra_recipes"] = [list(pair) for pair in plan.extra_recipes]
@@ -92,7 +92,7 @@ def plan_from_json(data: dict[str, Any]) -> Any:
 
 
 def data_digest(data: DataSplits, calibration: torch.Tensor) -> str:
-    """SHA-256 of what the bench sees of a dataset: the calibration draw and every evaluation input.
+    """Return the SHA-256 of the inputs a bench uses: the calibration draw and every evaluation input.
 
     Computed on the preprocessed tensors, so it changes with the images, the labels, the split,
     the seed or the preprocessing, and not with file names or dates.
@@ -129,7 +129,7 @@ def job_key(spec: dict[str, Any]) -> str:
 
 
 def config_id(config: PruneConfig | None) -> str:
-    """A configuration's identity, the same for equal configurations built separately."""
+    """Return a configuration's identity, the same for equal configurations built separately."""
     return "dense" if config is None else json.dumps(config.to_dict(), sort_keys=True)
 
 
@@ -144,7 +144,7 @@ def job_label(model_key: str, config: PruneConfig | None) -> str:
 
 @dataclass
 class WorkerTask:
-    """What one worker process benches: one model's pending jobs of one run."""
+    """The work of one worker process: one model's pending jobs of one run."""
 
     source: ModelSource
     plan: dict[str, Any]  # plan_to_json

@@ -33,11 +33,11 @@ log = logging.getLogger(__name__)
 
 @dataclass(frozen=True)
 class RayResources:
-    """What one model's task asks of its node."""
+    """The resources one model's task requests from its node."""
 
     num_cpus: float = 1.0
     num_gpus: float = 0.0
-    memory_gb: float | None = None  # Ray schedules by it; None asks for none in particular
+    memory_gb: float | None = None  # Ray schedules by it; None requests no particular amount
 
 
 def run_task_on_node(task_json: dict[str, Any]) -> dict[str, Any]:
@@ -95,7 +95,7 @@ class RayExecutor:
         return ray
 
     def _check_reachable(self) -> None:
-        """Fail in seconds on a HOST:PORT nobody listens on; Ray itself retries for minutes."""
+        """Raise within seconds for a HOST:PORT with no listener, because Ray itself retries for minutes."""
         if not self.address or self.address == "auto":
             return
         host, _, port = self.address.removeprefix("ray://").rpartition(":")

@@ -504,14 +504,14 @@ class ProgressFile:
 
 
 def shard_folder(db_path: str | Path) -> Path:
-    """The folder where workers leave result shards for the database at `db_path`."""
+    """Return the folder where workers leave result shards for the database at `db_path`."""
     path = Path(db_path)
     return path.with_name(path.name + ".shards")
 
 
 @dataclass
 class RunSummary:
-    """What a run did, job by job; `failed` holds (label, error) of the jobs that failed."""
+    """The outcome of a run, job by job. `failed` lists (label, error) of the jobs that failed."""
 
     run_id: str
     finished: int = 0
@@ -557,8 +557,8 @@ def run_jobs(
     run_id = uuid.uuid4().hex[:12]
     spool = shard_folder(db_path)
     summary = RunSummary(run_id)
-    # Readers (the TUI, `ptsa recommend`) hold the file for a moment at a time, so wait them out;
-    # a writer that keeps it longer (another bench) fails this run before anything is measured.
+    # Readers (the TUI, `ptsa recommend`) hold the file for a moment at a time, so wait them out.
+    # A writer that keeps it longer (another bench) fails this run before anything is measured.
     with open_for_write(db_path, wait_seconds=START_WAIT_SECONDS) as store:
         recovered = ingest_shards(store, spool)  # what a killed run left behind
         if recovered.finished or recovered.failed:

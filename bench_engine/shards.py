@@ -35,7 +35,7 @@ QUARANTINE = "quarantine"
 
 
 class ShardError(ValueError):
-    """A shard file is unreadable, truncated, altered, or holds rows that do not fit the schema."""
+    """A shard file is unreadable, truncated, altered, or contains rows that do not fit the schema."""
 
 
 def _canonical(value: Any) -> bytes:
@@ -45,7 +45,7 @@ def _canonical(value: Any) -> bytes:
 def write_shard(folder: Path, job_key: str, body: Mapping[str, Any]) -> Path:
     """Write one job's shard atomically into `folder`; return its path.
 
-    `body` holds `job` (the job row: key, run, model, status, error, spec) and, for a finished
+    `body` contains `job` (the job row: key, run, model, status, error, spec) and, for a finished
     job, `model` (the models row), `results` and `latency` (column-wise, as the store inserts them).
     """
     folder.mkdir(parents=True, exist_ok=True)
@@ -112,7 +112,7 @@ def read_shard(path: Path) -> dict[str, Any]:
     if not isinstance(job, dict) or job.get("status") not in JOB_STATUSES or not job.get("job_key"):
         raise ShardError(f"{path.name} has no valid job record")
     if path.stem != job["job_key"]:
-        raise ShardError(f"{path.name} holds job {job['job_key']}, not the job its name says")
+        raise ShardError(f"{path.name} contains job {job['job_key']}, not the job its name says")
     if job["status"] == "finished":
         results = body.get("results")
         if not isinstance(results, dict) or not results.get("result_id"):
@@ -124,7 +124,7 @@ def read_shard(path: Path) -> dict[str, Any]:
 
 
 def pending_shards(folder: Path) -> list[Path]:
-    """The complete shards in `folder`, oldest first; temporary files of a killed writer are left out."""
+    """Return the complete shards in `folder`, oldest first, without the temporary files of a killed writer."""
     if not folder.is_dir():
         return []
     return sorted(folder.glob("*.json"), key=lambda p: (p.stat().st_mtime_ns, p.name))
@@ -142,7 +142,7 @@ def quarantine(path: Path, reason: str) -> Path:
 
 @dataclass
 class IngestReport:
-    """What one pass of the ingester did."""
+    """The outcome of one pass of the ingester."""
 
     finished: list[str] = field(default_factory=list)  # job keys inserted
     failed: list[str] = field(default_factory=list)  # job keys recorded as failed

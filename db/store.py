@@ -70,7 +70,9 @@ class Store:
     def open(cls, path: str | os.PathLike[str] | None = None, read_only: bool = False,
              wait_seconds: float | None = None) -> Store:
         """Open the database; a read-only open waits up to READ_WAIT_SECONDS for a writer's short lock."""
-        wait = (READ_WAIT_SECONDS if read_only else 0.0) if wait_seconds is None else wait_seconds
+        wait = wait_seconds
+        if wait is None:
+            wait = READ_WAIT_SECONDS if read_only else 0.0
         deadline = time.monotonic() + wait
         while True:
             try:

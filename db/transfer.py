@@ -8,7 +8,7 @@ model files live in each machine's data folder.
 
 Importing is idempotent: a row whose key is already in the database is left as it is, so the
 same export imported twice adds nothing the second time. A measured result of a job the
-database already holds is left out, and so are published rows, which every installation
+database already contains is left out, and so are published rows, which every installation
 imports itself. A job that failed here but finished
 in the export becomes finished. The whole import is one transaction.
 """
@@ -123,7 +123,7 @@ def import_parquet(store: Store, folder: Path) -> dict[str, int]:
             extra = ""
             if table in ("results", "latency"):
                 # Published rows ship with every PTS Advisor, each copy under its own ids: keep the
-                # local copy. A measured row of a job this database already holds is the same job.
+                # local copy. A measured row of a job this database already contains is the same job.
                 extra = (f" AND s.provenance IS DISTINCT FROM 'published' AND (s.job_key IS NULL OR NOT EXISTS "
                          f"(SELECT 1 FROM {table} t WHERE t.job_key = s.job_key))") if "job_key" in theirs else \
                     " AND s.provenance IS DISTINCT FROM 'published'"

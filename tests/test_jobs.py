@@ -60,11 +60,13 @@ def test_a_model_that_cannot_load_fails_alone(tiny, tmp_path):
     summary = run_jobs(db_path, [BenchJob("broken", broken, plan), BenchJob("good", source, plan)], "test",
                        show_progress=False)
     assert summary.finished == 2
-    assert len(summary.failed) == 1 and summary.failed[0][0] == "resnet10t"
+    assert len(summary.failed) == 1
+    assert summary.failed[0][0] == "resnet10t"
     assert "no-such-folder" in summary.failed[0][1]
     with Store.open(db_path, read_only=True) as store:
         run = store.query("SELECT status, error FROM runs")[0]
-    assert run["status"] == "failed" and "1 jobs failed" in run["error"]
+    assert run["status"] == "failed"
+    assert "1 jobs failed" in run["error"]
 
 
 def _workers_of(pid: int) -> list[int]:
@@ -156,7 +158,8 @@ def test_shard_rows_that_do_not_fit_are_quarantined_whole(tiny):
                               "results": {"result_id": ["x"], "no_such_column": [1]}})
     with Store.open(db_path) as store:
         report = ingest_shards(store, spool)
-        assert store.count("jobs") == 0 and store.count("results") == 0
+        assert store.count("jobs") == 0
+        assert store.count("results") == 0
     assert [name for name, _ in report.quarantined] == ["k9.json"]
 
 
@@ -214,14 +217,16 @@ def test_export_then_import_twice_adds_each_row_once(tmp_path):
     exported = runner.invoke(main, ["--db", str(source), "db", "export", "--out", str(out)])
     assert exported.exit_code == 0, exported.output
     assert "exported 3 results" in exported.output
-    assert sorted(p.name for p in out.iterdir())[-1] == "runs.parquet" and (out / "manifest.json").exists()
+    assert sorted(p.name for p in out.iterdir())[-1] == "runs.parquet"
+    assert (out / "manifest.json").exists()
     for expected in (2, 0):  # the second import finds every row already there
         imported = runner.invoke(main, ["--db", str(target), "db", "import", str(out)])
         assert imported.exit_code == 0, imported.output
         assert f"imported {expected} results" in imported.output
     with Store.open(target, read_only=True) as store:
-        assert store.count("results") == 2 and store.count("jobs") == 1
-    # A database that already holds job j1 (benched there too) does not get its row twice.
+        assert store.count("results") == 2
+        assert store.count("jobs") == 1
+    # A database that already contains job j1 (benched there too) does not get its row twice.
     third = tmp_path / "third.duckdb"
     with Store.open(third) as store:
         insert_rows(store, [make_result(criterion="wanda", requested_sparsity=0.5, top1=90.5, job_key="j1")])
@@ -230,7 +235,8 @@ def test_export_then_import_twice_adds_each_row_once(tmp_path):
         assert store.query("SELECT cpu_model FROM environments WHERE env_key = 'env-lab'")[0]["cpu_model"] == "Lab CPU"
         assert {r["provenance"] for r in store.query("SELECT provenance FROM results")} == {"measured"}
     again = runner.invoke(main, ["--db", str(source), "db", "export", "--out", str(out)])
-    assert again.exit_code == 2 and "already exists" in again.output
+    assert again.exit_code == 2
+    assert "already exists" in again.output
 
 
 def test_import_rejects_a_broken_or_newer_export(tmp_path):
@@ -241,7 +247,8 @@ def test_import_rejects_a_broken_or_newer_export(tmp_path):
     runner = CliRunner()
     target = tmp_path / "t.duckdb"
     missing = runner.invoke(main, ["--db", str(target), "db", "import", str(tmp_path / "nowhere")])
-    assert missing.exit_code == 2 and "export folder" in missing.output and "not found" in missing.output
+    assert missing.exit_code == 2
+    assert "export folder" in missing.output and "not found" in missing.output
     with Store.open(tmp_path / "s.duckdb"):
         pass
     out = tmp_path / "export"
@@ -250,12 +257,14 @@ def test_import_rejects_a_broken_or_newer_export(tmp_path):
     manifest["schema_version"] = 99
     (out / "manifest.json").write_text(json.dumps(manifest))
     newer = runner.invoke(main, ["--db", str(target), "db", "import", str(out)])
-    assert newer.exit_code == 2 and "schema version 99, newer than this PTS Advisor reads" in newer.output
+    assert newer.exit_code == 2
+    assert "schema version 99, newer than this PTS Advisor reads" in newer.output
     manifest["schema_version"] = SCHEMA_VERSION
     (out / "manifest.json").write_text(json.dumps(manifest))
     (out / "results.parquet").unlink()
     incomplete = runner.invoke(main, ["--db", str(target), "db", "import", str(out)])
-    assert incomplete.exit_code == 2 and "lacks results.parquet" in incomplete.output
+    assert incomplete.exit_code == 2
+    assert "lacks results.parquet" in incomplete.output
     assert not target.exists()  # nothing half-written
 
 

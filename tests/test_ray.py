@@ -154,9 +154,11 @@ def test_a_lost_ray_worker_has_its_task_run_again(ray_cluster, tiny):
 def test_bad_executor_options_are_named(tiny):
     weights, data, db_path = tiny
     local = bench(db_path, weights, data, "--address", "127.0.0.1:1")
-    assert local.returncode == 2 and "--address and --resources apply to --executor ray" in local.stderr
+    assert local.returncode == 2
+    assert "--address and --resources apply to --executor ray" in local.stderr
     resources = bench(db_path, weights, data, "--executor", "ray", "--resources", "cpus=two")
-    assert resources.returncode == 2 and "resource cpus needs a number, got 'two'" in resources.stderr
+    assert resources.returncode == 2
+    assert "resource cpus needs a number, got 'two'" in resources.stderr
     unreachable = bench(db_path, weights, data, "--executor", "ray", "--address", f"127.0.0.1:{free_port()}",
                         timeout=300)
     assert unreachable.returncode == 2, unreachable.stderr

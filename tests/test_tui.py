@@ -396,7 +396,8 @@ async def test_profile_select_lists_the_profiles_with_timings(fixture_db):
     app = PTSAdvisorApp(fixture_db, Budget(dataset="mnist"), lang="en")
     async with app.run_test(size=(80, 24)) as pilot:
         await settle(pilot)
-        assert app.profiles and "Test CPU" in app.profiles[0][1]
+        assert app.profiles
+        assert "Test CPU" in app.profiles[0][1]
         app.query_one("#profile", Select).value = app.profiles[0][0]
         await settle(pilot)
         assert app.budget.profile == app.profiles[0][0]
@@ -415,7 +416,8 @@ async def test_quit_asks_first_while_a_bench_runs(fixture_db):
             assert isinstance(app.screen, Confirm)
             assert "A bench is running" in str(app.screen.query_one("#confirm-question", Static).render())
             await pilot.press("n")
-            assert not isinstance(app.screen, Confirm) and app.is_running
+            assert not isinstance(app.screen, Confirm)
+            assert app.is_running
             await pilot.press("q", "y")
             await pilot.pause()
         finally:
@@ -441,7 +443,8 @@ async def test_runs_form_builds_recipe_and_pattern_options(tmp_path):
         pane = app.query_one(RunsPane)
         app.query_one("#run-patterns", Input).value = "unstructured, 2:4"
         args = pane.command()
-        assert args[args.index("--pattern") + 1] == "unstructured" and "2:4" in args
+        assert args[args.index("--pattern") + 1] == "unstructured"
+        assert "2:4" in args
         app.query_one("#run-criteria", Input).value = ""
         app.query_one("#run-recipes", Input).value = "owl(band=0.1, threshold=5)+wanda; erk+magnitude"
         args = pane.command()
@@ -469,12 +472,14 @@ async def test_roi_tab_prices_devices_and_compares_with_today(fixture_db):
         assert first[3] == "2,555 USD" and first[5] == "1,095 USD"  # 10 × 0.5 × 730 = 3,650 today
         assert first[6] == "84.00 USD"  # 2,555 / (1e6 × 365 / 12 / 1e6)
         status = str(app.query_one("#roi-status", Static).render())
-        assert "saving against the 10 instances running now" in status and "1,000,000 requests a day" in status
+        assert "saving against the 10 instances running now" in status
+        assert "1,000,000 requests a day" in status
 
         app.query_one("#billing", Select).value = "device"
         await settle(pilot)
         headers = [str(column.label) for column in table.columns.values()]
-        assert "cost once" in headers and "per 1M req" not in headers
+        assert "cost once" in headers
+        assert "per 1M req" not in headers
         assert table.get_row_at(0)[3] == "4 USD"  # 7 devices × 0.5, rounded
         assert "per device bought once" in str(app.query_one("#roi-status", Static).render())
 
@@ -493,7 +498,8 @@ async def test_ctrl_b_gives_the_table_the_whole_width(fixture_db):
         assert table.size.width >= narrow + 20
         await pilot.press("ctrl+b")
         await pilot.pause()
-        assert app.query_one(BudgetForm).display and table.size.width == narrow
+        assert app.query_one(BudgetForm).display
+        assert table.size.width == narrow
 
 
 async def test_reload_offers_new_datasets_and_waits_out_a_writer(fixture_db, tmp_path):
@@ -511,7 +517,7 @@ async def test_reload_offers_new_datasets_and_waits_out_a_writer(fixture_db, tmp
         await settle(pilot)
         options = [value for _label, value in app.query_one("#dataset", Select)._options]
         assert "digits" in options
-        # A bench holding the write lock for longer than a read waits: the TUI says it is busy, not broken.
+        # A bench holding the write lock for longer than a read waits: the TUI reports it as busy, not broken.
         holder = subprocess.Popen([sys.executable, "-c", (
             "import sys, time; from db import Store; s = Store.open(sys.argv[1]); print('locked', flush=True); "
             "time.sleep(6)"), str(fixture_db)], stdout=subprocess.PIPE, text=True)

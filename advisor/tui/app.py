@@ -52,7 +52,7 @@ def sparsity_text(row: dict) -> str:
 
 
 def profile_label(row: dict) -> str:
-    """A hardware profile in a few characters: its key's start and its CPU or device."""
+    """Return a hardware profile in a few characters: its key's start and its CPU or device."""
     what = row.get("cpu_model") or row.get("device") or ""
     return f"{row['env_key'][:6]} {what}".strip()
 

@@ -1,4 +1,4 @@
-"""A yes/no question in a modal dialog; the app asks it before quitting while a bench runs."""
+"""A yes/no question in a modal dialog, shown before quitting while a bench runs."""
 
 from __future__ import annotations
 

@@ -130,7 +130,10 @@ class BudgetForm(_Form):
 
     def __init__(self, budget: Budget, datasets: list[str], profiles: list[tuple[str, str]] | None = None,
                  **kwargs: Any) -> None:
-        """`profiles` holds (env_key, description) for each hardware profile with timings, newest first."""
+        """Keep the initial budget and the choices.
+
+        `profiles` lists (env_key, description) for each hardware profile with timings, newest first.
+        """
         super().__init__(**kwargs)
         self._initial = budget
         self._datasets = datasets
@@ -163,7 +166,7 @@ class BudgetForm(_Form):
         yield Select(options, value=chosen, allow_blank=False, id="profile", compact=True)
 
     def set_choices(self, datasets: list[str], profiles: list[tuple[str, str]]) -> None:
-        """Offer the datasets and profiles the database holds now, keeping the current choices."""
+        """Offer the datasets and profiles the database contains now, keeping the current choices."""
         if datasets != self._datasets:
             self._datasets = datasets
             select = self.query_one("#dataset", Select)

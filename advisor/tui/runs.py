@@ -37,7 +37,7 @@ REQUIRED = ("run-model", "run-data", "run-criteria", "run-sparsities")
 
 
 def log_lines(stderr: str, limit: int = 6) -> list[str]:
-    """The last lines of a bench's stderr worth showing: warnings without the logger's prefix, no error line.
+    """Return the last lines of a bench's stderr worth showing: warnings without the logger's prefix, no error line.
 
     The error line is already in the status, and "WARNING bench_engine.runner: text" reads as
     "warning: text".
