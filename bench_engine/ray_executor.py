@@ -114,6 +114,7 @@ class RayExecutor:
         memory = None if self.resources.memory_gb is None else int(self.resources.memory_gb * 1024**3)
         remote = ray.remote(num_cpus=self.resources.num_cpus, num_gpus=self.resources.num_gpus, memory=memory,
                             max_retries=self.max_retries)(run_task_on_node)
+        # NOTE: a request no node can meet (gpus=1 on CPU nodes) is not checked, so Ray waits for it without end.
         pending = {remote.remote(task.to_json()): task for task in tasks}
         per_node: Counter[str] = Counter()
         bar.set_postfix_str(f"{len(pending)} tasks on Ray")

@@ -170,6 +170,7 @@ def ingest_shards(store: Store, folder: Path) -> IngestReport:
         key = job["job_key"]
         previous = store.query("SELECT status, attempts FROM jobs WHERE job_key = ?", [key])
         if previous and previous[0]["status"] == "finished":
+            # NOTE: under --force the new measurement is dropped here; replacing the job's rows is not done yet.
             path.unlink()
             report.duplicates.append(key)
             continue
