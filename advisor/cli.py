@@ -279,7 +279,7 @@ def bench(obj: dict[str, Any], model: str, weights: Path | None, data_spec: str,
     _report_jobs(summary)
     click.echo(_("run {run_id}: stored {n} results for {model} in {db}").format(
         run_id=run_id, n=rows[0]["n"], model=model, db=obj["db"]))
-    if summary.failed:
+    if summary.failed or summary.skipped_failed:
         sys.exit(EXIT_JOBS_FAILED)
 
 
@@ -292,22 +292,30 @@ def _executor(executor: str, address: str | None, resources: str | None) -> Any:
     from bench_engine.ray_executor import RayExecutor, parse_resources
 
     runner = RayExecutor(address=address or "auto", resources=parse_resources(resources))
-    runner.connect()  # before anything is written: a wrong address fails here
+    runner.check_resources(runner.connect())  # before anything is written: a wrong address or request fails here
     return runner
 
 
 def _report_jobs(summary: Any) -> None:
-    """Say on stderr what was skipped, what failed and which shards were set aside."""
+    """Say on stderr what was skipped, replaced or failed, and which shards were set aside."""
+    for run_id in summary.interrupted_runs:
+        click.echo(_("earlier run {run_id} had stopped without finishing; it is now marked as interrupted, and "
+                     "this run goes on from where it stopped.").format(run_id=run_id), err=True)
     if summary.skipped:
-        click.echo(_("skipped {n} jobs already stored; --force benches them again, --retry-failed the failed "
-                     "ones.").format(n=summary.skipped), err=True)
+        click.echo(_("jobs already stored, skipped: {n}; --force benches them again.").format(n=summary.skipped),
+                   err=True)
+    if summary.replaced:
+        click.echo(_("jobs benched again, their stored rows replaced: {n}").format(n=summary.replaced), err=True)
+    if summary.skipped_failed:
+        click.echo(_("jobs that failed in an earlier run, not retried: {n}; run the same command with "
+                     "--retry-failed to bench them again.").format(n=summary.skipped_failed), err=True)
     for name, reason in summary.quarantined:
         click.echo(_("result shard {name} set aside in quarantine: {reason}").format(name=name, reason=reason),
                    err=True)
     for label, error in summary.failed:
         click.echo(_("failed: {job}: {error}").format(job=label, error=error), err=True)
     if summary.failed:
-        click.echo(_("{n} jobs failed; the others are stored. Fix the cause, then run the same command with "
+        click.echo(_("jobs failed: {n}; the others are stored. Fix the cause, then run the same command with "
                      "--retry-failed.").format(n=len(summary.failed)), err=True)
 
 
@@ -748,9 +756,9 @@ def db_export(obj: dict[str, Any], out_path: Path) -> None:
 @handle_errors
 def db_import(obj: dict[str, Any], folder: Path) -> None:
     """Add the rows of an export that the database lacks; importing twice adds nothing."""
-    from db.transfer import import_parquet, read_manifest
+    from db.transfer import check_files, import_parquet, read_manifest
 
-    read_manifest(folder)  # a bad folder fails before the database is created or locked
+    check_files(folder, read_manifest(folder))  # a bad folder fails before the database is created or locked
     with Store.open(obj["db"]) as store:
         added = import_parquet(store, folder)
     click.echo(_("imported {results} results, {latency} timings and {jobs} jobs into {db}; rows already there "
@@ -797,6 +805,8 @@ def demo(obj: dict[str, Any], no_tui: bool, threads: int | None, skip_lite0: boo
             click.echo(formatting.recommendation_text(rank_store(store, budget, limit=10), 10))
     else:
         _open_tui(obj["db"], budget, lang=obj["lang"])
+    if summary.failed or summary.skipped_failed:
+        sys.exit(EXIT_JOBS_FAILED)
 
 
 # -- features ----------------------------------------------------------------------------------

@@ -33,7 +33,7 @@ class TaskOutcome:
     label: str
     model_key: str | None = None  # known once the worker wrote its manifest
     jobs: dict[str, dict[str, Any]] = field(default_factory=dict)  # key -> {'label', 'spec'} it attempted
-    skipped: int = 0  # jobs already stored
+    skipped_keys: list[str] = field(default_factory=list)  # jobs it did not run because they are stored
     returncode: int = 0
     error: str | None = None  # how the worker ended, when it did not exit cleanly
 
@@ -105,7 +105,7 @@ class LocalExecutor:
         task.manifest_path.unlink(missing_ok=True)
         shutil.rmtree(folder, ignore_errors=True)
         outcome = TaskOutcome(label=task.source.label, model_key=manifest.get("model_key"),
-                              jobs=manifest.get("jobs", {}), skipped=manifest.get("skipped", 0),
+                              jobs=manifest.get("jobs", {}), skipped_keys=manifest.get("skipped_keys", []),
                               returncode=process.returncode)
         if process.returncode != 0:
             outcome.error = exit_text(process.returncode, stderr_text)

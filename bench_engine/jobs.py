@@ -152,6 +152,7 @@ class WorkerTask:
     env_key: str
     shard_folder: str
     skip_keys: list[str] = field(default_factory=list)  # jobs already stored (finished, or failed without retry)
+    replace: bool = False  # --force: this run's rows replace the stored rows of the same jobs
     progress_file: str | None = None
     threads: int | None = None
 
@@ -207,7 +208,7 @@ def run_task(task: WorkerTask) -> int:
                for c in configs if keys[config_id(c)] not in skip}
     Path(task.shard_folder).mkdir(parents=True, exist_ok=True)
     write_json_atomic(task.manifest_path, {"model_key": bundle.model_key, "jobs": pending,
-                                           "skipped": len(configs) - len(pending)})
+                                           "skipped_keys": sorted(set(keys.values()) & skip)})
     if not pending:
         return 0
     folder = Path(task.shard_folder)
@@ -219,7 +220,7 @@ def run_task(task: WorkerTask) -> int:
         job = {"job_key": key, "run_id": task.run_id, "model_key": bundle.model_key,
                "label": pending[key]["label"], "spec": pending[key]["spec"],
                "status": "failed" if error is not None else "finished",
-               "error": None if error is None else failure_text(error)}
+               "error": None if error is None else failure_text(error), "replace": task.replace}
         body: dict[str, Any] = {"job": job}
         if row is not None:
             row = {**row, "job_key": key}

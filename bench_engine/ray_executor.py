@@ -14,6 +14,7 @@ dependency (`pip install "pts-advisor[ray]"`) imported only here.
 from __future__ import annotations
 
 import logging
+import os
 import socket
 import subprocess
 import sys
@@ -87,6 +88,13 @@ class RayExecutor:
             try:
                 ray.init(address=self.address, **options)
             except (ConnectionError, RuntimeError, ValueError) as exc:
+                if _looks_like_auth_failure(str(exc)):
+                    raise InvalidConfigError(
+                        "the Ray cluster at {address} refused this process: {reason}. The cluster uses token "
+                        "authentication; set RAY_AUTH_MODE=token and the cluster's token (RAY_AUTH_TOKEN, or the "
+                        "file ~/.ray/auth_token) in this shell as on the head node, then run the command again.",
+                        address=self.address or "auto", reason=str(exc),
+                    ) from exc
                 raise InvalidConfigError(
                     "cannot reach the Ray cluster at {address}: {reason}. Start it with `ray start --head` on "
                     "the head node, then pass --address HOST:PORT (or auto on a node of the cluster).",
@@ -99,22 +107,41 @@ class RayExecutor:
         if not self.address or self.address == "auto":
             return
         host, _, port = self.address.removeprefix("ray://").rpartition(":")
+        if not host or not port.isdigit() or not 0 < int(port) < 65536:
+            raise InvalidConfigError(
+                "invalid --address {address}: give HOST:PORT (the port `ray start --head` printed, 6379 by "
+                "default), ray://HOST:PORT for a Ray client server, or auto on a node of the cluster.",
+                address=self.address)
         try:
             with socket.create_connection((host, int(port)), timeout=5):
                 pass
-        except (OSError, ValueError) as exc:
+        except OSError as exc:
             raise InvalidConfigError(
                 "cannot reach the Ray cluster at {address}: {reason}. Start it with `ray start --head` on "
                 "the head node, then pass --address HOST:PORT (or auto on a node of the cluster).",
                 address=self.address, reason=str(exc) or type(exc).__name__,
             ) from exc
 
+    def check_resources(self, ray: Any) -> None:
+        """Raise when no live node can ever meet the request, since Ray would wait for one without end."""
+        nodes = [node.get("Resources", {}) for node in ray.nodes() if node.get("Alive")]
+        wanted = {"CPU": self.resources.num_cpus, "GPU": self.resources.num_gpus,
+                  "memory": 0.0 if self.resources.memory_gb is None else self.resources.memory_gb * 1024**3}
+        if any(all(node.get(name, 0.0) >= amount for name, amount in wanted.items()) for node in nodes):
+            return
+        largest = max(nodes, key=lambda node: (node.get("GPU", 0.0), node.get("CPU", 0.0), node.get("memory", 0.0)),
+                      default={})
+        raise InvalidConfigError(
+            "no node of the Ray cluster can meet --resources {request}; the largest node offers {largest}. "
+            "Lower --resources, or add a node that has them with `ray start --address HEAD:PORT`.",
+            request=_describe(wanted), largest=_describe(largest) if largest else "nothing (no live node)")
+
     def run(self, tasks: Sequence[WorkerTask], bar: Any, ingest: Callable[[], None]) -> Iterator[TaskOutcome]:
         ray = self.connect()
+        self.check_resources(ray)
         memory = None if self.resources.memory_gb is None else int(self.resources.memory_gb * 1024**3)
         remote = ray.remote(num_cpus=self.resources.num_cpus, num_gpus=self.resources.num_gpus, memory=memory,
                             max_retries=self.max_retries)(run_task_on_node)
-        # NOTE: a request no node can meet (gpus=1 on CPU nodes) is not checked, so Ray waits for it without end.
         pending = {remote.remote(task.to_json()): task for task in tasks}
         per_node: Counter[str] = Counter()
         bar.set_postfix_str(f"{len(pending)} tasks on Ray")
@@ -146,10 +173,22 @@ class RayExecutor:
         if returned["stderr"].strip():
             sys.stderr.write(returned["stderr"] if returned["stderr"].endswith("\n") else returned["stderr"] + "\n")
         outcome = TaskOutcome(label=task.source.label, model_key=manifest.get("model_key"), jobs=jobs,
-                              skipped=manifest.get("skipped", 0), returncode=returned["returncode"])
+                              skipped_keys=manifest.get("skipped_keys", []), returncode=returned["returncode"])
         if returned["returncode"] != 0:
             outcome.error = exit_text(returned["returncode"], returned["stderr"]) + f" (node {returned['node']})"
         return outcome
+
+
+def _looks_like_auth_failure(reason: str) -> bool:
+    text = reason.lower()
+    return "token" in text or "unauthenticated" in text or "authentication" in text or (
+        os.path.exists(os.path.expanduser("~/.ray/auth_token")) and not os.environ.get("RAY_AUTH_MODE"))
+
+
+def _describe(resources: dict[str, float]) -> str:
+    """'cpus=4, gpus=0, memory=7.5 GiB', in the words of --resources."""
+    return (f"cpus={resources.get('CPU', 0.0):g}, gpus={resources.get('GPU', 0.0):g}, "
+            f"memory={resources.get('memory', 0.0) / 1024**3:.1f} GiB")
 
 
 def parse_resources(text: str | None) -> RayResources:

@@ -24,6 +24,7 @@ from bench_engine.metrics import predict, score
 from bench_engine.executors import Executor, LocalExecutor, TaskOutcome
 from bench_engine.features import weight_statistics
 from bench_engine.jobs import ModelSource, WorkerTask, plan_to_json
+from bench_engine.liveness import RunLock, close_dead_runs
 from bench_engine.models import ModelBundle, architecture_features
 from bench_engine.paths import data_dir
 from bench_engine.pruning import LayerPolicy, PruneConfig, collect_stats, find_prunable_layers, prune_model
@@ -514,10 +515,13 @@ class RunSummary:
     """The outcome of a run, job by job. `failed` lists (label, error) of the jobs that failed."""
 
     run_id: str
-    finished: int = 0
-    skipped: int = 0
+    finished: int = 0  # jobs stored by this run, replaced ones included
+    replaced: int = 0  # jobs whose earlier rows this run's measurement replaced (--force)
+    skipped: int = 0  # jobs already stored as finished
+    skipped_failed: int = 0  # jobs an earlier run stored as failed, not retried (no --retry-failed)
     failed: list[tuple[str, str]] = field(default_factory=list)
     quarantined: list[tuple[str, str]] = field(default_factory=list)
+    interrupted_runs: list[str] = field(default_factory=list)  # earlier runs found dead at the start
     results: int = 0
 
 
@@ -552,14 +556,29 @@ def run_jobs(
     if num_threads is not None and num_threads < 1:
         raise InvalidConfigError("thread count must be at least 1, got {count}.", count=num_threads)
     executor = executor or LocalExecutor()
+    spool = shard_folder(db_path)
+    if spool.exists() and not spool.is_dir():
+        raise InvalidConfigError(
+            "{path} is a file, but a bench keeps its result shards in a folder of that name beside the "
+            "database; move the file away, then run the command again.", path=str(spool))
     profile = environment_profile()
     env_key = environment_key(profile)
     run_id = uuid.uuid4().hex[:12]
-    spool = shard_folder(db_path)
     summary = RunSummary(run_id)
+    with RunLock(spool, run_id):  # the kernel releases it when this process ends, however it ends
+        return _run_locked(db_path, jobs, command, num_threads, show_progress, progress_file, force, retry_failed,
+                           executor, profile, env_key, run_id, spool, summary)
+
+
+def _run_locked(db_path: str | Path, jobs: Sequence[BenchJob], command: str, num_threads: int | None,
+                show_progress: bool, progress_file: str | Path | None, force: bool, retry_failed: bool,
+                executor: Executor, profile: dict[str, Any], env_key: str, run_id: str, spool: Path,
+                summary: RunSummary) -> RunSummary:
+    """The body of `run_jobs`, run while this run holds its lock file."""
     # Readers (the TUI, `ptsa recommend`) hold the file for a moment at a time, so wait them out.
     # A writer that keeps it longer (another bench) fails this run before anything is measured.
     with open_for_write(db_path, wait_seconds=START_WAIT_SECONDS) as store:
+        summary.interrupted_runs = close_dead_runs(store, spool)
         recovered = ingest_shards(store, spool)  # what a killed run left behind
         if recovered.finished or recovered.failed:
             log.warning("stored %d jobs that an interrupted run had finished", len(recovered.finished))
@@ -573,9 +592,11 @@ def run_jobs(
             env_key,
             __version__,
         )
-        statuses = ("'finished'",) if (retry_failed and not force) else ("'finished'", "'failed'")
-        skip_keys = [] if force else [r["job_key"] for r in store.query(
-            f"SELECT job_key FROM jobs WHERE status IN ({', '.join(statuses)})")]
+        stored = {r["job_key"]: r["status"] for r in store.query("SELECT job_key, status FROM jobs")}
+    if force:
+        skip_keys: list[str] = []
+    else:
+        skip_keys = [key for key, status in stored.items() if status == "finished" or not retry_failed]
     total = sum(len(job.plan.configs()) for job in jobs)
     bar = tqdm(total=total, desc="bench", unit="job", disable=not show_progress, dynamic_ncols=True)
     if progress_file is not None:
@@ -585,16 +606,20 @@ def run_jobs(
         with open_for_write(db_path) as store:
             report = ingest_shards(store, spool)
         summary.finished += len(report.finished)
+        summary.replaced += len(report.replaced)
+        summary.failed += report.failed_kept
         summary.results += report.results
         summary.quarantined += report.quarantined
         for name, reason in report.quarantined:
             log.warning("shard %s quarantined: %s", name, reason)
 
     tasks = [WorkerTask(source=job.source, plan=plan_to_json(job.plan), run_id=run_id, env_key=env_key,
-                        shard_folder=str(spool), skip_keys=skip_keys, threads=num_threads) for job in jobs]
+                        shard_folder=str(spool), skip_keys=skip_keys, replace=force, threads=num_threads)
+             for job in jobs]
     try:
         for outcome in executor.run(tasks, bar, ingest):
-            summary.skipped += outcome.skipped
+            summary.skipped_failed += sum(stored.get(key) == "failed" for key in outcome.skipped_keys)
+            summary.skipped += sum(stored.get(key) == "finished" for key in outcome.skipped_keys)
             if outcome.crashed_before_manifest:  # it could not load the model or the data
                 summary.failed.append((outcome.label, outcome.error or ""))
             elif outcome.returncode != 0:
@@ -614,7 +639,7 @@ def run_jobs(
             "SELECT label, error FROM jobs WHERE run_id = ? AND status = 'failed' ORDER BY updated_at", [run_id])
             if (r["label"], r["error"]) not in summary.failed]
         if summary.failed:
-            store.finish_run(run_id, "failed", f"{len(summary.failed)} jobs failed; first: {summary.failed[0][1]}")
+            store.finish_run(run_id, "failed", f"jobs failed: {len(summary.failed)}; first: {summary.failed[0][1]}")
         else:
             store.finish_run(run_id, "finished")
     return summary

@@ -6,8 +6,10 @@ renamed to `<job key>.json`. A rename within one folder is atomic, so a reader s
 shard or a whole one, whatever moment the worker is killed at.
 
 The ingester (`ingest_shards`) moves shards into the database, each in one transaction that
-also records the job, then deletes the shard. A job already recorded as finished is not
-inserted again, so a crash between the commit and the delete duplicates nothing. A shard that
+also records the job, then deletes the shard. A job already recorded as finished by the same run
+is not inserted again, so a crash between the commit and the delete duplicates nothing. A shard
+of a `--force` run (its job record says `replace`) replaces the job's stored rows in the same
+transaction; if that rerun failed, the stored measurement is kept. A shard that
 cannot be read, or whose checksum or contents are wrong, is moved to `quarantine/` beside a
 note saying why, and is never ingested.
 """
@@ -145,7 +147,9 @@ class IngestReport:
     """The outcome of one pass of the ingester."""
 
     finished: list[str] = field(default_factory=list)  # job keys inserted
+    replaced: list[str] = field(default_factory=list)  # job keys whose stored rows a forced rerun replaced
     failed: list[str] = field(default_factory=list)  # job keys recorded as failed
+    failed_kept: list[tuple[str, str]] = field(default_factory=list)  # (label, error) of forced reruns that failed
     duplicates: list[str] = field(default_factory=list)  # shards of jobs already stored, deleted
     quarantined: list[tuple[str, str]] = field(default_factory=list)  # (file name, reason)
     results: int = 0  # result rows inserted
@@ -168,11 +172,15 @@ def ingest_shards(store: Store, folder: Path) -> IngestReport:
             continue
         job = body["job"]
         key = job["job_key"]
-        previous = store.query("SELECT status, attempts FROM jobs WHERE job_key = ?", [key])
-        if previous and previous[0]["status"] == "finished":
-            # NOTE: under --force the new measurement is dropped here; replacing the job's rows is not done yet.
-            path.unlink()
+        previous = store.query("SELECT run_id, status, attempts FROM jobs WHERE job_key = ?", [key])
+        stored = bool(previous) and previous[0]["status"] == "finished"
+        if stored and (not job.get("replace") or previous[0]["run_id"] == job["run_id"]):
+            path.unlink()  # ingested before a crash, or a second copy: the stored row stands
             report.duplicates.append(key)
+            continue
+        if stored and job["status"] == "failed":  # a forced rerun failed: keep the measurement we have
+            path.unlink()
+            report.failed_kept.append((job.get("label") or key, job.get("error") or ""))
             continue
         attempts = (previous[0]["attempts"] if previous else 0) + 1
         row = {"job_key": key, "run_id": job["run_id"], "model_key": job["model_key"], "label": job.get("label"),
@@ -181,6 +189,8 @@ def ingest_shards(store: Store, folder: Path) -> IngestReport:
         try:
             with store.transaction():
                 if job["status"] == "finished":
+                    if store.delete_job_rows(key):  # a forced rerun, or a retry after a partial import
+                        report.replaced.append(key)
                     if body.get("model"):
                         store.upsert_model(body["model"])
                     report.results += store.insert_results(body["results"])

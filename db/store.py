@@ -332,6 +332,15 @@ class Store:
             [row[n] for n in names],
         )
 
+    def delete_job_rows(self, job_key: str) -> int:
+        """Delete the result and latency rows of one job (before a rerun's rows replace them); return the result count."""
+        self._require_writable()
+        with self.transaction():
+            count = self._con.execute("SELECT count(*) FROM results WHERE job_key = ?", [job_key]).fetchone()[0]
+            self._con.execute("DELETE FROM latency WHERE job_key = ?", [job_key])
+            self._con.execute("DELETE FROM results WHERE job_key = ?", [job_key])
+        return int(count)
+
     def insert_fit(self, row: Mapping[str, Any]) -> None:
         """Record one fitted regressor (a `regressor_fits` row)."""
         self._insert_columns("regressor_fits", {name: [value] for name, value in row.items()})

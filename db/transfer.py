@@ -23,6 +23,8 @@ import tempfile
 from pathlib import Path
 from typing import Any
 
+import duckdb
+
 from db.errors import DatabaseError
 from db.store import SCHEMA_VERSION, Store
 
@@ -65,6 +67,7 @@ def export_parquet(store: Store, out: Path, product_version: str) -> dict[str, i
                     "exported_at": dt.datetime.now(dt.timezone.utc).isoformat(timespec="seconds"),
                     "source_database": store.path.name, "rows": counts}
         (staging / "manifest.json").write_text(json.dumps(manifest, indent=2), encoding="utf-8")
+        os.chmod(staging, 0o777 & ~_umask())  # mkdtemp makes it private; an export is shared like any folder
         os.replace(staging, out)
     except BaseException:
         shutil.rmtree(staging, ignore_errors=True)
@@ -75,6 +78,9 @@ def export_parquet(store: Store, out: Path, product_version: str) -> dict[str, i
 def read_manifest(folder: Path) -> dict[str, Any]:
     """Return an export's manifest; raises TransferError saying what is wrong with the folder."""
     path = Path(folder) / "manifest.json"
+    if Path(folder).exists() and not Path(folder).is_dir():
+        raise TransferError("{path} is a file; pass the folder `ptsa db export` wrote, which holds manifest.json "
+                            "and one .parquet file per table.", path=folder)
     if not Path(folder).is_dir():
         raise TransferError("export folder {path} not found; pass the folder `ptsa db export` wrote.", path=folder)
     try:
@@ -85,7 +91,10 @@ def read_manifest(folder: Path) -> dict[str, Any]:
     if not isinstance(manifest, dict) or manifest.get("format") != FORMAT:
         raise TransferError("{path} is not a PTS Advisor export manifest.", path=path)
     version = manifest.get("schema_version")
-    if not isinstance(version, int) or version > SCHEMA_VERSION:
+    if not isinstance(version, int) or isinstance(version, bool) or version < 1:
+        raise TransferError("{path} has no valid schema version (found {version!r}); export the database again.",
+                            path=path, version=version)
+    if version > SCHEMA_VERSION:
         raise TransferError(
             "the export in {path} has schema version {version}, newer than this PTS Advisor reads ({ours}); "
             "upgrade PTS Advisor here, then import it.", path=folder, version=version, ours=SCHEMA_VERSION)
@@ -93,13 +102,38 @@ def read_manifest(folder: Path) -> dict[str, Any]:
         if not (Path(folder) / f"{table}.parquet").is_file():
             raise TransferError("the export in {path} lacks {table}.parquet; export it again.", path=folder,
                                 table=table)
+    rows = manifest.get("rows")
+    if not isinstance(rows, dict) or any(not isinstance(rows.get(table), int) for table in TABLES):
+        raise TransferError("{path} does not give the row count of every table; export the database again.",
+                            path=path)
     return manifest
+
+
+def check_files(folder: Path, manifest: dict[str, Any]) -> None:
+    """Read every Parquet file of an export once; raise TransferError for a broken or incomplete one."""
+    with duckdb.connect(":memory:") as con:
+        for table in TABLES:
+            _check_file(con, Path(folder) / f"{table}.parquet", manifest["rows"][table])
+
+
+def _check_file(con: duckdb.DuckDBPyConnection, path: Path, expected: int) -> None:
+    try:
+        count = con.execute(f"SELECT count(*) FROM read_parquet('{_sql_path(path)}')").fetchone()[0]
+    except duckdb.Error as exc:
+        raise TransferError("cannot read {file}: {reason}; the file is damaged or only partly copied. Export "
+                            "the database again, or copy the folder again.", file=path,
+                            reason=str(exc).splitlines()[0]) from exc
+    if count != expected:
+        raise TransferError("{file} holds {found} rows but the manifest says {expected}; the folder was altered "
+                            "or only partly copied. Copy or export it again.", file=path, found=count,
+                            expected=expected)
 
 
 def import_parquet(store: Store, folder: Path) -> dict[str, int]:
     """Add the rows of an export that the database does not hold yet; return the rows added per table."""
     folder = Path(folder)
     manifest = read_manifest(folder)
+    check_files(folder, manifest)
     added: dict[str, int] = {}
     con = store.connection
     with store.transaction():
@@ -132,6 +166,12 @@ def import_parquet(store: Store, folder: Path) -> dict[str, int]:
             added[table] = store.count(table) - before
     added["_schema_version"] = manifest["schema_version"]
     return added
+
+
+def _umask() -> int:
+    mask = os.umask(0)
+    os.umask(mask)
+    return mask
 
 
 def _sql_path(path: Path) -> str:

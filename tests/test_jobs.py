@@ -48,9 +48,21 @@ def test_a_second_run_skips_finished_jobs_and_force_reruns_them(tiny):
                                                calibration_size=8))
     grown = run_jobs(db_path, [wider], "test", show_progress=False)
     assert (grown.finished, grown.skipped) == (2, 3)
-    forced = run_jobs(db_path, [job], "test", show_progress=False, force=True)
-    assert forced.finished == 0 and forced.skipped == 0  # benched again, but a stored job is not duplicated
-    assert counts(db_path) == (5, 5, {"finished": 5})
+    timed = BenchJob("tiny", source, BenchPlan(criteria=["magnitude", "wanda"], sparsities=[0.5], calibration_size=8,
+                                               runtimes=["torch-eager"]))
+    run_jobs(db_path, [timed], "test", show_progress=False)  # other keys: the runtimes are part of a job
+    forced = run_jobs(db_path, [timed], "test", show_progress=False, force=True)
+    assert (forced.finished, forced.replaced, forced.skipped) == (3, 3, 0)
+    assert counts(db_path) == (8, 8, {"finished": 8})  # benched again, and each job still has one row
+    with Store.open(db_path, read_only=True) as store:
+        runs = {r["job_key"]: r["run_id"] for r in store.query("SELECT job_key, run_id FROM results")}
+        job_runs = {r["job_key"]: r["run_id"] for r in store.query("SELECT job_key, run_id FROM jobs")}
+        stale_timings = store.query("SELECT count(*) AS n FROM latency l JOIN jobs j USING (job_key) "
+                                    "WHERE l.run_id <> j.run_id")[0]["n"]
+        timings = store.query("SELECT count(*) AS n FROM latency WHERE run_id = ?", [forced.run_id])[0]["n"]
+    assert sorted(r for r in runs.values() if r == forced.run_id) == [forced.run_id] * 3  # the new measurement
+    assert all(job_runs[key] == run for key, run in runs.items())
+    assert timings > 0 and stale_timings == 0  # the replaced rows' timings went with them
 
 
 def test_a_model_that_cannot_load_fails_alone(tiny, tmp_path):
@@ -66,7 +78,7 @@ def test_a_model_that_cannot_load_fails_alone(tiny, tmp_path):
     with Store.open(db_path, read_only=True) as store:
         run = store.query("SELECT status, error FROM runs")[0]
     assert run["status"] == "failed"
-    assert "1 jobs failed" in run["error"]
+    assert "jobs failed: 1" in run["error"]
 
 
 def _workers_of(pid: int) -> list[int]:
@@ -110,8 +122,9 @@ def test_a_killed_worker_loses_only_its_unfinished_jobs(tiny):
     assert failed, "the worker finished before it could be killed"
     assert all("killed by signal SIGKILL" in row["error"] for row in failed)
     finished = summary.finished
-    # The failed jobs are skipped by default, and --retry-failed benches exactly them.
-    assert run_jobs(db_path, [BenchJob("tiny", source, plan)], "test", show_progress=False).finished == 0
+    # The failed jobs are skipped by default, and counted apart; --retry-failed benches exactly them.
+    rerun = run_jobs(db_path, [BenchJob("tiny", source, plan)], "test", show_progress=False)
+    assert (rerun.finished, rerun.skipped_failed, rerun.skipped) == (0, len(failed), 10 - len(failed))
     retried = run_jobs(db_path, [BenchJob("tiny", source, plan)], "test", show_progress=False, retry_failed=True)
     assert retried.finished == len(failed)
     assert finished + retried.finished == 10
@@ -191,6 +204,71 @@ def test_sigkill_at_random_moments_then_resume_gives_one_row_per_job(tiny, tmp_p
     assert finished.returncode == 0, finished.stderr
     assert counts(db_path) == (7, 7, {"finished": 7})  # dense + 2 criteria × 3 sparsities, each once
     assert not list(shard_folder(db_path).glob("*.json"))
+    # The killed runs are marked as interrupted, and nothing they left stays behind.
+    with Store.open(db_path, read_only=True) as store:
+        statuses = [r["status"] for r in store.query("SELECT status FROM runs ORDER BY started_at")]
+        errors = {r["error"] for r in store.query("SELECT error FROM runs WHERE status = 'failed'")}
+    assert statuses[-1] == "finished" and "running" not in statuses
+    assert all(error.startswith("interrupted") for error in errors)
+    assert [p.name for p in shard_folder(db_path).iterdir() if p.name != "quarantine"] == []
+
+
+def test_a_dead_run_is_marked_interrupted_and_a_live_one_is_left_alone(tiny):
+    from bench_engine.liveness import RunLock
+
+    source, db_path = tiny
+    spool = shard_folder(db_path)
+    with Store.open(db_path) as store:
+        for run_id in ("deadrun", "liverun"):
+            store.start_run(run_id, "test", {}, None, "0")
+    spool.mkdir()
+    (spool / "deadrun-resnet10t.manifest").write_text("{}")
+    (spool / "deadrun.lock").write_text("123\n")  # its process is gone, so nobody holds the lock
+    with RunLock(spool, "liverun"):
+        summary = run_jobs(db_path, [BenchJob("tiny", source, BenchPlan(criteria=["magnitude"], sparsities=[0.5],
+                                                                         calibration_size=8))], "test",
+                           show_progress=False)
+        assert summary.interrupted_runs == ["deadrun"]
+        with Store.open(db_path, read_only=True) as store:
+            status = {r["run_id"]: (r["status"], r["error"]) for r in store.query("SELECT * FROM runs")}
+        assert status["deadrun"][0] == "failed" and status["deadrun"][1].startswith("interrupted")
+        assert status["liverun"] == ("running", None)
+        assert status[summary.run_id] == ("finished", None)
+        assert sorted(p.name for p in spool.iterdir()) == ["liverun.lock"]
+    assert list(spool.iterdir()) == []
+
+
+def test_a_forced_rerun_that_fails_keeps_the_stored_measurement(tiny):
+    source, db_path = tiny
+    with Store.open(db_path):
+        pass
+    spool = shard_folder(db_path)
+    job = {"job_key": "k1", "run_id": "r1", "model_key": "m", "label": "m · dense", "status": "finished",
+           "error": None}
+    from conftest import make_result
+
+    row = {**make_result(job_key="k1"), "run_id": "r1"}
+    write_shard(spool, "k1", {"job": job, "results": {name: [value] for name, value in row.items()}})
+    with Store.open(db_path) as store:
+        assert ingest_shards(store, spool).finished == ["k1"]
+    write_shard(spool, "k1", {"job": {**job, "run_id": "r2", "status": "failed", "error": "boom", "replace": True}})
+    with Store.open(db_path) as store:
+        report = ingest_shards(store, spool)
+        kept = store.query("SELECT run_id FROM results WHERE job_key = 'k1'")
+        status = store.query("SELECT status, run_id FROM jobs WHERE job_key = 'k1'")[0]
+    assert report.failed_kept == [("m · dense", "boom")]
+    assert kept == [{"run_id": "r1"}] and status == {"status": "finished", "run_id": "r1"}
+
+
+def test_a_file_where_the_shard_folder_goes_is_named(tiny):
+    source, db_path = tiny
+    shard_folder(db_path).write_text("not a folder")
+    from bench_engine.errors import InvalidConfigError
+
+    with pytest.raises(InvalidConfigError, match="is a file, but a bench keeps its result shards in a folder"):
+        run_jobs(db_path, [BenchJob("tiny", source, BenchPlan(criteria=["magnitude"], sparsities=[0.5]))], "test",
+                 show_progress=False)
+    assert not db_path.exists()
 
 
 # -- moving results between machines ---------------------------------------------------------------
@@ -265,6 +343,27 @@ def test_import_rejects_a_broken_or_newer_export(tmp_path):
     incomplete = runner.invoke(main, ["--db", str(target), "db", "import", str(out)])
     assert incomplete.exit_code == 2
     assert "lacks results.parquet" in incomplete.output
+    a_file = runner.invoke(main, ["--db", str(target), "db", "import", str(out / "manifest.json")])
+    assert a_file.exit_code == 2 and "is a file; pass the folder `ptsa db export` wrote" in a_file.output
+    # A file cut short in the copy, a manifest that does not match, a schema version that is no number.
+    fresh = tmp_path / "fresh"
+    assert runner.invoke(main, ["--db", str(tmp_path / "s.duckdb"), "db", "export", "--out", str(fresh)]).exit_code == 0
+    assert oct(fresh.stat().st_mode & 0o777) != oct(0o700)  # readable like any folder, not private
+    whole = (fresh / "models.parquet").read_bytes()
+    (fresh / "models.parquet").write_bytes(whole[: len(whole) // 2])
+    truncated = runner.invoke(main, ["--db", str(target), "db", "import", str(fresh)])
+    assert truncated.exit_code == 2 and "models.parquet" in truncated.output
+    assert "damaged or only partly copied" in truncated.output
+    (fresh / "models.parquet").write_bytes(whole)
+    manifest = json.loads((fresh / "manifest.json").read_text())
+    manifest["rows"]["runs"] = 5
+    (fresh / "manifest.json").write_text(json.dumps(manifest))
+    altered = runner.invoke(main, ["--db", str(target), "db", "import", str(fresh)])
+    assert altered.exit_code == 2 and "holds 0 rows but the manifest says 5" in altered.output
+    manifest["schema_version"] = "six"
+    (fresh / "manifest.json").write_text(json.dumps(manifest))
+    not_a_number = runner.invoke(main, ["--db", str(target), "db", "import", str(fresh)])
+    assert not_a_number.exit_code == 2 and "has no valid schema version (found 'six')" in not_a_number.output
     assert not target.exists()  # nothing half-written
 
 

@@ -101,7 +101,13 @@ def test_a_grid_runs_on_the_cluster_and_resumes_locally(ray_cluster, tiny):
     # The same jobs have the same keys whichever executor ran them: a local rerun skips them all.
     again = bench(db_path, weights, data)
     assert again.returncode == 0, again.stderr
-    assert "skipped 5 jobs already stored" in again.stderr
+    assert "jobs already stored, skipped: 5" in again.stderr
+    # A request no node can meet fails at once, naming the request and the largest node.
+    too_big = bench(db_path, weights, data, "--executor", "ray", "--address", ray_cluster, "--resources",
+                    "cpus=1,gpus=8", timeout=120)
+    assert too_big.returncode == 2, too_big.stderr
+    assert "no node of the Ray cluster can meet --resources cpus=1, gpus=8" in too_big.stderr
+    assert "the largest node offers cpus=" in too_big.stderr
 
 
 def descends_from(pid: int, ancestor: int) -> bool:
@@ -159,6 +165,9 @@ def test_bad_executor_options_are_named(tiny):
     resources = bench(db_path, weights, data, "--executor", "ray", "--resources", "cpus=two")
     assert resources.returncode == 2
     assert "resource cpus needs a number, got 'two'" in resources.stderr
+    not_a_port = bench(db_path, weights, data, "--executor", "ray", "--address", "127.0.0.1:notaport")
+    assert not_a_port.returncode == 2
+    assert "invalid --address 127.0.0.1:notaport: give HOST:PORT" in not_a_port.stderr
     unreachable = bench(db_path, weights, data, "--executor", "ray", "--address", f"127.0.0.1:{free_port()}",
                         timeout=300)
     assert unreachable.returncode == 2, unreachable.stderr
