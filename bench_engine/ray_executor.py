@@ -2,8 +2,8 @@
 
 Each model's task becomes one Ray task with its own resource request (CPUs, GPUs, memory). On
 its node, the task runs the same worker process as the local executor, into a node-local shard
-folder, then returns the shards' bytes and the worker's manifest to the driver, which writes
-them into the database's shard folder and ingests them. Nodes therefore never see the database
+folder, and streams each shard's bytes to the driver as the worker writes it, then the worker's
+manifest. The driver writes the shards into the database's shard folder and ingests them. Nodes therefore never see the database
 file, and the driver checks every shard as if a local worker had written it.
 
 When a node dies, Ray runs the task again elsewhere (`max_retries`); a worker that fails on its
@@ -19,6 +19,7 @@ import socket
 import subprocess
 import sys
 import tempfile
+import time
 from collections import Counter
 from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass
@@ -41,21 +42,37 @@ class RayResources:
     memory_gb: float | None = None  # Ray schedules by it; None requests no particular amount
 
 
-def run_task_on_node(task_json: dict[str, Any]) -> dict[str, Any]:
-    """The Ray task: run one worker here, into a temporary folder, and return what it wrote."""
+def run_task_on_node(task_json: dict[str, Any]) -> Iterator[dict[str, Any]]:
+    """The Ray task: run one worker here, into a temporary folder, yielding each shard as it is written.
+
+    It is a streaming generator: the driver ingests every job's shard while the model's other
+    jobs still run, and moves its progress bar per job. The last item reports how the worker ended.
+    """
     task = WorkerTask.from_json(task_json)
+    node = socket.gethostname()
     with tempfile.TemporaryDirectory(prefix="ptsa-ray-") as folder:
         task.shard_folder = folder
         task.progress_file = None
         task_path = Path(folder) / "task.json"
         write_json_atomic(task_path, task.to_json())
-        process = subprocess.run([sys.executable, "-m", "bench_engine.jobs", str(task_path)],
-                                 stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE,
-                                 text=True, errors="replace")
-        shards = {path.name: path.read_bytes() for path in Path(folder).glob("*.json") if path.name != "task.json"}
+        stderr_path = Path(folder) / "stderr.txt"
+        with stderr_path.open("w") as stderr:
+            process = subprocess.Popen([sys.executable, "-m", "bench_engine.jobs", str(task_path)],
+                                       stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL, stderr=stderr)
+        sent: set[str] = set()
+        while True:
+            ended = process.poll() is not None  # read the folder once more after the worker ended
+            for path in sorted(Path(folder).glob("*.json")):
+                if path.name not in sent and path.name != "task.json":
+                    sent.add(path.name)
+                    yield {"shard": path.name, "data": path.read_bytes(), "node": node}
+            if ended:
+                break
+            time.sleep(0.5)
         manifest = read_manifest(task.manifest_path)
-    return {"shards": shards, "manifest": manifest, "returncode": process.returncode,
-            "stderr": process.stderr[-20000:], "node": socket.gethostname()}
+        stderr_text = stderr_path.read_text(encoding="utf-8", errors="replace")
+    yield {"done": True, "manifest": manifest, "returncode": process.returncode, "stderr": stderr_text[-20000:],
+           "node": node}
 
 
 class RayExecutor:
@@ -137,43 +154,53 @@ class RayExecutor:
             request=_describe(wanted), largest=_describe(largest) if largest else "nothing (no live node)")
 
     def run(self, tasks: Sequence[WorkerTask], bar: Any, ingest: Callable[[], None]) -> Iterator[TaskOutcome]:
+        from bench_engine.shards import write_shard_bytes
+
         ray = self.connect()
         self.check_resources(ray)
         memory = None if self.resources.memory_gb is None else int(self.resources.memory_gb * 1024**3)
         remote = ray.remote(num_cpus=self.resources.num_cpus, num_gpus=self.resources.num_gpus, memory=memory,
-                            max_retries=self.max_retries)(run_task_on_node)
-        pending = {remote.remote(task.to_json()): task for task in tasks}
+                            max_retries=self.max_retries, num_returns="streaming")(run_task_on_node)
+        streams = {remote.remote(task.to_json()): task for task in tasks}
+        counted = {id(task): 0 for task in tasks}  # jobs of each task the bar has moved for
         per_node: Counter[str] = Counter()
-        bar.set_postfix_str(f"{len(pending)} tasks on Ray")
-        while pending:
-            ready, _ = ray.wait(list(pending), num_returns=1, timeout=1.0)
-            for ref in ready:
-                task = pending.pop(ref)
-                yield self._collect(ray, ref, task, bar, ingest, per_node)
+        bar.set_postfix_str(f"{len(streams)} tasks on Ray")
+        while streams:
+            ready, _ = ray.wait(list(streams), num_returns=1, timeout=1.0)
+            for stream in ready:
+                task = streams[stream]
+                try:
+                    item = ray.get(next(stream))
+                except StopIteration:  # the task ended without its report; Ray raised it on the item before
+                    del streams[stream]
+                    continue
+                except Exception as exc:  # the task failed on every try (a lost node, a Ray error)
+                    del streams[stream]
+                    error = f"Ray task failed after {self.max_retries} retries: {type(exc).__name__}: {exc}"
+                    log.error("%s: %s", task.source.label, error)
+                    yield TaskOutcome(label=task.source.label, returncode=1, error=error)
+                    continue
+                if "shard" in item:
+                    write_shard_bytes(Path(task.shard_folder), item["shard"], item["data"])
+                    ingest()
+                    per_node[item["node"]] += 1
+                    if counted[id(task)] < len(plan_from_json(task.plan).configs()):
+                        counted[id(task)] += 1
+                        bar.update(1)
+                    bar.set_postfix_str(", ".join(f"{node}: {n} jobs" for node, n in sorted(per_node.items())))
+                    continue
+                del streams[stream]
+                bar.update(len(plan_from_json(task.plan).configs()) - counted[id(task)])  # the skipped jobs
+                yield self._outcome(task, item)
 
-    def _collect(self, ray: Any, ref: Any, task: WorkerTask, bar: Any, ingest: Callable[[], None],
-                 per_node: Counter[str]) -> TaskOutcome:
-        from bench_engine.shards import write_shard_bytes
-
-        try:
-            returned = ray.get(ref)
-        except Exception as exc:  # the task failed on every try (a lost node, a Ray error)
-            error = f"Ray task failed after {self.max_retries} retries: {type(exc).__name__}: {exc}"
-            log.error("%s: %s", task.source.label, error)
-            return TaskOutcome(label=task.source.label, returncode=1, error=error)
-        spool = Path(task.shard_folder)
-        for name, data in returned["shards"].items():
-            write_shard_bytes(spool, name, data)
-        ingest()
+    def _outcome(self, task: WorkerTask, returned: dict[str, Any]) -> TaskOutcome:
+        """Say how a task's worker ended, from the last item of its stream."""
         manifest = returned["manifest"]
-        jobs = manifest.get("jobs", {})
-        per_node[returned["node"]] += len(returned["shards"])
-        bar.update(len(plan_from_json(task.plan).configs()))  # skipped or benched, as the local bar counts
-        bar.set_postfix_str(", ".join(f"{node}: {n} jobs" for node, n in sorted(per_node.items())))
         if returned["stderr"].strip():
             sys.stderr.write(returned["stderr"] if returned["stderr"].endswith("\n") else returned["stderr"] + "\n")
-        outcome = TaskOutcome(label=task.source.label, model_key=manifest.get("model_key"), jobs=jobs,
-                              skipped_keys=manifest.get("skipped_keys", []), returncode=returned["returncode"])
+        outcome = TaskOutcome(label=task.source.label, model_key=manifest.get("model_key"),
+                              jobs=manifest.get("jobs", {}), skipped_keys=manifest.get("skipped_keys", []),
+                              returncode=returned["returncode"])
         if returned["returncode"] != 0:
             outcome.error = exit_text(returned["returncode"], returned["stderr"]) + f" (node {returned['node']})"
         return outcome
