@@ -32,7 +32,7 @@ from torch.utils._python_dispatch import TorchDispatchMode
 from torch.utils.flop_counter import FlopCounterMode
 
 from bench_engine.errors import InvalidConfigError
-from bench_engine.models import model_family
+from bench_engine.models import TORCHVISION_PREFIX, build_torchvision_model, model_family
 from bench_engine.pruning.layers import conv_linear_layers, is_depthwise
 
 log = logging.getLogger(__name__)
@@ -206,12 +206,14 @@ def forward_features(model: nn.Module, input_shape: tuple[int, int, int], device
 
 def featurize(architecture: str, num_classes: int | None = None, in_chans: int | None = None,
               input_size: int | None = None) -> dict[str, Any]:
-    """Return the features of a timm architecture, built on the meta device (no weights).
+    """Return the features of a timm or 'torchvision:<architecture>' architecture, built on the meta device.
 
-    Raises InvalidConfigError for an unknown architecture, or one that cannot be built or run
-    on the meta device (a few timm models read tensor values while they are built).
+    Raises InvalidConfigError for an unknown timm architecture, or one that cannot be built or
+    run on the meta device (a few timm models and torchvision's RegNet read tensor values while
+    they are built), and UnknownModelError for an unknown torchvision architecture.
     """
-    if not timm.is_model(architecture):
+    torchvision_name = architecture.startswith(TORCHVISION_PREFIX)
+    if not torchvision_name and not timm.is_model(architecture):
         matches = similar_architectures(architecture)
         if matches:
             raise InvalidConfigError(
@@ -233,13 +235,16 @@ def featurize(architecture: str, num_classes: int | None = None, in_chans: int |
         kwargs["img_size"] = input_size
     try:
         with torch.device("meta"):
-            try:
-                model = timm.create_model(architecture, **kwargs).eval()
-            except TypeError:
-                if "img_size" not in kwargs:
-                    raise
-                kwargs.pop("img_size")  # convolutional networks take any input size
-                model = timm.create_model(architecture, **kwargs).eval()
+            if torchvision_name:
+                model = build_torchvision_model(architecture, num_classes or 1000, in_chans, input_size).eval()
+            else:
+                try:
+                    model = timm.create_model(architecture, **kwargs).eval()
+                except TypeError:
+                    if "img_size" not in kwargs:
+                        raise
+                    kwargs.pop("img_size")  # convolutional networks take any input size
+                    model = timm.create_model(architecture, **kwargs).eval()
         # The FLOP counter tracks modules for backward too; without gradients it needs none.
         model.requires_grad_(False)
         cfg = model.pretrained_cfg or {}
