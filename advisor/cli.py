@@ -161,6 +161,13 @@ def _parse_patterns(values: tuple[str, ...]) -> list[tuple[int, int] | None]:
 @click.option("--data", "data_spec", required=True,
               help="Image directory (class folders, or loose images), or a built-in: mnist, photos.")
 @click.option("--unlabelled", is_flag=True, help="Ignore class folders and score fidelity to the dense model only.")
+@click.option("--task", type=click.Choice(["classification", "detection"]), default=None,
+              help="What the model does. Default: detection for a detector (digits/fcos_mobilenet_v2, "
+                   "torchvision:ssdlite320_mobilenet_v3_large, ...), else classification.")
+@click.option("--reference-score", type=click.FloatRange(min=0, max=1, min_open=True), default=0.5,
+              show_default=True,
+              help="Detection fidelity: the dense model's boxes scoring at least this are the reference the "
+                   "sparse model's boxes are scored against.")
 @click.option("--criterion", "criteria", multiple=True, default=("magnitude", "wanda", "sparsegpt"), show_default=True,
               help="Mask criterion; repeat for several.")
 @click.option("--sparsity", "sparsities", multiple=True, type=float, default=(0.5,), show_default=True,
@@ -207,8 +214,8 @@ def _parse_patterns(values: tuple[str, ...]) -> list[tuple[int, int] | None]:
 @resume_options
 @click.pass_obj
 @handle_errors
-def bench(obj: dict[str, Any], model: str, weights: Path | None, data_spec: str, unlabelled: bool,
-          criteria: tuple[str, ...], sparsities: tuple[float, ...], allocation: str, erk_power: float,
+def bench(obj: dict[str, Any], model: str, weights: Path | None, data_spec: str, unlabelled: bool, task: str | None,
+          reference_score: float, criteria: tuple[str, ...], sparsities: tuple[float, ...], allocation: str, erk_power: float,
           max_layer_sparsity: float, never_prune: tuple[str, ...], recipes: tuple[str, ...],
           corrections: tuple[str, ...], patterns: tuple[str, ...],
           calibration_size: int, seed: int, threads: int | None, latency_batch_size: int,
@@ -221,10 +228,8 @@ def bench(obj: dict[str, Any], model: str, weights: Path | None, data_spec: str,
     MODEL is a named model (efficientnet_lite0, mnist/resnet10t, ...) or a timm architecture
     name with --weights.
     """
-    from bench_engine.data import load_dataset
-    from bench_engine.models import load_model
     from bench_engine.pruning import LayerPolicy
-    from bench_engine.jobs import ModelSource
+    from bench_engine.jobs import ModelSource, infer_task
     from bench_engine.runner import BenchJob, BenchPlan, run_jobs
 
     plan = BenchPlan(
@@ -245,6 +250,7 @@ def bench(obj: dict[str, Any], model: str, weights: Path | None, data_spec: str,
         runtimes=_comma_list(runtimes),
         runtime_batch_sizes=_batch_sizes(batches),
         activation_memory_gib=activation_memory,
+        reference_score=reference_score,
     )
     plan.configs()  # validate before loading anything heavy
     runner = _executor(executor, address, resources)
@@ -258,14 +264,16 @@ def bench(obj: dict[str, Any], model: str, weights: Path | None, data_spec: str,
 
         _check_mnist_baseline(model)
         train_missing_baselines([model], show_progress=not no_progress)
-    bundle = load_model(model, weights, num_classes=num_classes, in_chans=in_chans, input_size=input_size)
-    data = load_dataset(data_spec, bundle.preprocess, seed, labelled=False if unlabelled else None)
     from bench_engine.runner import check_compatible
+    from bench_engine.tasks import evaluation_for
 
-    check_compatible(bundle, data)
-    data.check_readable(calibration_size, seed)
+    task = task or infer_task(model)
     source = ModelSource(model, data_spec, weights=None if weights is None else str(weights), unlabelled=unlabelled,
-                         num_classes=num_classes, in_chans=in_chans, input_size=input_size)
+                         num_classes=num_classes, in_chans=in_chans, input_size=input_size, task=task)
+    bundle, data = source.load(seed)
+    check_compatible(bundle, data)
+    evaluation_for(data).check_plan(plan)
+    data.check_readable(calibration_size, seed)
     del bundle, data  # the worker process loads them again; this process only checked them
     summary = run_jobs(obj["db"], [BenchJob(label=model, source=source, plan=plan)], _command_line(), threads,
                        not no_progress, progress_file, force=force, retry_failed=retry_failed, executor=runner)
@@ -277,9 +285,9 @@ def bench(obj: dict[str, Any], model: str, weights: Path | None, data_spec: str,
     if timings:
         _print_latency(timings)
     _report_jobs(summary)
-    click.echo(_("run {run_id}: stored {n} results for {model} in {db}").format(
+    click.echo(_("run {run_id}: results stored for {model} in {db}: {n}").format(
         run_id=run_id, n=rows[0]["n"], model=model, db=obj["db"]))
-    if summary.failed or summary.skipped_failed:
+    if summary.failed or summary.skipped_failed or summary.quarantined:
         sys.exit(EXIT_JOBS_FAILED)
 
 
@@ -453,7 +461,8 @@ def budget_options(func: Callable[..., Any]) -> Callable[..., Any]:
         click.option("--min-throughput", type=float, default=None,
                      help="Minimum inferences per second of one instance at --batch-size (from the p50 latency)."),
         click.option("--min-accuracy", type=float, default=None,
-                     help="Minimum top-1 in percent (top-1 agreement with the dense model on unlabelled data)."),
+                     help="Minimum top-1 in percent (top-1 agreement with the dense model on unlabelled data; box "
+                          "mAP@[.5:.95] in percent for --task detection)."),
         click.option("--max-drop", type=float, default=None, help="Maximum drop from the dense model, in percentage points."),
         click.option("--max-relative-drop", type=float, default=None,
                      help="Maximum drop from the dense model, in percent of its accuracy."),
@@ -466,6 +475,8 @@ def budget_options(func: Callable[..., Any]) -> Callable[..., Any]:
         click.option("--accuracy-margin", type=float, default=0.0, show_default=True,
                      help="Headroom required on the accuracy limits, in points."),
         click.option("--dataset", default=None, help="Only consider results on this dataset (for example mnist)."),
+        click.option("--task", type=click.Choice(["classification", "detection"]), default="classification",
+                     show_default=True, help="Rank the results of this task; detection ranks by box mAP."),
         click.option("--objective", type=click.Choice(OBJECTIVES), default=None,
                      help="What to optimise among candidates that fit: accuracy, latency, sparsity or cost "
                           "(needs a workload). Default: accuracy; cost for `ptsa roi`."),
@@ -532,6 +543,7 @@ def _budget(options: dict[str, Any], default_objective: str = "accuracy") -> Bud
         margin_pct=options["margin_pct"],
         accuracy_margin=options["accuracy_margin"],
         dataset=options["dataset"],
+        task=options["task"],
         objective=options["objective"] or default_objective,
         include_dense=not options["sparse_only"],
     )
@@ -566,7 +578,12 @@ def _recommendation(db_path: Path, budget: Budget, workload: Workload | None, li
     if Path(db_path).is_file():
         ensure_published(db_path)  # a database made before the published evidence shipped
     with Store.open(db_path, read_only=True) as store:
-        datasets = [r["dataset"] for r in store.query("SELECT DISTINCT dataset FROM results ORDER BY dataset")]
+        datasets = [r["dataset"] for r in store.query(
+            "SELECT DISTINCT dataset FROM results WHERE coalesce(task, 'classification') = ? ORDER BY dataset",
+            [budget.task])]
+        if not datasets and budget.task == "detection":
+            _fail(_("database {db} has no detection results; bench a detector first, for example `ptsa bench "
+                    "digits/fcos_mobilenet_v2 --data digits`.").format(db=db_path))
         if not datasets:
             _fail(_("database {db} has no results; run `ptsa demo` or `ptsa bench` first.").format(db=db_path))
         if budget.dataset is not None and budget.dataset not in datasets:
@@ -762,8 +779,9 @@ def db_import(obj: dict[str, Any], folder: Path) -> None:
     with Store.open(obj["db"]) as store:
         added = import_parquet(store, folder)
     click.echo(_("imported {results} results, {latency} timings and {jobs} jobs into {db}; rows already there "
-                 "were kept").format(results=added["results"], latency=added["latency"], jobs=added["jobs"],
-                                     db=obj["db"]))
+                 "were kept, and published rows were left out because every installation imports its own "
+                 "copy").format(results=added["results"], latency=added["latency"], jobs=added["jobs"],
+                                db=obj["db"]))
 
 
 # -- demo --------------------------------------------------------------------------------------
@@ -805,7 +823,7 @@ def demo(obj: dict[str, Any], no_tui: bool, threads: int | None, skip_lite0: boo
             click.echo(formatting.recommendation_text(rank_store(store, budget, limit=10), 10))
     else:
         _open_tui(obj["db"], budget, lang=obj["lang"])
-    if summary.failed or summary.skipped_failed:
+    if summary.failed or summary.skipped_failed or summary.quarantined:
         sys.exit(EXIT_JOBS_FAILED)
 
 

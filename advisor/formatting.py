@@ -26,7 +26,8 @@ CONSTRAINT_LABELS = {
     "max_weight_mb": N_("max weight memory"),
 }
 
-METRIC_LABELS = {"top1": N_("top-1"), "top1_agreement": N_("agreement")}
+METRIC_LABELS = {"top1": N_("top-1"), "top1_agreement": N_("agreement"), "box_map": N_("box mAP"),
+                 "box_map_fidelity": N_("box mAP vs dense")}
 
 
 def _constraint_label(constraint: str | None) -> str:

@@ -275,8 +275,8 @@ def ensure_published(db_path: Any) -> None:
         with Store.open(db_path) as store:
             added = import_published(store)
         if added:
-            # One line on stderr: a read command such as `ptsa recommend` has written to the file.
-            log.warning("%s", _("imported {n} published rows and timings into {db} (once per version of the published "
+            # Logged at info level: it happens once per version of the tables and needs no action.
+            log.info("%s", _("imported {n} published rows and timings into {db} (once per version of the published "
                                 "tables)").format(n=added, db=db_path))
     except DatabaseLockedError:
         log.info("database %s is locked; published evidence will be imported later", db_path)

@@ -68,9 +68,10 @@ kernels AS (  -- every sparse timing on this profile (any batch size) ran dense 
 latest AS (
     SELECT r.result_id, r.model_key, r.dataset, r.labelled, r.provenance, r.criterion, r.allocation, r.pattern,
            r.recipe_json, r.requested_sparsity, r.achieved_sparsity, r.top1, r.top1_agreement, r.dense_top1,
+           coalesce(r.task, 'classification') AS task, r.box_map, r.box_map_fidelity, r.dense_box_map,
            r.weight_bytes_json, r.created_at, m.architecture, m.input_size
     FROM results r LEFT JOIN models m USING (model_key)
-    WHERE ($dataset IS NULL OR r.dataset = $dataset)
+    WHERE ($dataset IS NULL OR r.dataset = $dataset) AND coalesce(r.task, 'classification') = $task
     QUALIFY row_number() OVER (
         PARTITION BY r.model_key, r.dataset, r.labelled, r.provenance, r.criterion, r.allocation, r.pattern,
                      r.requested_sparsity, r.recipe_json, r.layer_policy_json, r.calibration_size,
@@ -136,8 +137,11 @@ timed AS (
 candidates AS (
     SELECT *,
         CASE WHEN latency_source IS NOT NULL THEN pair_runtime WHEN $single_runtime THEN pair_runtime END AS runtime_name,
-        CASE WHEN labelled THEN top1 ELSE top1_agreement END AS accuracy,
-        CASE WHEN labelled THEN dense_top1 ELSE 100.0 END AS dense_accuracy
+        -- primary_metric: top-1 or box mAP on labelled data, agreement with the dense model otherwise
+        CASE WHEN task = 'detection' THEN (CASE WHEN labelled THEN box_map ELSE box_map_fidelity END)
+             WHEN labelled THEN top1 ELSE top1_agreement END AS accuracy,
+        CASE WHEN NOT labelled THEN 100.0 WHEN task = 'detection' THEN dense_box_map ELSE dense_top1 END
+            AS dense_accuracy
     FROM timed
     WHERE latency_source IS NOT NULL OR (NOT any_timed AND position = 1)
 ),
@@ -217,7 +221,7 @@ def _parameters(budget: Budget, env_key: str, workload: roi.Workload | None) -> 
         price_factor = workload.price if workload.per_device else workload.price * roi.HOURS_PER_MONTH
     return {
         "env": env_key, "batch": budget.batch_size, "runtimes": list(budget.runtimes),
-        "single_runtime": len(budget.runtimes) == 1, "dataset": budget.dataset,
+        "single_runtime": len(budget.runtimes) == 1, "dataset": budget.dataset, "task": budget.task,
         "all_patterns": budget.patterns is None, "patterns": list(budget.patterns or ["-"]),
         "stat": budget.latency_stat, "measurable": MEASURABLE_CHANGE,
         "max_latency": budget.max_latency_ms,

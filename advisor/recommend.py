@@ -28,6 +28,7 @@ from dataclasses import asdict, dataclass, field, replace
 from typing import Any
 
 from bench_engine.runtime_names import MEASURABLE_CHANGE, PUBLISHED_RUNTIMES
+from bench_engine.task_names import TASKS
 from db import Store, TranslatableError
 
 OBJECTIVES = ("accuracy", "latency", "sparsity", "cost")
@@ -60,7 +61,9 @@ class Budget:
     """Limits a candidate must meet, and what to optimise among those that do.
 
     Accuracy limits apply to each row's primary metric: top-1 (percent) on labelled data, or
-    top-1 agreement with the dense model (percent) on unlabelled data. `margin_pct` is the
+    top-1 agreement with the dense model (percent) on unlabelled data. For `task='detection'` the
+    metric is box mAP@[.5:.95] (percent) on labelled data, or the box mAP of the sparse model's
+    boxes scored against the dense model's on unlabelled data. Only rows of `task` compete. `margin_pct` is the
     headroom required on the latency, throughput and memory limits, in percent of each limit;
     `accuracy_margin` the headroom in points on the accuracy limits.
     """
@@ -77,6 +80,7 @@ class Budget:
     margin_pct: float = 0.0
     accuracy_margin: float = 0.0
     dataset: str | None = None
+    task: str = "classification"
     objective: str = "accuracy"
     include_dense: bool = True
     # Latency evidence: the runtimes (each candidate is judged on each one that has a timing) and
@@ -122,6 +126,9 @@ class Budget:
         if not 0 <= self.accuracy_margin <= 100:
             raise BudgetError("accuracy margin {value!r} is out of range; give points from 0 to 100, "
                               "for example --accuracy-margin 0.5.", value=self.accuracy_margin)
+        if self.task not in TASKS:
+            raise BudgetError("task {value!r} is invalid; use one of {choices}.", value=self.task,
+                              choices=", ".join(TASKS))
         if self.objective not in OBJECTIVES:
             raise BudgetError("objective {value!r} is invalid; use one of {choices}.", value=self.objective,
                               choices=", ".join(OBJECTIVES))
@@ -153,7 +160,7 @@ class Candidate:
     """One stored result on one runtime, judged against a budget."""
 
     row: dict[str, Any]
-    metric: str  # 'top1' or 'top1_agreement'
+    metric: str  # 'top1', 'top1_agreement', 'box_map' or 'box_map_fidelity' (see `primary_metric`)
     accuracy: float | None
     dense_accuracy: float | None
     latency_ms: float | None
@@ -589,7 +596,7 @@ SELECT r.*, m.architecture, m.family, m.input_size, e.cpu_model
 FROM results r
 LEFT JOIN models m USING (model_key)
 LEFT JOIN environments e USING (env_key)
-WHERE (? IS NULL OR r.dataset = ?)
+WHERE (? IS NULL OR r.dataset = ?) AND coalesce(r.task, 'classification') = ?
 """
 
 # A configuration measured again in the same environment counts once: its latest measurement.
@@ -603,12 +610,25 @@ QUALIFY row_number() OVER (
 """
 
 
-def load_candidates(store: Store, dataset: str | None = None, latest_only: bool = True) -> list[dict[str, Any]]:
-    """Read stored results (optionally of one dataset) with their model and environment.
+def load_candidates(store: Store, dataset: str | None = None, latest_only: bool = True,
+                    task: str = "classification") -> list[dict[str, Any]]:
+    """Read stored results of one task (optionally of one dataset) with their model and environment.
 
     With `latest_only`, a configuration benched several times in one environment appears once.
     """
-    return store.query(_LATEST_SQL if latest_only else _CANDIDATE_SQL, [dataset, dataset])
+    return store.query(_LATEST_SQL if latest_only else _CANDIDATE_SQL, [dataset, dataset, task])
+
+
+def primary_metric(row: dict[str, Any]) -> tuple[str, float | None]:
+    """Return (metric column, dense reference) of a row: what its accuracy limits apply to.
+
+    On unlabelled data the metric compares the sparse model with the dense one, so the dense
+    model's own value is 100.
+    """
+    labelled = bool(row.get("labelled"))
+    if (row.get("task") or "classification") == "detection":
+        return ("box_map", row.get("dense_box_map")) if labelled else ("box_map_fidelity", 100.0)
+    return ("top1", row.get("dense_top1")) if labelled else ("top1_agreement", 100.0)
 
 
 EVIDENCE_RANK = {"measured": 0, "published": 1, "predicted": 2}
@@ -710,10 +730,8 @@ def _accuracy_checks(candidate: Candidate, budget: Budget, accuracy: float | Non
 def evaluate(row: dict[str, Any], budget: Budget, timing: Timing | None = None, runtime: str | None = None,
              dense_bytes: dict[str, int] | None = None) -> Candidate:
     """Check one row on one runtime, with the timing that applies to it, against the budget."""
-    labelled = bool(row.get("labelled"))
-    metric = "top1" if labelled else "top1_agreement"
+    metric, dense_accuracy = primary_metric(row)
     accuracy = row.get(metric)
-    dense_accuracy = row.get("dense_top1") if labelled else 100.0
     latency = None if timing is None else timing.stat(budget.latency_stat)
     if runtime is None:
         runtime = timing.runtime if timing is not None else budget.runtime
@@ -904,6 +922,7 @@ def recommend(rows: list[dict[str, Any]], budget: Budget, nearest: int = 3, timi
     profiles = profiles or {}
     env_key = resolve_profile(evidence, budget, profiles or {t.env_key: Profile(t.env_key, None, None, None)
                                                              for t in evidence.timings})
+    rows = [r for r in rows if (r.get("task") or "classification") == budget.task]
     if budget.dataset is not None:
         rows = [r for r in rows if r["dataset"] == budget.dataset]
     if budget.patterns is not None:

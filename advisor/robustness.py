@@ -118,6 +118,8 @@ SELECT r.result_id, r.model_key, r.dataset, r.provenance, r.criterion, r.allocat
 FROM results r JOIN models m USING (model_key)
 WHERE r.provenance IN ('measured', 'published') AND r.labelled AND r.criterion <> 'dense'
   AND r.top1 IS NOT NULL AND r.dense_top1 > 0
+  -- NOTE: classification only; detection rows (box mAP) would need a task feature and detector features.
+  AND coalesce(r.task, 'classification') = 'classification'
 ORDER BY r.result_id
 """
 

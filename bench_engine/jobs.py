@@ -29,7 +29,6 @@ from typing import Any
 
 import torch
 
-from bench_engine.data import DataSplits
 from bench_engine.pruning import LayerPolicy, PruneConfig
 
 log = logging.getLogger(__name__)
@@ -48,20 +47,35 @@ class ModelSource:
     num_classes: int | None = None
     in_chans: int | None = None
     input_size: int | None = None
+    task: str = "classification"  # or "detection"
 
     @property
     def label(self) -> str:
         return self.model
 
-    def load(self, seed: int) -> tuple[Any, DataSplits]:
-        """Load the model bundle and the dataset (imports torch and timm)."""
+    def load(self, seed: int) -> tuple[Any, Any]:
+        """Load the model bundle and the dataset of the source's task (imports torch and timm)."""
         from bench_engine.data import load_dataset
         from bench_engine.models import load_model
 
+        if self.task == "detection":
+            from bench_engine.detection.sources import load_detection_data, load_detection_model
+
+            bundle = load_detection_model(self.model, self.weights, num_classes=self.num_classes,
+                                          input_size=self.input_size)
+            return bundle, load_detection_data(self.data, bundle.preprocess.input_size, seed,
+                                               unlabelled=self.unlabelled)
         bundle = load_model(self.model, self.weights, num_classes=self.num_classes, in_chans=self.in_chans,
                             input_size=self.input_size)
         data = load_dataset(self.data, bundle.preprocess, seed, labelled=False if self.unlabelled else None)
         return bundle, data
+
+
+def infer_task(model: str) -> str:
+    """Return 'detection' for a detector's name, else 'classification'."""
+    from bench_engine.detection.sources import is_detector_name
+
+    return "detection" if is_detector_name(model) else "classification"
 
 
 # -- the plan, as JSON for the worker -----------------------------------------------------------
@@ -91,15 +105,22 @@ def plan_from_json(data: dict[str, Any]) -> Any:
 # -- keys -----------------------------------------------------------------------------------------
 
 
-def data_digest(data: DataSplits, calibration: torch.Tensor) -> str:
+def data_digest(data: Any, calibration: torch.Tensor) -> str:
     """Return the SHA-256 of the inputs a bench uses: the calibration draw and every evaluation input.
 
-    Computed on the preprocessed tensors, so it changes with the images, the labels, the split,
-    the seed or the preprocessing, and not with file names or dates.
+    Computed on the preprocessed tensors, so it changes with the images, the labels (a detection
+    set's boxes), the split, the seed or the preprocessing, and not with file names or dates.
     """
     digest = hashlib.sha256()
     digest.update(f"{data.name}|{data.labelled}|{len(data.train)}|{len(data.evaluation)}".encode())
     digest.update(calibration.detach().cpu().contiguous().numpy().tobytes())
+    if getattr(data, "task", "classification") == "detection":
+        for image_ids, batch in data.evaluation_images(batch_size=16):
+            digest.update(json.dumps(image_ids).encode())
+            digest.update(batch.detach().cpu().contiguous().numpy().tobytes())
+        digest.update(json.dumps(data.evaluation.to_coco_dict() if data.labelled else [], sort_keys=True,
+                                 default=str).encode())
+        return digest.hexdigest()
     for index in range(len(data.evaluation)):
         tensor, label = data.evaluation[index]
         digest.update(tensor.detach().cpu().contiguous().numpy().tobytes())
@@ -108,9 +129,13 @@ def data_digest(data: DataSplits, calibration: torch.Tensor) -> str:
 
 
 def job_spec(model_key: str, weights_sha256: str | None, data_sha256: str, config: PruneConfig | None, plan: Any,
-             env_key: str) -> dict[str, Any]:
-    """Everything a job's result depends on; its key is the hash of this."""
-    return {
+             env_key: str, task: str = "classification") -> dict[str, Any]:
+    """Everything a job's result depends on; its key is the hash of this.
+
+    A detection job adds its task and the reference score of its fidelity; a classification
+    job's spec is unchanged, so the keys of jobs stored before detection existed still match.
+    """
+    spec = {
         "key_version": KEY_VERSION,
         "model_key": model_key,
         "weights_sha256": weights_sha256,
@@ -122,6 +147,10 @@ def job_spec(model_key: str, weights_sha256: str | None, data_sha256: str, confi
                     "runtime_batch_sizes": sorted(plan.runtime_batch_sizes) if plan.runtimes else []},
         "env_key": env_key,
     }
+    if task != "classification":
+        spec["task"] = task
+        spec["evaluation"]["reference_score"] = plan.reference_score
+    return spec
 
 
 def job_key(spec: dict[str, Any]) -> str:
@@ -200,7 +229,8 @@ def run_task(task: WorkerTask) -> int:
     calibration = data.calibration(plan.calibration_size, plan.seed)
     digest = data_digest(data, calibration)
     configs: list[PruneConfig | None] = [None, *plan.configs()]
-    specs = {config_id(c): job_spec(bundle.model_key, bundle.weights_sha256, digest, c, plan, task.env_key)
+    data_task = getattr(data, "task", "classification")
+    specs = {config_id(c): job_spec(bundle.model_key, bundle.weights_sha256, digest, c, plan, task.env_key, data_task)
              for c in configs}
     keys = {name: job_key(spec) for name, spec in specs.items()}
     skip = set(task.skip_keys)
@@ -209,7 +239,11 @@ def run_task(task: WorkerTask) -> int:
     Path(task.shard_folder).mkdir(parents=True, exist_ok=True)
     write_json_atomic(task.manifest_path, {"model_key": bundle.model_key, "jobs": pending,
                                            "skipped_keys": sorted(set(keys.values()) & skip)})
+    progress = _ProgressLines(Path(task.progress_file), task.run_id) if task.progress_file else None
     if not pending:
+        for _config in configs:  # every job is stored: the bar still moves past them
+            if progress is not None:
+                progress.update(1)
         return 0
     folder = Path(task.shard_folder)
     model = model_row(bundle)
@@ -230,7 +264,6 @@ def run_task(task: WorkerTask) -> int:
                         latency=as_columns(latency) if latency else None)
         write_shard(folder, key, body)
 
-    progress = _ProgressLines(Path(task.progress_file), task.run_id) if task.progress_file else None
     bench_model(bundle, data, plan, task.run_id, task.env_key, progress=progress,
                 skip=lambda c: keys[config_id(c)] in skip, on_result=on_result)
     return len(pending)

@@ -90,7 +90,7 @@ def close_dead_runs(store: Store, folder: Path) -> list[str]:
         (folder / f"{run_id}.lock").unlink(missing_ok=True)
         for manifest in folder.glob(f"{run_id}-*.manifest"):
             manifest.unlink(missing_ok=True)
-        log.warning("run %s had stopped without finishing; marked as interrupted", run_id)
+        log.info("run %s had stopped without finishing; marked as interrupted", run_id)
     if folder.is_dir():
         for lock in folder.glob("*.lock"):  # runs killed before they recorded themselves
             if lock.stem not in running and not is_alive(folder, lock.stem):

@@ -74,7 +74,8 @@ class ModelBundle:
 
 def model_family(model: nn.Module) -> str:
     """Return the module a model class lives in: timm's 'resnet' or torchvision's 'mobilenetv2', ..."""
-    return type(model).__module__.rsplit(".", 1)[-1]
+    target = getattr(model, "detector", model)  # a detector wrapped for batches: its torchvision class
+    return type(target).__module__.rsplit(".", 1)[-1]
 
 
 def architecture_features(model: nn.Module) -> dict[str, Any]:

@@ -105,11 +105,14 @@ class RayExecutor:
             try:
                 ray.init(address=self.address, **options)
             except (ConnectionError, RuntimeError, ValueError) as exc:
-                if _looks_like_auth_failure(str(exc)):
+                # The address answered the TCP check, so a refusal here is most often a missing token.
+                if _looks_like_auth_failure(str(exc)) or (self.address not in (None, "auto")
+                                                          and not os.environ.get("RAY_AUTH_MODE")):
                     raise InvalidConfigError(
-                        "the Ray cluster at {address} refused this process: {reason}. The cluster uses token "
-                        "authentication; set RAY_AUTH_MODE=token and the cluster's token (RAY_AUTH_TOKEN, or the "
-                        "file ~/.ray/auth_token) in this shell as on the head node, then run the command again.",
+                        "the Ray cluster at {address} answers but did not accept this process: {reason}. If the "
+                        "cluster uses token authentication, set RAY_AUTH_MODE=token and the cluster's token "
+                        "(RAY_AUTH_TOKEN, or the file ~/.ray/auth_token) in this shell as on the head node, then run "
+                        "the command again; otherwise check that Ray and Python here match the cluster's versions.",
                         address=self.address or "auto", reason=str(exc),
                     ) from exc
                 raise InvalidConfigError(
@@ -184,13 +187,13 @@ class RayExecutor:
                     write_shard_bytes(Path(task.shard_folder), item["shard"], item["data"])
                     ingest()
                     per_node[item["node"]] += 1
-                    if counted[id(task)] < len(plan_from_json(task.plan).configs()):
+                    if counted[id(task)] < _job_count(task):
                         counted[id(task)] += 1
                         bar.update(1)
                     bar.set_postfix_str(", ".join(f"{node}: {n} jobs" for node, n in sorted(per_node.items())))
                     continue
                 del streams[stream]
-                bar.update(len(plan_from_json(task.plan).configs()) - counted[id(task)])  # the skipped jobs
+                bar.update(_job_count(task) - counted[id(task)])  # the skipped jobs
                 yield self._outcome(task, item)
 
     def _outcome(self, task: WorkerTask, returned: dict[str, Any]) -> TaskOutcome:
@@ -204,6 +207,11 @@ class RayExecutor:
         if returned["returncode"] != 0:
             outcome.error = exit_text(returned["returncode"], returned["stderr"]) + f" (node {returned['node']})"
         return outcome
+
+
+def _job_count(task: WorkerTask) -> int:
+    """A task's jobs: the dense model, then each configuration of its plan."""
+    return len(plan_from_json(task.plan).configs()) + 1
 
 
 def _looks_like_auth_failure(reason: str) -> bool:
@@ -237,6 +245,9 @@ def parse_resources(text: str | None) -> RayResources:
                                      name=name, value=value.strip()) from None
         if not number >= 0:
             raise InvalidConfigError("resource {name} must be 0 or more, got {value}.", name=name, value=value.strip())
+        if name == "cpus" and number == 0:
+            raise InvalidConfigError("resource cpus must be more than 0: a task that reserves no CPU lets Ray start "
+                                     "more benches on a node than it has cores. Give cpus=1 or more.")
         values[name] = number
     return RayResources(num_cpus=values.get("cpus", 1.0), num_gpus=values.get("gpus", 0.0),
                         memory_gb=values.get("memory"))

@@ -20,7 +20,6 @@ from bench_engine.data import DataSplits
 from bench_engine.environment import environment_key, environment_profile
 from bench_engine.errors import DataError, InvalidConfigError
 from bench_engine.latency import SPREAD_WARNING, measure_latency
-from bench_engine.metrics import predict, score
 from bench_engine.executors import Executor, LocalExecutor, TaskOutcome
 from bench_engine.features import weight_statistics
 from bench_engine.jobs import ModelSource, WorkerTask, plan_to_json
@@ -39,6 +38,8 @@ from bench_engine.pruning.sensitivity import cached_sensitivity
 from bench_engine.runtimes import check_runtime_names
 from bench_engine.shards import ingest_shards
 from bench_engine.storage import weight_bytes_json
+from bench_engine.task_names import CLASSIFICATION
+from bench_engine.tasks import evaluation_for
 from bench_engine.timing import RuntimeTimer, TimedModel, usable_runtimes, warn_if_noisy
 from db import DatabaseLockedError, Store
 
@@ -76,6 +77,8 @@ class BenchPlan:
     # cannot run here are skipped.
     runtimes: Sequence[str] = ()
     runtime_batch_sizes: Sequence[int] = (1,)
+    # Detection fidelity: the dense model's boxes scoring at least this become the reference.
+    reference_score: float = 0.5
 
     def configs(self) -> list[PruneConfig]:
         """Expand the grid into validated configurations; raises InvalidConfigError early."""
@@ -184,7 +187,14 @@ class BenchPlan:
 
 
 def check_compatible(bundle: ModelBundle, data: DataSplits) -> None:
-    """Reject labelled data whose classes cannot be compared with the model's outputs."""
+    """Reject a dataset of another task, and labelled data whose classes cannot be compared with the model's outputs."""
+    model_task = bundle.extra.get("task", CLASSIFICATION)
+    data_task = getattr(data, "task", CLASSIFICATION)
+    if model_task != data_task:
+        raise DataError(
+            "model {model} is a {model_task} model but dataset {dataset!r} is a {data_task} dataset; pass "
+            "--task {model_task} with a {model_task} dataset, or a {data_task} model.",
+            model=bundle.model_key, model_task=model_task, dataset=data.name, data_task=data_task)
     if data.labelled and data.num_classes != bundle.num_classes:
         raise DataError(
             "model {model} has {outputs} outputs but dataset {dataset!r} has "
@@ -228,9 +238,11 @@ def bench_model(
     dense = bundle.model.eval()
     input_shape = (bundle.preprocess.in_chans, bundle.preprocess.input_size, bundle.preprocess.input_size)
 
-    dense_logits, labels = predict(dense, data.evaluation_batches())
-    dense_scores = score(dense_logits, labels, dense_logits, data.labelled)
-    calibration = data.calibration(plan.calibration_size, plan.seed)
+    evaluation = evaluation_for(data, plan)
+    evaluation.check_plan(plan)
+    dense_outputs = evaluation.run(dense)
+    dense_scores = evaluation.score(dense_outputs, dense_outputs)
+    calibration = evaluation.calibration(plan.calibration_size, plan.seed)
     layers, excluded = find_prunable_layers(dense, plan.policy, calibration[:1])
     if not layers:
         raise InvalidConfigError(
@@ -255,17 +267,16 @@ def bench_model(
     base = {
         "run_id": run_id,
         "model_key": bundle.model_key,
-        "dataset": data.name,
-        "labelled": data.labelled,
+        "dataset": evaluation.name,
+        "labelled": evaluation.labelled,
         "provenance": "measured",
         "source": f"ptsa {__version__}",
         "env_key": env_key,
         "layer_policy_json": json.dumps(plan.policy.to_dict(), sort_keys=True),
         "calibration_size": plan.calibration_size,
         "calibration_seed": plan.seed,
-        "eval_size": len(data.evaluation),
-        "dense_top1": dense_scores["top1"],
-        "dense_top5": dense_scores["top5"],
+        "eval_size": evaluation.eval_size,
+        **evaluation.dense_columns(dense_scores),
     }
 
     def latency_columns(model: torch.nn.Module) -> dict[str, Any]:
@@ -324,6 +335,8 @@ def bench_model(
 
     if on_result is not None and not (skip is not None and skip(None)):
         on_result(None, rows[-1], dense_latency, None)
+    if progress is not None:
+        progress.update(1)  # the dense job, benched or found stored
 
     learned_counts: dict[tuple[float, LearnedSettings], dict[str, int]] = {}
 
@@ -357,7 +370,7 @@ def bench_model(
         apply_corrections(config.corrections, sparse, layers, sparse_layers, stats, calibration)
         technique_seconds = time.perf_counter() - started
         counted = measure_sparsity(sparse, target_names)
-        logits, _ = predict(sparse, data.evaluation_batches())
+        outputs = evaluation.run(sparse)
         result_id = uuid.uuid4().hex
         timed_rows: list[dict[str, Any]] = []
         if timer is not None:
@@ -366,7 +379,7 @@ def bench_model(
         row = (
             {
                 **base,
-                **score(logits, labels, dense_logits, data.labelled),
+                **evaluation.score(outputs, dense_outputs),
                 **latency_columns(sparse),
                 "result_id": result_id,
                 "criterion": config.criterion,
@@ -432,6 +445,7 @@ def failure_text(exc: BaseException) -> str:
 def model_row(bundle: ModelBundle) -> dict[str, Any]:
     return {
         "model_key": bundle.model_key,
+        "task": bundle.extra.get("task", CLASSIFICATION),
         "architecture": bundle.architecture,
         "family": bundle.family,
         "weights_source": bundle.weights_source,
@@ -597,7 +611,7 @@ def _run_locked(db_path: str | Path, jobs: Sequence[BenchJob], command: str, num
         skip_keys: list[str] = []
     else:
         skip_keys = [key for key, status in stored.items() if status == "finished" or not retry_failed]
-    total = sum(len(job.plan.configs()) for job in jobs)
+    total = sum(len(job.plan.configs()) + 1 for job in jobs)  # each model's dense job, then its configurations
     bar = tqdm(total=total, desc="bench", unit="job", disable=not show_progress, dynamic_ncols=True)
     if progress_file is not None:
         bar = ProgressFile(bar, Path(progress_file), run_id, total)
@@ -611,7 +625,7 @@ def _run_locked(db_path: str | Path, jobs: Sequence[BenchJob], command: str, num
         summary.results += report.results
         summary.quarantined += report.quarantined
         for name, reason in report.quarantined:
-            log.warning("shard %s quarantined: %s", name, reason)
+            log.info("shard %s quarantined: %s", name, reason)
 
     tasks = [WorkerTask(source=job.source, plan=plan_to_json(job.plan), run_id=run_id, env_key=env_key,
                         shard_folder=str(spool), skip_keys=skip_keys, replace=force, threads=num_threads)

@@ -168,7 +168,7 @@ def ingest_shards(store: Store, folder: Path) -> IngestReport:
         except ShardError as exc:
             quarantine(path, str(exc))
             report.quarantined.append((path.name, str(exc)))
-            log.warning("quarantined shard %s: %s", path.name, exc)
+            log.info("quarantined shard %s: %s", path.name, exc)
             continue
         job = body["job"]
         key = job["job_key"]
@@ -203,7 +203,7 @@ def ingest_shards(store: Store, folder: Path) -> IngestReport:
                 raise
             quarantine(path, f"rows rejected by the database: {exc}")
             report.quarantined.append((path.name, str(exc)))
-            log.warning("quarantined shard %s: rows rejected by the database: %s", path.name, exc)
+            log.info("quarantined shard %s: rows rejected by the database: %s", path.name, exc)
             continue
         path.unlink()
         (report.finished if job["status"] == "finished" else report.failed).append(key)

@@ -232,4 +232,21 @@ MIGRATION_6 = [
     "ALTER TABLE latency ADD COLUMN job_key VARCHAR",
 ]
 
-MIGRATIONS: list[list[str]] = [MIGRATION_1, MIGRATION_2, MIGRATION_3, MIGRATION_4, MIGRATION_5, MIGRATION_6]
+# Version 7: detection as a second task. `task` names what a row measures ('classification' or
+# 'detection'); rows stored before it are classification. A detection row scores boxes: box
+# mAP@[.5:.95] and mAP@.5 against the labels, in percent like top-1, and `box_map_fidelity`, the
+# mAP@[.5:.95] of the sparse model's boxes scored against the dense model's boxes that score at
+# least `box_reference_score`.
+MIGRATION_7 = [
+    "ALTER TABLE results ADD COLUMN task VARCHAR DEFAULT 'classification'",
+    "ALTER TABLE results ADD COLUMN box_map DOUBLE",
+    "ALTER TABLE results ADD COLUMN box_map_50 DOUBLE",
+    "ALTER TABLE results ADD COLUMN dense_box_map DOUBLE",
+    "ALTER TABLE results ADD COLUMN dense_box_map_50 DOUBLE",
+    "ALTER TABLE results ADD COLUMN box_map_fidelity DOUBLE",
+    "ALTER TABLE results ADD COLUMN box_reference_score DOUBLE",  # the dense score a reference box needs
+    "ALTER TABLE models ADD COLUMN task VARCHAR DEFAULT 'classification'",
+]
+
+MIGRATIONS: list[list[str]] = [MIGRATION_1, MIGRATION_2, MIGRATION_3, MIGRATION_4, MIGRATION_5, MIGRATION_6,
+                               MIGRATION_7]

@@ -156,3 +156,15 @@ def fixture_db(tmp_path) -> Path:
         insert_rows(store, rows)
         store.upsert_environment("env0", {"cpu_model": "Test CPU", "cpu_count": 2, "device": "cpu"})
     return path
+
+
+@pytest.fixture(scope="session")
+def digits_detector_dir(tmp_path_factory):
+    """A data folder holding the digits detection set and the named digits detector, trained once per session."""
+    from bench_engine.detection import detectors
+
+    folder = tmp_path_factory.mktemp("digits-detector")
+    with pytest.MonkeyPatch.context() as patch:
+        patch.setenv("PTSA_DATA_DIR", str(folder))
+        detectors.ensure_digits_detector()
+    return folder

@@ -21,7 +21,8 @@ from db import Store
 
 def python_path(path, budget, workload=None):
     with Store.open(path, read_only=True) as store:
-        rows, timings, profiles = load_candidates(store, budget.dataset), load_timings(store), load_profiles(store)
+        rows = load_candidates(store, budget.dataset, task=budget.task)
+        timings, profiles = load_timings(store), load_profiles(store)
     return recommend(rows, budget, timings=timings, profiles=profiles, workload=workload)
 
 
@@ -148,3 +149,38 @@ def test_fixture_db_matches(fixture_db):
     for budget in (Budget(max_latency_ms=5.0), Budget(dataset="photos", min_accuracy=85),
                    Budget(max_latency_ms=1.0, min_accuracy=90)):
         assert summary(database_path(fixture_db, budget)) == summary(python_path(fixture_db, budget))
+
+
+def test_each_task_is_ranked_on_its_own_metric(tmp_path):
+    """Detection rows compete only under task='detection', by box mAP; classification rows never see them."""
+    path = tmp_path / "tasks.duckdb"
+    rows = [make_result(result_id="c-dense", criterion="dense", allocation="none", pattern="dense",
+                        requested_sparsity=0.0, achieved_sparsity=0.0, top1=97.0, dense_top1=97.0),
+            make_result(result_id="c-50", top1=96.0, dense_top1=97.0)]
+    for labelled, dataset in ((True, "digits"), (False, "photos")):
+        detection = dict(task="detection", model_key="digits/detector", dataset=dataset, labelled=labelled,
+                         top1=None, top5=None, dense_top1=None, dense_top5=None, top1_agreement=None,
+                         kl_divergence=None, dense_box_map=80.0 if labelled else None)
+        rows += [make_result(result_id=f"{dataset}-dense", criterion="dense", allocation="none", pattern="dense",
+                             requested_sparsity=0.0, achieved_sparsity=0.0, box_map=80.0 if labelled else None,
+                             box_map_fidelity=100.0, **detection),
+                 make_result(result_id=f"{dataset}-50", requested_sparsity=0.5, box_map=78.5 if labelled else None,
+                             box_map_fidelity=91.0, **detection),
+                 make_result(result_id=f"{dataset}-70", requested_sparsity=0.7, box_map=70.0 if labelled else None,
+                             box_map_fidelity=60.0, **detection)]
+    with Store.open(path) as store:
+        insert_rows(store, rows)
+        insert_latency(store, [make_latency(model_key="digits/detector", criterion="dense", runtime="torch-eager"),
+                               make_latency(model_key="mnist/resnet10t", criterion="dense", runtime="torch-eager")])
+    for budget in (Budget(task="detection", dataset="digits", max_drop=2.0),
+                   Budget(task="detection", dataset="photos", max_drop=10.0),
+                   Budget(task="detection", objective="sparsity", min_accuracy=65.0),
+                   Budget(max_drop=2.0)):
+        assert summary(python_path(path, budget)) == summary(database_path(path, budget)), budget
+    digits = database_path(path, Budget(task="detection", dataset="digits", max_drop=2.0, include_dense=False))
+    assert [c.row["result_id"] for c in digits.ranked] == ["digits-50"]
+    assert (digits.ranked[0].metric, digits.ranked[0].accuracy, digits.ranked[0].dense_accuracy) == ("box_map", 78.5, 80.0)
+    photos = database_path(path, Budget(task="detection", dataset="photos", max_drop=10.0, include_dense=False))
+    assert [(c.row["result_id"], c.metric) for c in photos.ranked] == [("photos-50", "box_map_fidelity")]
+    classification = database_path(path, Budget(max_drop=2.0))
+    assert {c.row["result_id"] for c in classification.ranked} == {"c-dense", "c-50"}

@@ -254,8 +254,8 @@ async def test_runs_tab_bench_reaches_ranking(tmp_path):
         pane = await wait_for_run(app, pilot)
         status = str(pane.query_one("#run-status", Static).render())
         assert "Finished" in status, str(pane.query_one("#run-log", Static).render())
-        assert "stored 2 results for resnet10t" in status
-        assert "1 of 1 configurations" in str(pane.query_one("#run-detail", Static).render())
+        assert "results stored for resnet10t in" in status and status.rstrip().endswith(": 2")
+        assert "2 of 2 jobs" in str(pane.query_one("#run-detail", Static).render())
         # The reload after the run lists the new dataset, and picking it shows the two new rows.
         new = [name for name in app.dataset_names if name != "imagenet"]
         assert len(new) == 1
@@ -562,3 +562,34 @@ async def test_backspace_keeps_its_place_among_queued_keys(fixture_db):
         await settle(pilot)
         assert field.value == "12"
         assert app.budget.max_latency_ms == 12.0
+
+
+async def test_detection_results_offer_the_task_choice(fixture_db):
+    """A database with detection rows shows the task choice; picking detection ranks by box mAP."""
+    from textual.widgets import Select
+
+    from conftest import insert_rows, make_result
+    from db import Store
+
+    app = PTSAdvisorApp(fixture_db, Budget())
+    async with app.run_test(size=(80, 24)) as pilot:
+        await settle(pilot)
+        assert not app.query_one("#task", Select).display  # classification only: nothing to choose
+    detection = dict(task="detection", model_key="digits/fcos_mobilenet_v2", dataset="digits", top1=None,
+                     dense_top1=None, top1_agreement=None, dense_box_map=76.5)
+    with Store.open(fixture_db) as store:
+        insert_rows(store, [make_result(criterion="dense", allocation="none", pattern="dense", requested_sparsity=0.0,
+                                        box_map=76.5, box_map_fidelity=100.0, **detection),
+                            make_result(requested_sparsity=0.3, box_map=71.6, box_map_fidelity=88.3, **detection)])
+    app = PTSAdvisorApp(fixture_db, Budget())
+    async with app.run_test(size=(100, 30)) as pilot:
+        await settle(pilot)
+        select = app.query_one("#task", Select)
+        assert select.display
+        table = app.query_one("#ranking", DataTable)
+        assert "digits/fcos_mobilenet_v2" not in str([table.get_row_at(i) for i in range(table.row_count)])
+        select.value = "detection"
+        await settle(pilot)
+        rows = [" ".join(str(cell) for cell in table.get_row_at(i)) for i in range(table.row_count)]
+        assert len(rows) == 2 and all("digits/fcos_mobilenet_v2" in row for row in rows)
+        assert "box mAP 76.5 % (dense 76.5 %)" in str(app.query_one("#evidence", Static).render())

@@ -22,7 +22,7 @@ from textual.widgets import DataTable, Footer, Input, Markdown, Static, TabbedCo
 from textual_plotext import PlotextPlot
 
 from advisor.evidence import model_evidence
-from advisor.formatting import method_label, number
+from advisor.formatting import METRIC_LABELS, method_label, number
 from advisor.i18n import _, pick_language, use_language
 from advisor.labels import CONSTRAINT_NAMES, CONSTRAINT_UNITS, LATENCY_SOURCE_TEXT, OBJECTIVE_NAMES, risk_text
 from advisor.ranking import rank_store
@@ -76,7 +76,7 @@ def ranking_headers() -> list[str]:
 def ranking_cells(rank: str, candidate: Candidate) -> list[str]:
     row = candidate.row
     accuracy = number(candidate.accuracy)
-    if candidate.metric == "top1_agreement":
+    if candidate.metric in ("top1_agreement", "box_map_fidelity"):  # agreement with the dense model
         accuracy += " " + _("agr")
     return [rank, row["model_key"], method_label(row), accuracy, number(candidate.drop),
             number(candidate.latency_ms, 1), sparsity_text(row), binding_text(candidate), _(row["provenance"])]
@@ -131,6 +131,7 @@ class PTSAdvisorApp(App):
     BudgetForm Label, WorkloadForm Label { color: $text-muted; }
     BudgetForm, WorkloadForm { scrollbar-size-vertical: 1; }
     BudgetForm Input, BudgetForm Select, WorkloadForm Input { width: 100%; }
+    BudgetForm .-hidden { display: none; }
     TabPane { padding: 0; }
     .main { width: 1fr; }
     #ranking, #roi-table { height: 1fr; }
@@ -177,6 +178,7 @@ class PTSAdvisorApp(App):
         self.budget = budget or Budget()
         self.workload = workload
         self.dataset_names: list[str] = []
+        self.task_names: list[str] = []
         self.profiles: list[tuple[str, str]] = []  # (env_key, short description), newest timings first
         self.load_error: str | None = None
         self.result: Recommendation | None = None
@@ -194,6 +196,8 @@ class PTSAdvisorApp(App):
             with open_for_reading(self.db_path, wait_seconds=1.0) as store:  # on the event loop: wait little
                 self.dataset_names = [r["dataset"] for r in store.query(
                     "SELECT DISTINCT dataset FROM results ORDER BY dataset")]
+                self.task_names = [r["task"] for r in store.query(
+                    "SELECT DISTINCT coalesce(task, 'classification') AS task FROM results ORDER BY task")]
                 self.profiles = [(r["env_key"], profile_label(r)) for r in store.query(
                     # Timings live in the latency table and, for results timed while benched, in results.
                     "SELECT t.env_key, any_value(e.cpu_model) AS cpu_model, any_value(e.device) AS device, "
@@ -252,7 +256,7 @@ class PTSAdvisorApp(App):
         with TabbedContent(initial="recommend"):
             with TabPane("F2 " + _("Recommend"), id="recommend"):
                 with Horizontal():
-                    yield BudgetForm(self.budget, self.dataset_names, self.profiles, id="budget")
+                    yield BudgetForm(self.budget, self.dataset_names, self.profiles, tasks=self.task_names, id="budget")
                     with Vertical(classes="main"):
                         yield Static(id="status")
                         yield DataTable(id="ranking", cursor_type="row", zebra_stripes=True)
@@ -420,7 +424,7 @@ class PTSAdvisorApp(App):
             *verdict,
             *self._recipe_lines(row),
             _("{metric} {accuracy} % (dense {dense} %)").format(
-                metric=_("top-1") if candidate.metric == "top1" else _("agreement"),
+                metric=_(METRIC_LABELS[candidate.metric]),
                 accuracy=number(candidate.accuracy), dense=number(candidate.dense_accuracy)),
             *self._provenance_lines(row),
             *self._latency_lines(candidate),
@@ -658,7 +662,7 @@ class PTSAdvisorApp(App):
     def action_reload(self) -> None:
         """Read the database again: datasets, profiles, the ranking and, once opened, the Models tab."""
         self._load()
-        self.query_one(BudgetForm).set_choices(self.dataset_names, self.profiles)
+        self.query_one(BudgetForm).set_choices(self.dataset_names, self.profiles, self.task_names)
         self.start_ranking()
         self.query_one(ModelsPane).reload()
 

@@ -18,6 +18,7 @@ from textual.widgets import Input, Label, Select
 from advisor.i18n import N_, _
 from advisor.recommend import LATENCY_STATS, OBJECTIVES, Budget
 from bench_engine.runtime_names import PUBLISHED_RUNTIMES, RUNTIME_NAMES
+from bench_engine.task_names import TASKS
 from advisor.roi import Workload
 from db import TranslatableError
 
@@ -26,6 +27,7 @@ BILLING = ("hour", "device")
 BILLING_LABELS = {"hour": N_("instance-hour"), "device": N_("device, bought once")}
 LATEST_PROFILE = "latest"  # the Select value for "the most recent profile with timings"
 KNOWN_RUNTIMES = RUNTIME_NAMES + PUBLISHED_RUNTIMES
+TASK_LABELS = {"classification": N_("classification"), "detection": N_("detection")}
 OBJECTIVE_LABELS = {"accuracy": N_("highest accuracy"), "latency": N_("lowest latency"),
                     "sparsity": N_("highest sparsity"), "cost": N_("lowest cost")}
 
@@ -129,15 +131,18 @@ class BudgetForm(_Form):
     )
 
     def __init__(self, budget: Budget, datasets: list[str], profiles: list[tuple[str, str]] | None = None,
-                 **kwargs: Any) -> None:
+                 tasks: list[str] | None = None, **kwargs: Any) -> None:
         """Keep the initial budget and the choices.
 
         `profiles` lists (env_key, description) for each hardware profile with timings, newest first.
+        `tasks` lists the tasks with results; the task choice shows only when there is more than
+        classification to choose from.
         """
         super().__init__(**kwargs)
         self._initial = budget
         self._datasets = datasets
         self._profiles = profiles or []
+        self._tasks = tasks or []
 
     def compose(self) -> ComposeResult:
         b = self._initial
@@ -151,6 +156,10 @@ class BudgetForm(_Form):
         yield Label(_("Objective"))
         yield Select([(_(OBJECTIVE_LABELS[o]), o) for o in OBJECTIVES], value=b.objective, allow_blank=False,
                      id="objective", compact=True)
+        shown = self._task_choice_shown()
+        yield Label(_("Task"), id="task-label").set_class(not shown, "-hidden")
+        yield Select([(_(TASK_LABELS[t]), t) for t in TASKS], value=b.task, allow_blank=False, id="task",
+                     compact=True).set_class(not shown, "-hidden")
         yield Label(_("Dataset"))
         options = [(_("all"), ALL_DATASETS)] + [(d, d) for d in self._datasets]
         value = b.dataset if b.dataset in self._datasets else ALL_DATASETS
@@ -165,8 +174,16 @@ class BudgetForm(_Form):
         chosen = next((key for key in keys if b.profile and key.startswith(b.profile)), LATEST_PROFILE)
         yield Select(options, value=chosen, allow_blank=False, id="profile", compact=True)
 
-    def set_choices(self, datasets: list[str], profiles: list[tuple[str, str]]) -> None:
-        """Offer the datasets and profiles the database contains now, keeping the current choices."""
+    def _task_choice_shown(self) -> bool:
+        return any(task != "classification" for task in self._tasks) or self._initial.task != "classification"
+
+    def set_choices(self, datasets: list[str], profiles: list[tuple[str, str]], tasks: list[str] | None = None) -> None:
+        """Offer the datasets, profiles and tasks the database contains now, keeping the current choices."""
+        if tasks is not None and tasks != self._tasks:
+            self._tasks = tasks
+            shown = self._task_choice_shown()
+            self.query_one("#task-label", Label).set_class(not shown, "-hidden")
+            self.query_one("#task", Select).set_class(not shown, "-hidden")
         if datasets != self._datasets:
             self._datasets = datasets
             select = self.query_one("#dataset", Select)
@@ -205,6 +222,7 @@ class BudgetForm(_Form):
             patterns=b.patterns,
             objective=str(self.query_one("#objective", Select).value),
             dataset=None if dataset == ALL_DATASETS else str(dataset),
+            task=str(self.query_one("#task", Select).value),
             include_dense=b.include_dense,
             runtimes=runtimes,
             profile=None if profile == LATEST_PROFILE else str(profile),

@@ -160,7 +160,7 @@ class RunsPane(Vertical):
                 step = json.loads(lines[-1])
                 self.query_one("#run-progress", ProgressBar).update(total=max(step["total"], 1), progress=step["done"])
                 self.query_one("#run-detail", Static).update(
-                    _("run {run_id}: {done} of {total} configurations · {detail}").format(**step))
+                    _("run {run_id}: {done} of {total} jobs · {detail}").format(**step))
         returncode = self.process.poll()
         if returncode is None:
             return

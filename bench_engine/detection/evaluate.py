@@ -82,7 +82,7 @@ def fidelity_boxes(
     if not confident:
         raise DataError(
             "none of the dense model's {count} boxes on {images} images has a score of at least "
-            "{threshold}, so there is no reference to score against; lower the score threshold or use "
+            "{threshold}, so there is no reference to score against; pass a lower --reference-score, or use "
             "images with objects the dense model detects.",
             count=len(reference),
             images=len(image_list),

@@ -1,0 +1,585 @@
+"""Object detectors the bench engine can prune: torchvision's detection builders and a trained digits detector.
+
+Every detector is wrapped in `BatchedDetector`, which takes a [B, 3, H, W] batch of RGB floats
+in [0, 1] and returns torchvision's list of per-image dicts (`boxes` as x1, y1, x2, y2 in input
+pixels, `scores`, `labels`). The detectors normalise and resize inside the model, and each is
+built to run at the size the data is prepared at (`input_size`).
+
+Class labels follow torchvision's convention for each builder. Faster R-CNN and SSD reserve
+label 0 for the background, so they are built with num_classes + 1 outputs and predict labels
+1..num_classes. RetinaNet and FCOS have no background class and predict labels
+0..num_classes - 1. `predict_boxes` maps both to the dataset's COCO category ids.
+
+The named detector `digits/fcos_mobilenet_v2` is torchvision's FCOS around the first 14 blocks
+of torchvision's MobileNetV2, which start from their ImageNet weights. A small FPN merges the
+stride-8 and stride-16 features into one stride-8 map. The detector is trained here on the
+digits set and cached in the data folder.
+"""
+
+from __future__ import annotations
+
+import copy
+import difflib
+import hashlib
+import json
+import logging
+import os
+import time
+from collections import OrderedDict
+from collections.abc import Callable, Iterator
+from dataclasses import asdict, dataclass
+from pathlib import Path
+from typing import Any
+
+import torch
+import torch.nn.functional as F
+import torchvision
+from safetensors.torch import save_file
+from torch import nn
+from torchvision.models.detection import FCOS, FasterRCNN
+from torchvision.models.detection.anchor_utils import AnchorGenerator
+from torchvision.models.detection.fcos import FCOSHead
+
+from bench_engine.data import Preprocess
+from bench_engine.detection.splits import DetectionSplits, load_digits
+from bench_engine.errors import DataError, InvalidConfigError, UnknownModelError
+from bench_engine.models import TORCHVISION_PREFIX, ModelBundle, load_mobilenet_v2
+from bench_engine.paths import data_dir
+from bench_engine.pruning.layers import conv_linear_layers
+from bench_engine.weights import file_sha256, load_into, read_state_dict
+
+log = logging.getLogger(__name__)
+
+# torchvision's box detection builders that take weights=None and weights_backbone=None, mapped
+# to the label of their first foreground class (1 where label 0 is the background).
+TORCHVISION_DETECTORS = {
+    "fasterrcnn_mobilenet_v3_large_320_fpn": 1,
+    "fasterrcnn_mobilenet_v3_large_fpn": 1,
+    "fasterrcnn_resnet50_fpn": 1,
+    "fasterrcnn_resnet50_fpn_v2": 1,
+    "retinanet_resnet50_fpn": 0,
+    "retinanet_resnet50_fpn_v2": 0,
+    "fcos_resnet50_fpn": 0,
+    "ssd300_vgg16": 1,
+    "ssdlite320_mobilenet_v3_large": 1,
+}
+FCOS_MOBILENET_V2 = "fcos_mobilenet_v2"
+DETECTOR_ARCHITECTURES = (*(TORCHVISION_PREFIX + name for name in TORCHVISION_DETECTORS), FCOS_MOBILENET_V2)
+
+MIN_INPUT_SIZE = 32
+MIN_INPUT_SIZES = {TORCHVISION_PREFIX + "ssd300_vgg16": 268}
+
+DIGITS_DETECTOR = "digits/fcos_mobilenet_v2"
+# torchvision detectors normalise inside the model, so the data is only scaled to [0, 1].
+DETECTION_MEAN = (0.0, 0.0, 0.0)
+DETECTION_STD = (1.0, 1.0, 1.0)
+IMAGENET_MEAN = (0.485, 0.456, 0.406)
+IMAGENET_STD = (0.229, 0.224, 0.225)
+
+# Conv2d/Linear layers under these prefixes of the torchvision detector, by role.
+_BACKBONE_PREFIXES = ("backbone.body.", "backbone.features.")
+_NECK_PREFIXES = ("backbone.fpn.", "backbone.extra.")
+_HEAD_PREFIXES = ("rpn.", "roi_heads.", "head.")
+# The final class, box and centerness predictors of the RPN, R-CNN, RetinaNet and FCOS heads.
+_OUTPUT_SUFFIXES = (".cls_logits", ".bbox_pred", ".cls_score", ".bbox_reg", ".bbox_ctrness")
+
+
+# -- the wrapper -------------------------------------------------------------------------------
+
+
+class BatchedDetector(nn.Module):
+    """A torchvision detector that takes one [B, 3, H, W] tensor, so the bench engine can call it like a classifier.
+
+    `first_label` is the label of the first foreground class (1 for Faster R-CNN and SSD, 0 for
+    RetinaNet and FCOS). `category_ids` are the COCO category ids of the classes in label
+    order, or None when the detector was not trained on a known category list. The wrapper
+    stays in eval mode, because a torchvision detector in train mode requires targets.
+    """
+
+    def __init__(self, detector: nn.Module, num_classes: int, first_label: int,
+                 category_ids: list[int] | None = None) -> None:
+        super().__init__()
+        self.detector = detector
+        self.num_classes = num_classes
+        self.first_label = first_label
+        self.category_ids = category_ids
+        # The layer policy keeps the layers named as classifier dense, as for a classification model.
+        self.pretrained_cfg = {"classifier": detector_output_layers(self)}
+        self.eval()
+
+    def forward(self, x: torch.Tensor) -> list[dict[str, torch.Tensor]]:
+        return self.detector(list(x))
+
+
+# -- building ----------------------------------------------------------------------------------
+
+
+def build_detector(architecture: str, num_classes: int, input_size: int) -> BatchedDetector:
+    """Build a detector with random weights for `num_classes` foreground classes; nothing is downloaded."""
+    if num_classes < 1:
+        raise InvalidConfigError(
+            "a detector needs at least 1 foreground class, got num_classes={num_classes}; pass a positive "
+            "--num-classes.",
+            num_classes=num_classes,
+        )
+    if architecture == FCOS_MOBILENET_V2:
+        _check_input_size(architecture, input_size)
+        return BatchedDetector(_fcos_mobilenet_v2(num_classes, input_size), num_classes, 0)
+    builder = _torchvision_detector_builder(architecture)
+    _check_input_size(architecture, input_size)
+    first_label = TORCHVISION_DETECTORS[builder]
+    outputs = num_classes + first_label
+    if builder.startswith("ssd"):
+        detector = torchvision.models.get_model(builder, weights=None, weights_backbone=None, num_classes=outputs)
+        # SSD builders fix the size (300 or 320), so the transform is set to the requested size.
+        detector.transform.min_size = (input_size,)
+        detector.transform.max_size = input_size
+        detector.transform.fixed_size = (input_size, input_size)
+    else:
+        detector = torchvision.models.get_model(
+            builder, weights=None, weights_backbone=None, num_classes=outputs,
+            min_size=input_size, max_size=input_size,
+        )
+    return BatchedDetector(detector, num_classes, first_label)
+
+
+def min_input_size(architecture: str) -> int:
+    """Return the smallest input size, in pixels, at which the detector runs.
+
+    Measured with torchvision 0.29: SSD300's VGG16 extra blocks end in unpadded 3x3 convolutions,
+    which need 268 pixels or more. The other detectors ran at 32 pixels.
+    """
+    return MIN_INPUT_SIZES.get(architecture, MIN_INPUT_SIZE)
+
+
+def _check_input_size(architecture: str, input_size: int) -> None:
+    minimum = min_input_size(architecture)
+    if input_size < minimum:
+        raise InvalidConfigError(
+            "detection input size {input_size} is too small for {architecture}; pass --input-size {minimum} or more.",
+            input_size=input_size,
+            architecture=architecture,
+            minimum=minimum,
+        )
+
+
+def _torchvision_detector_builder(architecture: str) -> str:
+    builder = architecture.removeprefix(TORCHVISION_PREFIX)
+    if architecture.startswith(TORCHVISION_PREFIX) and builder in TORCHVISION_DETECTORS:
+        return builder
+    choices = list(DETECTOR_ARCHITECTURES)
+    close = difflib.get_close_matches(architecture, choices, n=3, cutoff=0.6)
+    close += [TORCHVISION_PREFIX + match
+              for match in difflib.get_close_matches(builder, list(TORCHVISION_DETECTORS), n=3, cutoff=0.6)]
+    matches = list(dict.fromkeys(close))
+    if matches:
+        raise UnknownModelError(
+            "unknown detector architecture {name!r}. Did you mean {matches}? The detectors are {choices}.",
+            name=architecture,
+            matches=", ".join(matches[:3]),
+            choices=", ".join(choices),
+        )
+    raise UnknownModelError(
+        "unknown detector architecture {name!r}. The detectors are {choices}.",
+        name=architecture,
+        choices=", ".join(choices),
+    )
+
+
+class _MobileNetV2Pyramid(nn.Module):
+    """MobileNetV2 blocks 0-13 with a two-level FPN that returns one stride-8 feature map.
+
+    Digits of 20 to 48 pixels on 128-pixel images fit one level: stride 8 places a few
+    locations inside each digit, and the merged stride-16 features add context.
+    """
+
+    def __init__(self, features: nn.Sequential, out_channels: int) -> None:
+        super().__init__()
+        self.body = nn.Sequential(*list(features.children())[:14])
+        self.fpn = nn.ModuleDict({
+            "lateral_stride8": nn.Conv2d(32, out_channels, 1),
+            "lateral_stride16": nn.Conv2d(96, out_channels, 1),
+            "output": nn.Conv2d(out_channels, out_channels, 3, padding=1),
+        })
+        self.out_channels = out_channels
+
+    def forward(self, x: torch.Tensor) -> OrderedDict[str, torch.Tensor]:
+        for index, block in enumerate(self.body):
+            x = block(x)
+            if index == 6:  # the last stride-8 block
+                stride8 = x
+        stride16 = self.fpn["lateral_stride16"](x)
+        merged = self.fpn["lateral_stride8"](stride8) + F.interpolate(stride16, size=stride8.shape[-2:], mode="nearest")
+        return OrderedDict([("0", self.fpn["output"](merged))])
+
+
+# Channels of the FPN output and of the FCOS head's convolutions (a multiple of 32 for GroupNorm).
+FCOS_CHANNELS = 64
+FCOS_HEAD_CONVS = 2
+
+
+def _fcos_mobilenet_v2(num_classes: int, input_size: int,
+                       features: nn.Sequential | None = None) -> FCOS:
+    """Build the FCOS detector around MobileNetV2, with `features` (ImageNet weights) or random ones."""
+    if features is None:
+        features = torchvision.models.mobilenet_v2(weights=None).features
+    backbone = _MobileNetV2Pyramid(features, FCOS_CHANNELS)
+    # One level of points at stride 8. FCOS reads the anchor size as the level's stride, and with
+    # one level every box size is assigned to it.
+    anchors = AnchorGenerator(sizes=((8,),), aspect_ratios=((1.0,),))
+    head = FCOSHead(FCOS_CHANNELS, 1, num_classes, num_convs=FCOS_HEAD_CONVS)
+    return FCOS(
+        backbone, num_classes, min_size=input_size, max_size=input_size,
+        image_mean=list(IMAGENET_MEAN), image_std=list(IMAGENET_STD),
+        anchor_generator=anchors, head=head, score_thresh=0.05,
+    )
+
+
+# -- layer roles -------------------------------------------------------------------------------
+
+
+def _detector_layers(model: nn.Module) -> Iterator[tuple[str, str, nn.Module]]:
+    """Yield (name in the model, name inside the torchvision detector, module) for each Conv2d/Linear layer."""
+    for name, module in conv_linear_layers(model):
+        inner = name.removeprefix("detector.") if isinstance(model, BatchedDetector) else name
+        yield name, inner, module
+
+
+def detector_layer_roles(model: nn.Module) -> dict[str, str]:
+    """Map every Conv2d/Linear layer name to `backbone`, `neck` (FPN, SSD extra blocks) or `head`.
+
+    Names are those of `model.named_modules()`, for a BatchedDetector or a bare torchvision detector.
+    """
+    roles = {}
+    for name, inner, _ in _detector_layers(model):
+        if inner.startswith(_NECK_PREFIXES):
+            roles[name] = "neck"
+        elif inner.startswith(_HEAD_PREFIXES):
+            roles[name] = "head"
+        elif inner.startswith(_BACKBONE_PREFIXES):
+            roles[name] = "backbone"
+        else:
+            raise InvalidConfigError(
+                "layer {layer!r} is not in a known part of a torchvision detector (backbone.body, "
+                "backbone.features, backbone.fpn, backbone.extra, rpn, roi_heads or head); build the "
+                "detector with build_detector.",
+                layer=name,
+            )
+    return roles
+
+
+def detector_output_layers(model: nn.Module) -> list[str]:
+    """Return the layers that output class scores, box offsets or centerness, which the default policy keeps dense.
+
+    These are the final layers of the RPN, the R-CNN box predictor and the RetinaNet and FCOS
+    heads. In SSD they are the last convolution of each feature map's class and box predictor.
+    """
+    outputs = []
+    ssd_predictors: dict[str, str] = {}
+    for name, inner, _ in _detector_layers(model):
+        if inner.endswith(_OUTPUT_SUFFIXES):
+            outputs.append(name)
+        elif inner.startswith(("head.classification_head.module_list.", "head.regression_head.module_list.")):
+            # SSD: module_list.<i> is the predictor of feature map i; its last convolution outputs.
+            parts = inner.split(".")
+            ssd_predictors[".".join(parts[:4])] = name
+    return outputs + list(ssd_predictors.values())
+
+
+# -- loading -----------------------------------------------------------------------------------
+
+
+def detection_preprocess(input_size: int) -> Preprocess:
+    return Preprocess(input_size=input_size, in_chans=3, mean=DETECTION_MEAN, std=DETECTION_STD)
+
+
+def _infer_num_classes(architecture: str, state: dict[str, torch.Tensor]) -> int | None:
+    """Read the foreground class count from a detector state dict's class predictor, or None."""
+    first_label = 0 if architecture == FCOS_MOBILENET_V2 else TORCHVISION_DETECTORS.get(
+        architecture.removeprefix(TORCHVISION_PREFIX), 0)
+    for key in ("detector.roi_heads.box_predictor.cls_score.weight", "roi_heads.box_predictor.cls_score.weight"):
+        if key in state:
+            return int(state[key].shape[0]) - first_label
+    for key in ("detector.head.classification_head.cls_logits.weight", "head.classification_head.cls_logits.weight"):
+        if key in state:
+            # cls_logits has num_classes outputs per anchor: RetinaNet has 9 anchors per
+            # location and FCOS one.
+            anchors = 9 if "retinanet" in architecture else 1
+            return int(state[key].shape[0]) // anchors - first_label
+    return None
+
+
+def load_detector(architecture: str, weights: Path | None, num_classes: int | None,
+                  input_size: int) -> ModelBundle:
+    """Build a detector and load a local weights file into it (a BatchedDetector or bare detector state dict).
+
+    `num_classes` (foreground classes) is read from the file's class predictor when not given;
+    SSD files need it. Without weights the detector keeps random weights, for timing only.
+    """
+    if weights is None:
+        classes = num_classes or 1
+        torch.manual_seed(0)
+        model = build_detector(architecture, classes, input_size)
+        return ModelBundle(
+            model_key=f"{architecture}@random-init",
+            architecture=architecture,
+            model=model,
+            preprocess=detection_preprocess(input_size),
+            weights_source="random initialisation (timing only)",
+            weights_sha256=None,
+            num_classes=classes,
+            extra={"task": "detection"},
+        )
+    path = Path(weights)
+    state = read_state_dict(path)
+    classes = num_classes or _infer_num_classes(architecture, state)
+    if classes is None:
+        raise InvalidConfigError(
+            "cannot read the class count of {architecture} from {path}; pass --num-classes with the number "
+            "of foreground classes.",
+            architecture=architecture,
+            path=path,
+        )
+    model = build_detector(architecture, classes, input_size)
+    if not any(key.startswith("detector.") for key in state):
+        state = {f"detector.{key}": tensor for key, tensor in state.items()}
+    load_into(model, state, str(path))
+    model.eval()
+    sha256 = file_sha256(path)
+    return ModelBundle(
+        model_key=f"{architecture}@{path.stem}-{sha256[:8]}",
+        architecture=architecture,
+        model=model,
+        preprocess=detection_preprocess(input_size),
+        weights_source=f"file:{path.resolve()}",
+        weights_sha256=sha256,
+        num_classes=classes,
+        extra={"task": "detection"},
+    )
+
+
+# -- predictions -------------------------------------------------------------------------------
+
+
+def _set_postprocess(detector: nn.Module, score_threshold: float, max_detections: int) -> dict[str, Any]:
+    """Set a torchvision detector's score threshold and detections per image; return the previous values."""
+    target = detector.roi_heads if isinstance(detector, FasterRCNN) else detector
+    previous = {"score_thresh": target.score_thresh, "detections_per_img": target.detections_per_img}
+    target.score_thresh = score_threshold
+    target.detections_per_img = max_detections
+    return previous
+
+
+def _category_map(model: BatchedDetector, data: DetectionSplits) -> list[int]:
+    """Return the COCO category id of each class index (label - first_label)."""
+    if model.category_ids is not None:
+        return list(model.category_ids)
+    if data.labelled:
+        categories = sorted(data.categories)
+        if len(categories) != model.num_classes:
+            raise DataError(
+                "the detector predicts {classes} classes but dataset {dataset!r} has {categories} categories; "
+                "use a detector trained on this dataset's categories, or pass --num-classes {categories}.",
+                classes=model.num_classes,
+                dataset=data.name,
+                categories=len(categories),
+            )
+        return categories
+    # Unlabelled data is scored by fidelity, which needs only the same ids for both models.
+    return list(range(1, model.num_classes + 1))
+
+
+def predict_boxes(model: nn.Module, data: DetectionSplits, batch_size: int = 8, score_threshold: float = 0.05,
+                  max_detections: int = 100) -> list[dict[str, Any]]:
+    """Run the detector over the evaluation side; return COCO-format detections in original image pixels.
+
+    Each detection is `{image_id, category_id, bbox: [x, y, width, height], score}`, with boxes
+    clipped to the image, ready for `evaluate_boxes` and `fidelity_boxes`.
+    """
+    if not isinstance(model, BatchedDetector):
+        raise InvalidConfigError(
+            "predict_boxes needs a BatchedDetector, got {kind}; build the model with build_detector or load_detector.",
+            kind=type(model).__name__,
+        )
+    categories = _category_map(model, data)
+    previous = _set_postprocess(model.detector, score_threshold, max_detections)
+    model.eval()
+    detections: list[dict[str, Any]] = []
+    try:
+        with torch.inference_mode():
+            for image_ids, batch in data.evaluation_images(batch_size):
+                for image_id, output in zip(image_ids, model(batch)):
+                    detections.extend(_to_coco(image_id, output, data, categories, model.first_label))
+    finally:
+        _set_postprocess(model.detector, previous["score_thresh"], previous["detections_per_img"])
+    return detections
+
+
+def _to_coco(image_id: int, output: dict[str, torch.Tensor], data: DetectionSplits, categories: list[int],
+             first_label: int) -> list[dict[str, Any]]:
+    image = data.evaluation.image(image_id)
+    scale_x, scale_y = data.scale(image)
+    boxes = output["boxes"].float().clone()
+    boxes[:, 0::2] = (boxes[:, 0::2] / scale_x).clamp(0, image.width)
+    boxes[:, 1::2] = (boxes[:, 1::2] / scale_y).clamp(0, image.height)
+    detections = []
+    for box, score, label in zip(boxes.tolist(), output["scores"].tolist(), output["labels"].tolist()):
+        index = int(label) - first_label
+        if not 0 <= index < len(categories):
+            # torchvision's Faster R-CNN and SSD drop background detections, so only a misbuilt
+            # model gets here.
+            continue
+        x1, y1, x2, y2 = box
+        detections.append({
+            "image_id": image_id,
+            "category_id": categories[index],
+            "bbox": [x1, y1, x2 - x1, y2 - y1],
+            "score": float(score),
+        })
+    return detections
+
+
+# -- the trained digits detector ---------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class DigitsDetectorSpec:
+    """Training settings of the named digits detector; the cache file name carries their digest."""
+
+    architecture: str = FCOS_MOBILENET_V2
+    input_size: int = 128
+    epochs: int = 8
+    batch_size: int = 16
+    learning_rate: float = 2e-3
+    weight_decay: float = 1e-4
+    seed: int = 0
+
+    def digest(self) -> str:
+        payload = json.dumps({**asdict(self), "torchvision": torchvision.__version__}, sort_keys=True)
+        return hashlib.sha256(payload.encode()).hexdigest()[:12]
+
+
+DIGITS_SPEC = DigitsDetectorSpec()
+
+
+def _training_targets(data: DetectionSplits, categories: list[int]) -> list[dict[str, torch.Tensor]]:
+    """Return each training image's boxes (x1, y1, x2, y2 in model input pixels) and labels 0..K-1."""
+    index = {category: position for position, category in enumerate(categories)}
+    targets = []
+    for image in data.train.images:
+        scale_x, scale_y = data.scale(image)
+        boxes = [box for box in data.train.boxes[image.id] if not box.iscrowd]
+        corners = [[x * scale_x, y * scale_y, (x + w) * scale_x, (y + h) * scale_y] for x, y, w, h in
+                   (box.bbox for box in boxes)]
+        targets.append({
+            "boxes": torch.tensor(corners, dtype=torch.float32).reshape(-1, 4),
+            "labels": torch.tensor([index[box.category_id] for box in boxes], dtype=torch.int64),
+        })
+    return targets
+
+
+def _freeze_batch_norm(module: nn.Module) -> None:
+    """Keep the ImageNet statistics of the backbone's BatchNorm layers, which batches of 16 would estimate poorly."""
+    for layer in module.modules():
+        if isinstance(layer, nn.BatchNorm2d):
+            layer.eval()
+
+
+def train_digits_detector(spec: DigitsDetectorSpec, data: DetectionSplits,
+                          progress: Callable[[int, int], None] | None = None) -> tuple[BatchedDetector, dict[str, Any]]:
+    """Train the digits detector from ImageNet MobileNetV2 weights with AdamW and a one-cycle schedule."""
+    torch.manual_seed(spec.seed)
+    categories = sorted(data.categories)
+    features = load_mobilenet_v2().model.features
+    detector = _fcos_mobilenet_v2(len(categories), spec.input_size, features=copy.deepcopy(features))
+    inputs = torch.stack([data.image_tensor(image) for image in data.train.images])
+    targets = _training_targets(data, categories)
+
+    optimizer = torch.optim.AdamW(detector.parameters(), lr=spec.learning_rate, weight_decay=spec.weight_decay)
+    steps_per_epoch = len(inputs) // spec.batch_size
+    total = spec.epochs * steps_per_epoch
+    schedule = torch.optim.lr_scheduler.OneCycleLR(optimizer, max_lr=spec.learning_rate, total_steps=total,
+                                                   pct_start=0.1)
+    generator = torch.Generator().manual_seed(spec.seed)
+    started = time.perf_counter()
+    detector.train()
+    _freeze_batch_norm(detector.backbone.body)
+    step = 0
+    for epoch in range(spec.epochs):
+        order = torch.randperm(len(inputs), generator=generator)
+        for position in range(steps_per_epoch):
+            batch = order[position * spec.batch_size : (position + 1) * spec.batch_size].tolist()
+            losses = detector(list(inputs[batch]), [targets[i] for i in batch])
+            loss = sum(losses.values())
+            optimizer.zero_grad()
+            loss.backward()
+            optimizer.step()
+            schedule.step()
+            step += 1
+            if progress:
+                progress(step, total)
+        log.info("digits detector epoch %d/%d: loss %.3f (%s)", epoch + 1, spec.epochs, loss.item(),
+                 ", ".join(f"{key} {value.item():.3f}" for key, value in losses.items()))
+    model = BatchedDetector(detector, len(categories), 0, categories)
+    info = {
+        "spec": asdict(spec),
+        "train_seconds": round(time.perf_counter() - started, 1),
+        "train_images": len(inputs),
+        "torchvision_version": torchvision.__version__,
+        "categories": {str(key): data.categories[key] for key in categories},
+    }
+    return model, info
+
+
+def _digits_paths(spec: DigitsDetectorSpec) -> tuple[Path, Path]:
+    stem = f"digits-{spec.architecture}-{spec.digest()}"
+    folder = data_dir() / "baselines"
+    return folder / f"{stem}.safetensors", folder / f"{stem}.json"
+
+
+def ensure_digits_detector(spec: DigitsDetectorSpec = DIGITS_SPEC, data: DetectionSplits | None = None,
+                           progress: Callable[[int, int], None] | None = None) -> Path:
+    """Return the cached weights of the digits detector, training it and recording its mAP first if needed."""
+    from bench_engine.detection.evaluate import evaluate_boxes
+
+    weights_path, meta_path = _digits_paths(spec)
+    if weights_path.exists() and meta_path.exists():
+        return weights_path
+    data = data or load_digits(spec.input_size)
+    log.info("training the digits detector %s (about %d steps)", DIGITS_DETECTOR,
+             spec.epochs * (len(data.train) // spec.batch_size))
+    model, info = train_digits_detector(spec, data, progress)
+    info["eval_metrics"] = evaluate_boxes(data.evaluation, predict_boxes(model, data))
+    log.info("digits detector: mAP %.3f, mAP@.5 %.3f on %d evaluation images after %.0f s of training",
+             info["eval_metrics"]["map"], info["eval_metrics"]["map_50"], len(data.evaluation), info["train_seconds"])
+    weights_path.parent.mkdir(parents=True, exist_ok=True)
+    # Write to temporary names, then rename, so an interrupted run leaves no half-written file.
+    tmp_weights = weights_path.with_name(f"{weights_path.name}.tmp{os.getpid()}")
+    tmp_meta = meta_path.with_name(f"{meta_path.name}.tmp{os.getpid()}")
+    save_file({key: value.contiguous() for key, value in model.state_dict().items()}, str(tmp_weights))
+    tmp_meta.write_text(json.dumps(info, indent=2), encoding="utf-8")
+    os.replace(tmp_weights, weights_path)
+    os.replace(tmp_meta, meta_path)
+    return weights_path
+
+
+def digits_detector(progress: Callable[[int, int], None] | None = None) -> ModelBundle:
+    """Load the named digits detector, training and caching it on first use."""
+    spec = DIGITS_SPEC
+    path = ensure_digits_detector(spec, progress=progress)
+    info = json.loads(_digits_paths(spec)[1].read_text(encoding="utf-8"))
+    categories = {int(key): name for key, name in info["categories"].items()}
+    model = build_detector(spec.architecture, len(categories), spec.input_size)
+    load_into(model, read_state_dict(path), str(path))
+    model.category_ids = sorted(categories)
+    model.eval()
+    return ModelBundle(
+        model_key=DIGITS_DETECTOR,
+        architecture=spec.architecture,
+        model=model,
+        preprocess=detection_preprocess(spec.input_size),
+        weights_source=f"trained here on digits ({path.name})",
+        weights_sha256=file_sha256(path),
+        num_classes=len(categories),
+        extra={"task": "detection", "categories": categories, "eval_metrics": info.get("eval_metrics")},
+    )

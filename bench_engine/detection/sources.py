@@ -1,0 +1,62 @@
+"""Where a detection bench gets its model and its data: the names `ptsa bench --task detection` accepts.
+
+A detector is a named detector with weights PTS Advisor makes itself (`digits/...`, trained once
+on the digits detection set and cached) or a torchvision detection architecture written
+`torchvision:<builder>` with a local weights file. Data is a built-in set (`digits`, `photos`), a
+COCO instances JSON, or a folder of unlabelled images.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+from bench_engine.task_names import DETECTION
+
+
+def named_detectors() -> dict[str, Any]:
+    """Return {name: loader} of the detectors PTS Advisor finds or makes weights for on its own."""
+    from bench_engine.detection.detectors import DIGITS_DETECTOR, digits_detector
+
+    return {DIGITS_DETECTOR: digits_detector}
+
+
+def is_detector_name(name: str) -> bool:
+    """True for a named detector or a detection architecture (`torchvision:<builder>`, fcos_mobilenet_v2)."""
+    from bench_engine.detection.detectors import DETECTOR_ARCHITECTURES
+
+    return name in named_detectors() or name in DETECTOR_ARCHITECTURES
+
+
+def load_detection_model(name: str, weights: str | Path | None, num_classes: int | None = None,
+                         input_size: int | None = None) -> Any:
+    """Load a detector as a ModelBundle whose `extra['task']` is 'detection'."""
+    from bench_engine.detection.detectors import DETECTOR_ARCHITECTURES, build_detector, load_detector
+    from bench_engine.errors import WeightsError
+
+    named = named_detectors()
+    if name in named and weights is None:
+        bundle = named[name]()
+    else:
+        if name not in DETECTOR_ARCHITECTURES:
+            build_detector(name, 1, input_size or DEFAULT_INPUT_SIZE)  # raises UnknownModelError with suggestions
+        if weights is None:
+            raise WeightsError(
+                "model {name!r} needs weights: pass --weights with a local .safetensors or PyTorch "
+                "state dict file (model hubs are not contacted).", name=name)
+        bundle = load_detector(name, Path(weights), num_classes, input_size or DEFAULT_INPUT_SIZE)
+    bundle.extra = {**bundle.extra, "task": DETECTION}
+    return bundle
+
+
+def load_detection_data(spec: str, input_size: int, seed: int = 0, unlabelled: bool = False) -> Any:
+    """Load detection splits at the detector's input size; `unlabelled` scores fidelity only."""
+    from bench_engine.detection.splits import load_detection_data as load
+
+    data = load(spec, input_size, seed)
+    if unlabelled and data.labelled:
+        data.labelled = False
+    return data
+
+
+DEFAULT_INPUT_SIZE = 320

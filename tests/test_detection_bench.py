@@ -1,0 +1,75 @@
+"""Detection through the whole product: `ptsa bench` on the digits set and on unlabelled photos, then `ptsa recommend --task detection`."""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+
+import pytest
+
+from db import Store
+
+
+def ptsa(data_dir, *args, timeout=900):
+    env = {**os.environ, "HF_HUB_OFFLINE": "1", "PTSA_DATA_DIR": str(data_dir)}
+    return subprocess.run([sys.executable, "-m", "advisor.cli", *args], env=env, capture_output=True, text=True,
+                          timeout=timeout)
+
+
+@pytest.mark.slow
+def test_a_detection_grid_is_stored_and_ranked_by_box_map(digits_detector_dir, tmp_path):
+    db = tmp_path / "det.duckdb"
+    grid = ["--criterion", "magnitude", "--criterion", "wanda", "--sparsity", "0.3", "--calibration-size", "8",
+            "--no-progress"]
+    labelled = ptsa(digits_detector_dir, "--db", str(db), "bench", "digits/fcos_mobilenet_v2", "--data", "digits",
+                    *grid)
+    assert labelled.returncode == 0, labelled.stderr
+    photos = ptsa(digits_detector_dir, "--db", str(db), "bench", "digits/fcos_mobilenet_v2", "--data", "photos",
+                  "--reference-score", "0.2", *grid)
+    assert photos.returncode == 0, photos.stderr
+    with Store.open(db, read_only=True) as store:
+        rows = store.query("SELECT dataset, labelled, criterion, task, box_map, dense_box_map, box_map_fidelity, "
+                           "box_reference_score, top1 FROM results WHERE provenance = 'measured' "
+                           "ORDER BY dataset, criterion")
+        model = store.query("SELECT task, family FROM models WHERE model_key = 'digits/fcos_mobilenet_v2'")[0]
+    assert model == {"task": "detection", "family": "fcos"}
+    assert [(r["dataset"], r["criterion"]) for r in rows] == [
+        ("digits", "dense"), ("digits", "magnitude"), ("digits", "wanda"),
+        ("photos", "dense"), ("photos", "magnitude"), ("photos", "wanda")]
+    assert all(r["task"] == "detection" and r["top1"] is None for r in rows)
+    digits = [r for r in rows if r["dataset"] == "digits"]
+    assert digits[0]["box_map"] == digits[0]["dense_box_map"] > 60.0  # the trained detector, in percent
+    assert all(0 <= r["box_map"] <= 100 for r in digits)
+    photos_rows = [r for r in rows if r["dataset"] == "photos"]
+    assert all(not r["labelled"] and r["box_map"] is None and r["box_reference_score"] == 0.2 for r in photos_rows)
+    assert photos_rows[0]["box_map_fidelity"] == 100.0
+    assert all(0 <= r["box_map_fidelity"] <= 100 for r in photos_rows)
+    # The same command again finds every job stored.
+    again = ptsa(digits_detector_dir, "--db", str(db), "bench", "digits/fcos_mobilenet_v2", "--data", "digits", *grid)
+    assert again.returncode == 0 and "jobs already stored, skipped: 3" in again.stderr
+    # The recommender ranks detection rows by box mAP, and classification budgets never see them.
+    ranked = ptsa(digits_detector_dir, "--db", str(db), "recommend", "--task", "detection", "--dataset", "digits",
+                  "--json")
+    assert ranked.returncode == 0, ranked.stderr
+    candidates = json.loads(ranked.stdout)["candidates"]
+    assert candidates and {c["metric"] for c in candidates} == {"box_map"}
+    classification = ptsa(digits_detector_dir, "--db", str(db), "recommend", "--dataset", "digits")
+    assert classification.returncode == 2 and "no results for dataset 'digits'" in classification.stderr
+
+
+def test_detection_inputs_that_cannot_run_are_refused_before_any_work(tmp_path):
+    db = tmp_path / "bad.duckdb"
+    cases = [
+        (["torchvision:ssdlite320_mobilenet_v3_large", "--data", "photos"], "needs weights: pass --weights"),
+        (["torchvision:ssdlite_v9", "--data", "photos", "--task", "detection"],
+         "unknown detector architecture 'torchvision:ssdlite_v9'. Did you mean"),
+        (["fcos_mobilenet_v2", "--weights", str(tmp_path / "missing.safetensors"), "--data", "nowhere"],
+         "missing.safetensors"),
+    ]
+    for args, expected in cases:
+        result = ptsa(tmp_path / "data", "--db", str(db), "bench", *args, "--no-progress")
+        assert result.returncode == 2, (args, result.stderr)
+        assert expected in result.stderr, (args, result.stderr)
+    assert not db.exists()
