@@ -23,6 +23,7 @@ import click
 
 from advisor import formatting
 from advisor.i18n import _, pick_language, use_language
+from advisor.labels import TASK_NAMES
 from advisor.published import ensure_published
 from advisor.roi import Workload
 from advisor.recommend import (
@@ -1041,24 +1042,27 @@ def profiles(obj: dict[str, Any], as_json: bool) -> None:
 @handle_errors
 def models(obj: dict[str, Any]) -> None:
     """List the named models and the models the database has results for."""
+    from bench_engine.detection.sources import named_detectors
     from bench_engine.models import named_models
 
     click.echo(_("Named models (no --weights needed):"))
     for name in named_models():
         click.echo(f"  {name}")
+    for name in named_detectors():
+        click.echo("  " + _("{name} (detection)").format(name=name))
     db_path = obj["db"]
     if not Path(db_path).exists():
         click.echo(_("No database at {db} yet; `ptsa demo` or `ptsa bench` creates it.").format(db=db_path))
     else:
         with Store.open(db_path, read_only=True) as store:
             rows = store.query(
-                "SELECT model_key, family, count(*) AS results FROM results LEFT JOIN models USING (model_key) "
-                "GROUP BY ALL ORDER BY model_key"
+                "SELECT model_key, family, coalesce(results.task, 'classification') AS task, count(*) AS results "
+                "FROM results LEFT JOIN models USING (model_key) GROUP BY ALL ORDER BY model_key, task"
             )
         click.echo(_("Models with results in {db}:").format(db=db_path))
         for row in rows:
-            click.echo("  " + _("{model:<32} {family:<20} {n} results").format(
-                model=row["model_key"], family=row["family"] or "", n=row["results"]))
+            click.echo("  " + _("{model:<32} {family:<20} {task:<14} {n} results").format(
+                model=row["model_key"], family=row["family"] or "", task=_(TASK_NAMES[row["task"]]), n=row["results"]))
 
 
 if __name__ == "__main__":  # pragma: no cover

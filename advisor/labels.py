@@ -13,6 +13,7 @@ from advisor.i18n import N_
 Gettext = Callable[[str], str]
 
 
+TASK_NAMES = {"classification": N_("classification"), "detection": N_("detection")}
 CONSTRAINT_NAMES = {
     "max_latency_ms": N_("max latency"),
     "min_throughput": N_("min throughput"),

@@ -1,9 +1,10 @@
 """What a bench measures on each model: the task's evaluation and the result columns it fills.
 
-`bench_model` prunes and times a model the same way for every task; only these steps differ:
-running the model over the evaluation side, scoring the outputs (against the labels where
-there are labels, and always against the dense model's outputs), and drawing the calibration
-set. Classification scores logits by top-1 and top-5; detection scores boxes by COCO box mAP.
+`bench_model` prunes and times a model the same way for every task. Only three steps differ:
+running the model over the evaluation side, scoring its outputs, and drawing the calibration
+set. Outputs are scored against the labels where there are labels, and always against the
+dense model's outputs. Classification scores logits by top-1 and top-5, and detection scores
+boxes by COCO box mAP.
 """
 
 from __future__ import annotations
@@ -118,7 +119,7 @@ class DetectionEvaluation:
                 "dense_box_map_50": dense_scores["box_map_50"]}
 
     def check_plan(self, plan: Any) -> None:
-        """Refuse what reads a classifier's logits, and runtimes that replace the detector's module.
+        """Reject techniques that read a classifier's logits, and runtimes that replace the detector's module.
 
         Sensitivity and learned allocation score the model's output as class logits; a detector
         returns boxes. The exported runtimes (ONNX, CSR) rebuild the module, which loses the

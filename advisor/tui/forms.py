@@ -16,6 +16,7 @@ from textual.message import Message
 from textual.widgets import Input, Label, Select
 
 from advisor.i18n import N_, _
+from advisor.labels import TASK_NAMES
 from advisor.recommend import LATENCY_STATS, OBJECTIVES, Budget
 from bench_engine.runtime_names import PUBLISHED_RUNTIMES, RUNTIME_NAMES
 from bench_engine.task_names import TASKS
@@ -27,7 +28,6 @@ BILLING = ("hour", "device")
 BILLING_LABELS = {"hour": N_("instance-hour"), "device": N_("device, bought once")}
 LATEST_PROFILE = "latest"  # the Select value for "the most recent profile with timings"
 KNOWN_RUNTIMES = RUNTIME_NAMES + PUBLISHED_RUNTIMES
-TASK_LABELS = {"classification": N_("classification"), "detection": N_("detection")}
 OBJECTIVE_LABELS = {"accuracy": N_("highest accuracy"), "latency": N_("lowest latency"),
                     "sparsity": N_("highest sparsity"), "cost": N_("lowest cost")}
 
@@ -158,7 +158,7 @@ class BudgetForm(_Form):
                      id="objective", compact=True)
         shown = self._task_choice_shown()
         yield Label(_("Task"), id="task-label").set_class(not shown, "-hidden")
-        yield Select([(_(TASK_LABELS[t]), t) for t in TASKS], value=b.task, allow_blank=False, id="task",
+        yield Select([(_(TASK_NAMES[t]), t) for t in TASKS], value=b.task, allow_blank=False, id="task",
                      compact=True).set_class(not shown, "-hidden")
         yield Label(_("Dataset"))
         options = [(_("all"), ALL_DATASETS)] + [(d, d) for d in self._datasets]

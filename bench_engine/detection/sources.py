@@ -1,4 +1,4 @@
-"""Where a detection bench gets its model and its data: the names `ptsa bench --task detection` accepts.
+"""Model and data sources of a detection bench: the names `ptsa bench --task detection` accepts.
 
 A detector is a named detector with weights PTS Advisor makes itself (`digits/...`, trained once
 on the digits detection set and cached) or a torchvision detection architecture written
