@@ -1,9 +1,9 @@
 """Time the digits detector's training and a detection grid, and print box mAP per configuration.
 
-Usage: python benchmarks/detection_grid.py [--calibration-size N] [--sparsity 0.3 --sparsity 0.5]
+Usage: python benchmarks/detection_grid.py [--detector NAME] [--calibration-size N] [--sparsity 0.3 ...]
 
 Uses a fresh data folder, so it first builds the digits detection set and trains
-`digits/fcos_mobilenet_v2` (timed), then benches magnitude and Wanda at each sparsity in this
+the named detector (timed), then benches magnitude and Wanda at each sparsity in this
 process with `bench_model` (each configuration timed: prune, evaluate 300 images, latency). Run
 it on an idle machine; set OMP_WAIT_POLICY=passive when another process shares the cores.
 """
@@ -21,6 +21,8 @@ os.environ.setdefault("HF_HUB_OFFLINE", "1")
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--detector", default="digits/fcos_mobilenet_v2",
+                        help="digits/fcos_mobilenet_v2 or digits/fcos_efficientnet_lite0")
     parser.add_argument("--calibration-size", type=int, default=32)
     parser.add_argument("--sparsity", type=float, action="append", default=None)
     args = parser.parse_args()
@@ -32,7 +34,7 @@ def main() -> None:
     from bench_engine.runner import BenchPlan, bench_model
 
     started = time.perf_counter()
-    bundle = digits_detector()
+    bundle = digits_detector(name=args.detector)
     trained = time.perf_counter() - started
     print(f"digits set built and detector trained in {trained:.0f} s "
           f"(mAP {100 * bundle.extra['eval_metrics']['map']:.1f})")

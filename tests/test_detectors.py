@@ -38,6 +38,7 @@ from bench_engine.pruning import LayerPolicy, PruneConfig, find_prunable_layers,
 from bench_engine.pruning.layers import conv_linear_layers
 
 SMALL_SIZE = 128
+TIMM_FCOS = ("fcos:efficientnet_lite0", "fcos:resnet18")  # FCOS on timm backbones
 # The named detector reached mAP@[.5:.95] 0.765 (mAP@.5 0.947) on eval.json after 210 s of
 # training on a 2-core CPU. A 50 % magnitude prune of its backbone and neck gave 0.518. The
 # margins allow for other CPUs, whose floating-point sums may differ.
@@ -97,7 +98,7 @@ def test_detector_runs_on_batch(architecture):
             assert int(output["labels"].max()) < model.first_label + 3
 
 
-@pytest.mark.parametrize("architecture", DETECTOR_ARCHITECTURES)
+@pytest.mark.parametrize("architecture", [*DETECTOR_ARCHITECTURES, *TIMM_FCOS])
 def test_layer_roles_cover_every_layer(architecture):
     model = build_detector(architecture, num_classes=3, input_size=max(SMALL_SIZE, min_input_size(architecture)))
     roles = detector_layer_roles(model)
@@ -388,3 +389,38 @@ def test_digits_detector_pruned_map(digits_bundle):
     assert sparse["map"] <= dense["map"] + 0.01
     assert sparse["map"] >= PRUNED_MIN_MAP
     assert sparse["images"] == dense["images"]
+
+
+# -- FCOS on timm backbones ---------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("architecture", TIMM_FCOS)
+def test_timm_fcos_runs_and_round_trips(architecture, tmp_path):
+    torch.manual_seed(0)
+    model = build_detector(architecture, num_classes=3, input_size=SMALL_SIZE).eval()
+    batch = torch.rand(2, 3, SMALL_SIZE, SMALL_SIZE)
+    with torch.inference_mode():
+        outputs = model(batch)
+    assert len(outputs) == 2
+    path = tmp_path / "fcos.safetensors"
+    save_file({key: value.contiguous() for key, value in model.state_dict().items()}, str(path))
+    loaded = load_detector(architecture, path, None, SMALL_SIZE)
+    assert loaded.num_classes == 3
+    with torch.inference_mode():
+        again = loaded.model(batch)
+    assert torch.equal(outputs[0]["boxes"], again[0]["boxes"])
+
+
+def test_timm_fcos_starts_from_real_lite0_weights():
+    from bench_engine.models import load_efficientnet_lite0
+
+    detector = detectors._pretrained_detector("fcos:efficientnet_lite0", 10, SMALL_SIZE)
+    stem = detector.backbone.body.conv_stem.weight
+    assert torch.equal(stem, load_efficientnet_lite0().model.conv_stem.weight)
+
+
+def test_timm_fcos_rejects_backbones_without_strides():
+    with pytest.raises(InvalidConfigError, match="no stride-8 and stride-16 features"):
+        build_detector("fcos:vit_tiny_patch16_224", num_classes=3, input_size=SMALL_SIZE)
+    with pytest.raises(UnknownModelError, match="Did you mean fcos:resnet18"):
+        build_detector("fcos:resnet19", num_classes=3, input_size=SMALL_SIZE)

