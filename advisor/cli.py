@@ -273,8 +273,10 @@ def bench(obj: dict[str, Any], model: str, weights: Path | None, data_spec: str,
                          num_classes=num_classes, in_chans=in_chans, input_size=input_size, task=task)
     bundle, data = source.load(seed)
     check_compatible(bundle, data)
-    evaluation_for(data).check_plan(plan)
+    evaluation = evaluation_for(data, plan)
+    evaluation.check_plan(plan)
     data.check_readable(calibration_size, seed)
+    evaluation.check_reference(bundle.model)  # unlabelled detection: are there dense boxes to score against?
     del bundle, data  # the worker process loads them again; this process only checked them
     summary = run_jobs(obj["db"], [BenchJob(label=model, source=source, plan=plan)], _command_line(), threads,
                        not no_progress, progress_file, force=force, retry_failed=retry_failed, executor=runner)
@@ -588,6 +590,11 @@ def _recommendation(db_path: Path, budget: Budget, workload: Workload | None, li
         if not datasets:
             _fail(_("database {db} has no results; run `ptsa demo` or `ptsa bench` first.").format(db=db_path))
         if budget.dataset is not None and budget.dataset not in datasets:
+            other = store.query("SELECT DISTINCT coalesce(task, 'classification') AS task FROM results "
+                                "WHERE dataset = ?", [budget.dataset])
+            if other:
+                _fail(_("dataset {dataset!r} has {task} results, and this ranking is for {current}; pass --task "
+                        "{task}.").format(dataset=budget.dataset, task=other[0]["task"], current=budget.task))
             _fail(_("database {db} has no results for dataset {dataset!r}; it has results for {datasets}. Pass one of "
                     "them to --dataset, or bench that dataset first.").format(
                 db=db_path, dataset=budget.dataset, datasets=", ".join(datasets)))

@@ -11,6 +11,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from advisor.formatting import method_label
+from advisor.recommend import primary_metric
 from db import Store
 
 
@@ -31,7 +32,7 @@ class ModelEvidence:
 
     model_key: str
     dataset: str
-    metric: str  # 'top1' or 'top1_agreement'
+    metric: str  # 'top1', 'top1_agreement', 'box_map' or 'box_map_fidelity' (see recommend.primary_metric)
     dense_accuracy: float | None
     accuracy: dict[str, list[AccuracyPoint]] = field(default_factory=dict)
     latency: dict[str, list[tuple[float, float]]] = field(default_factory=dict)  # runtime -> (sparsity, p50 ms)
@@ -40,7 +41,7 @@ class ModelEvidence:
 
 
 def _accuracy(row: dict[str, Any]) -> float | None:
-    return row["top1"] if row["labelled"] else row["top1_agreement"]
+    return row[primary_metric(row)[0]]
 
 
 def model_evidence(store: Store, model_key: str, dataset: str, env_key: str | None = None, batch_size: int = 1,
@@ -51,13 +52,13 @@ def model_evidence(store: Store, model_key: str, dataset: str, env_key: str | No
     """
     rows = store.query(
         "SELECT result_id, criterion, allocation, pattern, recipe_json, requested_sparsity, achieved_sparsity, "
-        "labelled, top1, top1_agreement, dense_top1, provenance, prediction_json, layer_sparsity_json "
+        "labelled, top1, top1_agreement, dense_top1, coalesce(task, 'classification') AS task, box_map, "
+        "box_map_fidelity, dense_box_map, provenance, prediction_json, layer_sparsity_json "
         "FROM results WHERE model_key = ? AND dataset = ? ORDER BY requested_sparsity, created_at",
         [model_key, dataset])
-    labelled = bool(rows and rows[0]["labelled"])
-    evidence = ModelEvidence(model_key, dataset, "top1" if labelled else "top1_agreement",
-                             next((r["dense_top1"] for r in rows if r["dense_top1"] is not None), None)
-                             if labelled else 100.0)
+    metric = primary_metric(rows[0])[0] if rows else "top1"
+    references = [primary_metric(r)[1] for r in rows]
+    evidence = ModelEvidence(model_key, dataset, metric, next((value for value in references if value is not None), None))
     series: dict[str, list[AccuracyPoint]] = {}
     for row in rows:
         value = _accuracy(row)

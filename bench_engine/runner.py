@@ -195,6 +195,12 @@ def check_compatible(bundle: ModelBundle, data: DataSplits) -> None:
             "model {model} is a {model_task} model but dataset {dataset!r} is a {data_task} dataset; pass "
             "--task {model_task} with a {model_task} dataset, or a {data_task} model.",
             model=bundle.model_key, model_task=model_task, dataset=data.name, data_task=data_task)
+    if data.labelled and data.num_classes != bundle.num_classes and data_task != CLASSIFICATION:
+        raise DataError(
+            "detector {model} predicts {outputs} classes but dataset {dataset!r} has {classes} categories, so box "
+            "mAP would compare unrelated categories. Use a detector trained on these categories, or pass "
+            "--unlabelled to score fidelity to the dense model instead.",
+            model=bundle.model_key, outputs=bundle.num_classes, dataset=data.name, classes=data.num_classes)
     if data.labelled and data.num_classes != bundle.num_classes:
         raise DataError(
             "model {model} has {outputs} outputs but dataset {dataset!r} has "

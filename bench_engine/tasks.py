@@ -49,6 +49,10 @@ class TaskEvaluation(Protocol):
         """Raise InvalidConfigError for a technique or runtime the task cannot run."""
         ...
 
+    def check_reference(self, model: nn.Module) -> None:
+        """Raise DataError when the dense model's outputs cannot serve as the reference of every row."""
+        ...
+
 
 class ClassificationEvaluation:
     """Top-1 and top-5 against labels; top-1 agreement and KL divergence against the dense model."""
@@ -74,6 +78,9 @@ class ClassificationEvaluation:
 
     def check_plan(self, plan: Any) -> None:
         return None
+
+    def check_reference(self, model: nn.Module) -> None:
+        return None  # logits always exist
 
 
 class DetectionEvaluation:
@@ -117,6 +124,14 @@ class DetectionEvaluation:
     def dense_columns(self, dense_scores: dict[str, Any]) -> dict[str, Any]:
         return {"dense_top1": None, "dense_top5": None, "dense_box_map": dense_scores["box_map"],
                 "dense_box_map_50": dense_scores["box_map_50"]}
+
+    def check_reference(self, model: nn.Module) -> None:
+        """On unlabelled data, where fidelity is the only score, require dense boxes at the reference score."""
+        from bench_engine.detection.evaluate import fidelity_boxes
+
+        if not self.labelled:
+            boxes = self.run(model)
+            fidelity_boxes(boxes, boxes, self.data.evaluation, self.reference_score)
 
     def check_plan(self, plan: Any) -> None:
         """Reject techniques that read a classifier's logits, and runtimes that replace the detector's module.

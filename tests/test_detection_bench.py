@@ -26,6 +26,13 @@ def test_a_detection_grid_is_stored_and_ranked_by_box_map(digits_detector_dir, t
     labelled = ptsa(digits_detector_dir, "--db", str(db), "bench", "digits/fcos_mobilenet_v2", "--data", "digits",
                     *grid)
     assert labelled.returncode == 0, labelled.stderr
+    # At the default reference score no dense box on the photos qualifies: refused before any job runs.
+    refused = ptsa(digits_detector_dir, "--db", str(db), "bench", "digits/fcos_mobilenet_v2", "--data", "photos",
+                   *grid)
+    assert refused.returncode == 2, refused.stderr
+    assert "pass a lower --reference-score" in refused.stderr
+    with Store.open(db, read_only=True) as store:
+        assert store.query("SELECT count(*) AS n FROM jobs WHERE status = 'failed'")[0]["n"] == 0
     photos = ptsa(digits_detector_dir, "--db", str(db), "bench", "digits/fcos_mobilenet_v2", "--data", "photos",
                   "--reference-score", "0.2", *grid)
     assert photos.returncode == 0, photos.stderr
@@ -56,7 +63,9 @@ def test_a_detection_grid_is_stored_and_ranked_by_box_map(digits_detector_dir, t
     candidates = json.loads(ranked.stdout)["candidates"]
     assert candidates and {c["metric"] for c in candidates} == {"box_map"}
     classification = ptsa(digits_detector_dir, "--db", str(db), "recommend", "--dataset", "digits")
-    assert classification.returncode == 2 and "no results for dataset 'digits'" in classification.stderr
+    assert classification.returncode == 2
+    assert "dataset 'digits' has detection results" in classification.stderr
+    assert "pass --task detection" in classification.stderr
 
 
 def test_detection_inputs_that_cannot_run_are_refused_before_any_work(tmp_path):

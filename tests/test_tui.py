@@ -586,10 +586,14 @@ async def test_detection_results_offer_the_task_choice(fixture_db):
         await settle(pilot)
         select = app.query_one("#task", Select)
         assert select.display
+        datasets = app.query_one("#dataset", Select)
+        assert "digits" not in [value for _label, value in datasets._options]  # a detection dataset
         table = app.query_one("#ranking", DataTable)
         assert "digits/fcos_mobilenet_v2" not in str([table.get_row_at(i) for i in range(table.row_count)])
         select.value = "detection"
         await settle(pilot)
+        assert "digits" in [value for _label, value in datasets._options]
+        assert "mnist" not in [value for _label, value in datasets._options]
         rows = [" ".join(str(cell) for cell in table.get_row_at(i)) for i in range(table.row_count)]
         assert len(rows) == 2 and all("digits/fcos_mobilenet_v2" in row for row in rows)
         assert "box mAP 76.5 % (dense 76.5 %)" in str(app.query_one("#evidence", Static).render())

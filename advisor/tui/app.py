@@ -179,6 +179,7 @@ class PTSAdvisorApp(App):
         self.workload = workload
         self.dataset_names: list[str] = []
         self.task_names: list[str] = []
+        self.dataset_tasks: dict[str, str] = {}
         self.profiles: list[tuple[str, str]] = []  # (env_key, short description), newest timings first
         self.load_error: str | None = None
         self.result: Recommendation | None = None
@@ -196,8 +197,9 @@ class PTSAdvisorApp(App):
             with open_for_reading(self.db_path, wait_seconds=1.0) as store:  # on the event loop: wait little
                 self.dataset_names = [r["dataset"] for r in store.query(
                     "SELECT DISTINCT dataset FROM results ORDER BY dataset")]
-                self.task_names = [r["task"] for r in store.query(
-                    "SELECT DISTINCT coalesce(task, 'classification') AS task FROM results ORDER BY task")]
+                self.dataset_tasks = {r["dataset"]: r["task"] for r in store.query(
+                    "SELECT dataset, min(coalesce(task, 'classification')) AS task FROM results GROUP BY dataset")}
+                self.task_names = sorted(set(self.dataset_tasks.values()))
                 self.profiles = [(r["env_key"], profile_label(r)) for r in store.query(
                     # Timings live in the latency table and, for results timed while benched, in results.
                     "SELECT t.env_key, any_value(e.cpu_model) AS cpu_model, any_value(e.device) AS device, "
@@ -256,7 +258,8 @@ class PTSAdvisorApp(App):
         with TabbedContent(initial="recommend"):
             with TabPane("F2 " + _("Recommend"), id="recommend"):
                 with Horizontal():
-                    yield BudgetForm(self.budget, self.dataset_names, self.profiles, tasks=self.task_names, id="budget")
+                    yield BudgetForm(self.budget, self.dataset_names, self.profiles, tasks=self.task_names,
+                                     dataset_tasks=self.dataset_tasks, id="budget")
                     with Vertical(classes="main"):
                         yield Static(id="status")
                         yield DataTable(id="ranking", cursor_type="row", zebra_stripes=True)
@@ -373,7 +376,8 @@ class PTSAdvisorApp(App):
                 n=ranked.meeting_count, total=ranked.total, objective=_(OBJECTIVE_NAMES[self.budget.objective]))
             if ranked.meeting_count > SHOWN_ROWS:
                 text += " " + _("The first {n} are shown.").format(n=SHOWN_ROWS)
-            if self.budget.dataset is None and len(self.dataset_names) > 1:
+            same_task = [d for d in self.dataset_names if self.dataset_tasks.get(d, "classification") == self.budget.task]
+            if self.budget.dataset is None and len(same_task) > 1:
                 text += " " + _("[b]Datasets mixed[/b]: their accuracies are not comparable; pick one under Dataset.")
         else:
             binding = ranked.binding_constraint()
@@ -662,7 +666,7 @@ class PTSAdvisorApp(App):
     def action_reload(self) -> None:
         """Read the database again: datasets, profiles, the ranking and, once opened, the Models tab."""
         self._load()
-        self.query_one(BudgetForm).set_choices(self.dataset_names, self.profiles, self.task_names)
+        self.query_one(BudgetForm).set_choices(self.dataset_names, self.profiles, self.task_names, self.dataset_tasks)
         self.start_ranking()
         self.query_one(ModelsPane).reload()
 

@@ -131,18 +131,20 @@ class BudgetForm(_Form):
     )
 
     def __init__(self, budget: Budget, datasets: list[str], profiles: list[tuple[str, str]] | None = None,
-                 tasks: list[str] | None = None, **kwargs: Any) -> None:
+                 tasks: list[str] | None = None, dataset_tasks: dict[str, str] | None = None, **kwargs: Any) -> None:
         """Keep the initial budget and the choices.
 
         `profiles` lists (env_key, description) for each hardware profile with timings, newest first.
         `tasks` lists the tasks with results; the task choice shows only when there is more than
-        classification to choose from.
+        classification to choose from. `dataset_tasks` maps each dataset to its task, so the
+        dataset choice offers the datasets of the chosen task.
         """
         super().__init__(**kwargs)
         self._initial = budget
         self._datasets = datasets
         self._profiles = profiles or []
         self._tasks = tasks or []
+        self._dataset_tasks = dataset_tasks or {}
 
     def compose(self) -> ComposeResult:
         b = self._initial
@@ -161,9 +163,9 @@ class BudgetForm(_Form):
         yield Select([(_(TASK_NAMES[t]), t) for t in TASKS], value=b.task, allow_blank=False, id="task",
                      compact=True).set_class(not shown, "-hidden")
         yield Label(_("Dataset"))
-        options = [(_("all"), ALL_DATASETS)] + [(d, d) for d in self._datasets]
-        value = b.dataset if b.dataset in self._datasets else ALL_DATASETS
-        yield Select(options, value=value, allow_blank=False, id="dataset", compact=True)
+        offered = self._datasets_of(b.task)
+        value = b.dataset if b.dataset in offered else ALL_DATASETS
+        yield Select(self._dataset_options(b.task), value=value, allow_blank=False, id="dataset", compact=True)
         yield Label(_("Runtimes"))
         yield FieldInput(value=",".join(b.runtimes), placeholder=",".join(KNOWN_RUNTIMES[:3]), id="runtimes",
                          compact=True)
@@ -174,11 +176,29 @@ class BudgetForm(_Form):
         chosen = next((key for key in keys if b.profile and key.startswith(b.profile)), LATEST_PROFILE)
         yield Select(options, value=chosen, allow_blank=False, id="profile", compact=True)
 
+    def _datasets_of(self, task: str) -> list[str]:
+        return [d for d in self._datasets if self._dataset_tasks.get(d, "classification") == task]
+
+    def _dataset_options(self, task: str) -> list[tuple[str, str]]:
+        return [(_("all"), ALL_DATASETS)] + [(d, d) for d in self._datasets_of(task)]
+
+    @on(Select.Changed, "#task")
+    def _task_changed(self, event: Select.Changed) -> None:
+        """Offer the datasets of the chosen task; a dataset of the other task falls back to all."""
+        select = self.query_one("#dataset", Select)
+        current = select.value
+        offered = self._datasets_of(str(event.value))
+        select.set_options(self._dataset_options(str(event.value)))
+        select.value = current if current in offered else ALL_DATASETS
+
     def _task_choice_shown(self) -> bool:
         return any(task != "classification" for task in self._tasks) or self._initial.task != "classification"
 
-    def set_choices(self, datasets: list[str], profiles: list[tuple[str, str]], tasks: list[str] | None = None) -> None:
+    def set_choices(self, datasets: list[str], profiles: list[tuple[str, str]], tasks: list[str] | None = None,
+                    dataset_tasks: dict[str, str] | None = None) -> None:
         """Offer the datasets, profiles and tasks the database contains now, keeping the current choices."""
+        if dataset_tasks is not None:
+            self._dataset_tasks = dataset_tasks
         if tasks is not None and tasks != self._tasks:
             self._tasks = tasks
             shown = self._task_choice_shown()
@@ -188,8 +208,9 @@ class BudgetForm(_Form):
             self._datasets = datasets
             select = self.query_one("#dataset", Select)
             current = select.value
-            select.set_options([(_("all"), ALL_DATASETS)] + [(d, d) for d in datasets])
-            select.value = current if current in datasets else ALL_DATASETS
+            task = str(self.query_one("#task", Select).value)
+            select.set_options(self._dataset_options(task))
+            select.value = current if current in self._datasets_of(task) else ALL_DATASETS
         if profiles != self._profiles:
             self._profiles = profiles
             select = self.query_one("#profile", Select)

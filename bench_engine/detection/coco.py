@@ -360,7 +360,7 @@ def _check_files_exist(entries: list[_ImageEntry], path: Path, folder: Path) -> 
     missing = [entry.file_name for entry in entries if not (folder / entry.file_name).is_file()]
     if missing:
         raise DataError(
-            "{missing} of the {total} images listed in {path} are missing from {folder}, first {first}; "
+            "images listed in {path} but missing from {folder}: {missing} of {total}, first {first}; "
             "copy the files there or pass the folder that contains them.",
             missing=len(missing),
             total=len(entries),

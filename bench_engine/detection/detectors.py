@@ -24,6 +24,7 @@ import hashlib
 import json
 import logging
 import os
+import sys
 import time
 from collections import OrderedDict
 from collections.abc import Callable, Iterator
@@ -37,6 +38,7 @@ import torch.nn.functional as F
 import torchvision
 from safetensors.torch import save_file
 from torch import nn
+from tqdm import tqdm
 from torchvision.models.detection import FCOS, FasterRCNN
 from torchvision.models.detection.anchor_utils import AnchorGenerator
 from torchvision.models.detection.fcos import FCOSHead
@@ -647,9 +649,19 @@ def ensure_digits_detector(spec: DigitsDetectorSpec = DIGITS_SPEC, data: Detecti
     if weights_path.exists() and meta_path.exists():
         return weights_path
     data = data or load_digits(spec.input_size)
-    log.info("training the digits detector %s (about %d steps)", spec.architecture,
-             spec.epochs * (len(data.train) // spec.batch_size))
-    model, info = train_digits_detector(spec, data, progress)
+    steps = spec.epochs * (len(data.train) // spec.batch_size)
+    # Said at warning level so that it shows in the CLI: the first use waits minutes for it.
+    log.warning("training the digits detector %s once (%d steps, about 4 minutes on 2 CPU cores); later runs "
+                "reuse it", spec.architecture, steps)
+    bar = None
+    if progress is None:
+        bar = tqdm(total=steps, desc="training", unit="step", disable=None, file=sys.stderr)
+        progress = lambda step, total: bar.update(1)  # noqa: E731
+    try:
+        model, info = train_digits_detector(spec, data, progress)
+    finally:
+        if bar is not None:
+            bar.close()
     info["eval_metrics"] = evaluate_boxes(data.evaluation, predict_boxes(model, data))
     log.info("digits detector: mAP %.3f, mAP@.5 %.3f on %d evaluation images after %.0f s of training",
              info["eval_metrics"]["map"], info["eval_metrics"]["map_50"], len(data.evaluation), info["train_seconds"])

@@ -55,8 +55,9 @@ def load_detection_data(spec: str, input_size: int, seed: int = 0, unlabelled: b
     from bench_engine.detection.splits import load_detection_data as load
 
     data = load(spec, input_size, seed)
-    if unlabelled and data.labelled:
+    if unlabelled and data.labelled:  # stored apart from the labelled results, as image folders are
         data.labelled = False
+        data.name = f"{data.name} (unlabelled)"
     return data
 
 
