@@ -798,7 +798,8 @@ def db_import(obj: dict[str, Any], folder: Path) -> None:
 @main.command()
 @click.option("--no-tui", is_flag=True, help="Print the ranked table instead of opening the TUI.")
 @click.option("--threads", type=click.IntRange(min=1), default=None, help="torch threads for training, pruning and latency.")
-@click.option("--skip-lite0", is_flag=True, help="Leave out the EfficientNet-Lite0 (ImageNet weights) part.")
+@click.option("--skip-lite0", is_flag=True,
+              help="Leave out the models with ImageNet weights (EfficientNet-Lite0/1/2, MobileNetV2) scored on photos.")
 @click.option("--no-progress", is_flag=True, help="Hide progress bars.")
 @resume_options
 @click.pass_obj
@@ -809,7 +810,7 @@ def demo(obj: dict[str, Any], no_tui: bool, threads: int | None, skip_lite0: boo
 
     Trains eleven small timm baselines on the bundled MNIST subset (cached after the first run),
     prunes each with magnitude, Wanda and SparseGPT at 30/50/70 % and 2:4, and prunes the real
-    EfficientNet-Lite0 ImageNet weights scored by fidelity on bundled photos.
+    ImageNet weights of EfficientNet-Lite0/1/2 and MobileNetV2, scored by fidelity on bundled photos.
     """
     from bench_engine.suite import run_quickstart
 

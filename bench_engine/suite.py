@@ -1,4 +1,4 @@
-"""The quick-start suite: eleven MNIST baselines and real EfficientNet-Lite0 weights, benched."""
+"""The quick-start suite: eleven MNIST baselines and four models with real ImageNet weights, benched."""
 
 from __future__ import annotations
 
@@ -51,6 +51,11 @@ def quickstart_jobs(include_lite0: bool = True, models: list[str] | None = None)
         lite_plan = _plan(settings, settings["efficientnet_lite0"]["calibration_size"], with_techniques=False)
         jobs.append(BenchJob(label="efficientnet_lite0", source=ModelSource("efficientnet_lite0", "photos"),
                              plan=lite_plan))
+        photos = settings["imagenet_photos"]
+        photos_plan = BenchPlan(criteria=photos["criteria"], sparsities=photos["sparsities"],
+                                calibration_size=photos["calibration_size"], seed=settings["seed"])
+        jobs += [BenchJob(label=name, source=ModelSource(name, photos["dataset"]), plan=photos_plan)
+                 for name in photos["models"]]
     return jobs
 
 

@@ -41,11 +41,13 @@ def test_quickstart_asset_is_valid():
     from bench_engine.suite import quickstart_jobs
 
     jobs = quickstart_jobs()
-    assert len(jobs) == 12  # eleven MNIST baselines and EfficientNet-Lite0
-    assert len({job.label for job in jobs}) == 12
-    mnist, lite0 = jobs[:11], jobs[11]
+    assert len(jobs) == 15  # eleven MNIST baselines, EfficientNet-Lite0, then Lite1, Lite2 and MobileNetV2
+    assert len({job.label for job in jobs}) == 15
+    mnist, lite0, photos = jobs[:11], jobs[11], jobs[12:]
     assert all(len(job.plan.configs()) == 22 for job in mnist)  # 12 grid + 10 technique recipes
     assert len(lite0.plan.configs()) == 12
+    assert [job.label for job in photos] == ["efficientnet_lite1", "efficientnet_lite2", "mobilenet_v2"]
+    assert all(len(job.plan.configs()) == 4 and job.source.data == "photos" for job in photos)
 
 
 def test_quickstart_covers_ten_techniques():

@@ -651,8 +651,8 @@ def ensure_digits_detector(spec: DigitsDetectorSpec = DIGITS_SPEC, data: Detecti
     data = data or load_digits(spec.input_size)
     steps = spec.epochs * (len(data.train) // spec.batch_size)
     # Said at warning level so that it shows in the CLI: the first use waits minutes for it.
-    log.warning("training the digits detector %s once (%d steps, about 4 minutes on 2 CPU cores); later runs "
-                "reuse it", spec.architecture, steps)
+    log.warning("training the digits detector %s once (%d steps, a few minutes on a CPU); later runs reuse it",
+                spec.architecture, steps)
     bar = None
     if progress is None:
         bar = tqdm(total=steps, desc="training", unit="step", disable=None, file=sys.stderr)
