@@ -106,7 +106,7 @@ class RayExecutor:
                 ray.init(address=self.address, **options)
             except (ConnectionError, RuntimeError, ValueError) as exc:
                 # The address answered the TCP check, so a refusal here is most often a missing token.
-                if _looks_like_auth_failure(str(exc)) or (self.address not in (None, "auto")
+                if _looks_like_auth_failure(str(exc)) or (self.address not in (None, "auto", "local")
                                                           and not os.environ.get("RAY_AUTH_MODE")):
                     raise InvalidConfigError(
                         "the Ray cluster at {address} answers but did not accept this process: {reason}. If the "
@@ -124,7 +124,7 @@ class RayExecutor:
 
     def _check_reachable(self) -> None:
         """Raise within seconds for a HOST:PORT with no listener, because Ray itself retries for minutes."""
-        if not self.address or self.address == "auto":
+        if not self.address or self.address in ("auto", "local"):  # local: a new one-machine instance
             return
         host, _, port = self.address.removeprefix("ray://").rpartition(":")
         if not host or not port.isdigit() or not 0 < int(port) < 65536:

@@ -57,7 +57,7 @@ def main() -> None:
         from bench_engine.ray_executor import RayExecutor
 
         executors.append(("Ray executor (one-machine instance)", RayExecutor(
-            address=None, init_options={"num_cpus": 2, "include_dashboard": False})))
+            address="local", init_options={"num_cpus": 2, "include_dashboard": False})))
     for label, executor in executors:
         db_path = folder / f"{label.split()[0]}.duckdb"
         if executor is not None:
