@@ -138,7 +138,8 @@ def resume_options(func: Callable[..., Any]) -> Callable[..., Any]:
                              "(memory in GiB). Default: cpus=1.")(func)
     func = click.option("--address", default=None,
                         help="Ray cluster to use with --executor ray: auto (a cluster this machine belongs to), "
-                             "HOST:PORT of the head node, or ray://HOST:10001. Default: auto.")(func)
+                             "HOST:PORT of the head node, ray://HOST:10001, or local (a new Ray instance on this "
+                             "machine only). Default: auto.")(func)
     func = click.option("--executor", type=click.Choice(["local", "ray"]), default="local", show_default=True,
                         help="Run each model's worker here, one after another (local), or on a Ray cluster (ray; "
                              "needs pip install \"pts-advisor[ray]\").")(func)
