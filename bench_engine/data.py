@@ -159,6 +159,20 @@ def _open_image(path: Path) -> Image.Image:
         raise DataError("cannot read image {path}: {reason}. Remove or replace the file.", path=path, reason=str(exc)) from exc
 
 
+def check_calibration_size(size: int, available: int, dataset: str) -> None:
+    """Raise DataError unless `size` calibration inputs can be drawn from `available` training-side inputs."""
+    if size < 1:
+        raise DataError("calibration size must be at least 1, got {size}.", size=size)
+    if size > available:
+        raise DataError(
+            "calibration size {size} exceeds the {available} training-side inputs of dataset "
+            "{dataset!r}; pass --calibration-size {available} or less.",
+            size=size,
+            available=available,
+            dataset=dataset,
+        )
+
+
 @dataclass
 class DataSplits:
     """A dataset split into a training side (for calibration) and an evaluation side."""
@@ -177,17 +191,7 @@ class DataSplits:
         return torch.stack([self.train[i][0] for i in indices])
 
     def check_calibration_size(self, size: int) -> None:
-        if size < 1:
-            raise DataError("calibration size must be at least 1, got {size}.", size=size)
-        available = len(self.train)
-        if size > available:
-            raise DataError(
-                "calibration size {size} exceeds the {available} training-side inputs of dataset "
-                "{dataset!r}; pass --calibration-size {available} or less.",
-                size=size,
-                available=available,
-                dataset=self.name,
-            )
+        check_calibration_size(size, len(self.train), self.name)
 
     def check_readable(self, calibration_size: int, seed: int) -> None:
         """Decode every evaluation image and the calibration draw, raising DataError on a bad file.

@@ -130,10 +130,10 @@ def data_digest(data: Any, calibration: torch.Tensor) -> str:
 
 def job_spec(model_key: str, weights_sha256: str | None, data_sha256: str, config: PruneConfig | None, plan: Any,
              env_key: str, task: str = "classification") -> dict[str, Any]:
-    """Everything a job's result depends on; its key is the hash of this.
+    """Return everything a job's result depends on. Its key is the hash of this.
 
-    A detection job adds its task and the reference score of its fidelity; a classification
-    job's spec is unchanged, so the keys of jobs stored before detection existed still match.
+    A detection job adds its task and the reference score of its fidelity. A classification
+    job's spec has neither, so the keys of jobs stored before detection existed still match.
     """
     spec = {
         "key_version": KEY_VERSION,

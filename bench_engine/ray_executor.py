@@ -43,7 +43,7 @@ class RayResources:
 
 
 def run_task_on_node(task_json: dict[str, Any]) -> Iterator[dict[str, Any]]:
-    """The Ray task: run one worker here, into a temporary folder, yielding each shard as it is written.
+    """Run one worker on this node, into a temporary folder, and yield each shard as it is written (the Ray task).
 
     It is a streaming generator: the driver ingests every job's shard while the model's other
     jobs still run, and moves its progress bar per job. The last item reports how the worker ended.
@@ -105,7 +105,7 @@ class RayExecutor:
             try:
                 ray.init(address=self.address, **options)
             except (ConnectionError, RuntimeError, ValueError) as exc:
-                # The address answered the TCP check, so a refusal here is most often a missing token.
+                # The address accepted a TCP connection, so a rejection here is most often a missing token.
                 if _looks_like_auth_failure(str(exc)) or (self.address not in (None, "auto", "local")
                                                           and not os.environ.get("RAY_AUTH_MODE")):
                     raise InvalidConfigError(
@@ -210,7 +210,7 @@ class RayExecutor:
 
 
 def _job_count(task: WorkerTask) -> int:
-    """A task's jobs: the dense model, then each configuration of its plan."""
+    """Return the number of a task's jobs: the dense model, then each configuration of its plan."""
     return len(plan_from_json(task.plan).configs()) + 1
 
 

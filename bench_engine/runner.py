@@ -594,7 +594,7 @@ def _run_locked(db_path: str | Path, jobs: Sequence[BenchJob], command: str, num
                 show_progress: bool, progress_file: str | Path | None, force: bool, retry_failed: bool,
                 executor: Executor, profile: dict[str, Any], env_key: str, run_id: str, spool: Path,
                 summary: RunSummary) -> RunSummary:
-    """The body of `run_jobs`, run while this run holds its lock file."""
+    """Run the body of `run_jobs` while this run has its lock file."""
     # Readers (the TUI, `ptsa recommend`) hold the file for a moment at a time, so wait them out.
     # A writer that keeps it longer (another bench) fails this run before anything is measured.
     with open_for_write(db_path, wait_seconds=START_WAIT_SECONDS) as store:

@@ -175,7 +175,7 @@ def ingest_shards(store: Store, folder: Path) -> IngestReport:
         previous = store.query("SELECT run_id, status, attempts FROM jobs WHERE job_key = ?", [key])
         stored = bool(previous) and previous[0]["status"] == "finished"
         if stored and (not job.get("replace") or previous[0]["run_id"] == job["run_id"]):
-            path.unlink()  # ingested before a crash, or a second copy: the stored row stands
+            path.unlink()  # ingested before a crash, or a second copy, so the stored row is kept
             report.duplicates.append(key)
             continue
         if stored and job["status"] == "failed":  # a forced rerun failed: keep the measurement we have

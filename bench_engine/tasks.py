@@ -1,4 +1,4 @@
-"""What a bench measures on each model: the task's evaluation and the result columns it fills.
+"""Task evaluations: how a bench scores each model for its task, and the result columns it fills.
 
 `bench_model` prunes and times a model the same way for every task. Only three steps differ:
 running the model over the evaluation side, scoring its outputs, and drawing the calibration

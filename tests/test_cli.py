@@ -186,7 +186,8 @@ def test_models_lists_named_models(runner, fixture_db):
     assert "efficientnet_lite0" in result.stdout
     assert "mnist/vit_tiny_patch16_224" in result.stdout
     assert "mnist/convnext_atto" in result.stdout
-    assert "mobilenet_v2" in result.stdout and "efficientnet_lite2" in result.stdout
+    assert "mobilenet_v2" in result.stdout
+    assert "efficientnet_lite2" in result.stdout
     assert "digits/fcos_mobilenet_v2 (detection)" in result.stdout
     assert "classification" in result.stdout  # the task of each model with results
 

@@ -19,13 +19,14 @@ def ptsa(data_dir, *args, timeout=900):
 
 
 @pytest.mark.slow
-def test_a_detection_grid_is_stored_and_ranked_by_box_map(digits_detector_dir, tmp_path):
+def test_detection_grid_stored_and_ranked(digits_detector_dir, tmp_path):
     db = tmp_path / "det.duckdb"
     grid = ["--criterion", "magnitude", "--criterion", "wanda", "--sparsity", "0.3", "--calibration-size", "8",
             "--no-progress"]
     labelled = ptsa(digits_detector_dir, "--db", str(db), "bench", "digits/fcos_mobilenet_v2", "--data", "digits",
                     *grid)
     assert labelled.returncode == 0, labelled.stderr
+
     # At the default reference score no dense box on the photos qualifies: refused before any job runs.
     refused = ptsa(digits_detector_dir, "--db", str(db), "bench", "digits/fcos_mobilenet_v2", "--data", "photos",
                    *grid)
@@ -36,11 +37,13 @@ def test_a_detection_grid_is_stored_and_ranked_by_box_map(digits_detector_dir, t
     photos = ptsa(digits_detector_dir, "--db", str(db), "bench", "digits/fcos_mobilenet_v2", "--data", "photos",
                   "--reference-score", "0.2", *grid)
     assert photos.returncode == 0, photos.stderr
+
     with Store.open(db, read_only=True) as store:
         rows = store.query("SELECT dataset, labelled, criterion, task, box_map, dense_box_map, box_map_fidelity, "
                            "box_reference_score, top1 FROM results WHERE provenance = 'measured' "
                            "ORDER BY dataset, criterion")
         model = store.query("SELECT task, family FROM models WHERE model_key = 'digits/fcos_mobilenet_v2'")[0]
+
     assert model == {"task": "detection", "family": "fcos"}
     assert [(r["dataset"], r["criterion"]) for r in rows] == [
         ("digits", "dense"), ("digits", "magnitude"), ("digits", "wanda"),
@@ -53,9 +56,12 @@ def test_a_detection_grid_is_stored_and_ranked_by_box_map(digits_detector_dir, t
     assert all(not r["labelled"] and r["box_map"] is None and r["box_reference_score"] == 0.2 for r in photos_rows)
     assert photos_rows[0]["box_map_fidelity"] == 100.0
     assert all(0 <= r["box_map_fidelity"] <= 100 for r in photos_rows)
+
     # The same command again finds every job stored.
     again = ptsa(digits_detector_dir, "--db", str(db), "bench", "digits/fcos_mobilenet_v2", "--data", "digits", *grid)
-    assert again.returncode == 0 and "jobs already stored, skipped: 3" in again.stderr
+    assert again.returncode == 0
+    assert "jobs already stored, skipped: 3" in again.stderr
+
     # The recommender ranks detection rows by box mAP, and classification budgets never see them.
     ranked = ptsa(digits_detector_dir, "--db", str(db), "recommend", "--task", "detection", "--dataset", "digits",
                   "--json")
@@ -68,7 +74,7 @@ def test_a_detection_grid_is_stored_and_ranked_by_box_map(digits_detector_dir, t
     assert "pass --task detection" in classification.stderr
 
 
-def test_detection_inputs_that_cannot_run_are_refused_before_any_work(tmp_path):
+def test_bad_detection_inputs_exit_2(tmp_path):
     db = tmp_path / "bad.duckdb"
     cases = [
         (["torchvision:ssdlite320_mobilenet_v3_large", "--data", "photos"], "needs weights: pass --weights"),

@@ -62,7 +62,8 @@ def test_a_second_run_skips_finished_jobs_and_force_reruns_them(tiny):
         timings = store.query("SELECT count(*) AS n FROM latency WHERE run_id = ?", [forced.run_id])[0]["n"]
     assert sorted(r for r in runs.values() if r == forced.run_id) == [forced.run_id] * 3  # the new measurement
     assert all(job_runs[key] == run for key, run in runs.items())
-    assert timings > 0 and stale_timings == 0  # the replaced rows' timings went with them
+    assert timings > 0
+    assert stale_timings == 0  # the replaced rows' timings went with them
 
 
 def test_a_model_that_cannot_load_fails_alone(tiny, tmp_path):
@@ -208,7 +209,8 @@ def test_sigkill_at_random_moments_then_resume_gives_one_row_per_job(tiny, tmp_p
     with Store.open(db_path, read_only=True) as store:
         statuses = [r["status"] for r in store.query("SELECT status FROM runs ORDER BY started_at")]
         errors = {r["error"] for r in store.query("SELECT error FROM runs WHERE status = 'failed'")}
-    assert statuses[-1] == "finished" and "running" not in statuses
+    assert statuses[-1] == "finished"
+    assert "running" not in statuses
     assert all(error.startswith("interrupted") for error in errors)
     assert [p.name for p in shard_folder(db_path).iterdir() if p.name != "quarantine"] == []
 
@@ -223,7 +225,7 @@ def test_a_dead_run_is_marked_interrupted_and_a_live_one_is_left_alone(tiny):
             store.start_run(run_id, "test", {}, None, "0")
     spool.mkdir()
     (spool / "deadrun-resnet10t.manifest").write_text("{}")
-    (spool / "deadrun.lock").write_text("123\n")  # its process is gone, so nobody holds the lock
+    (spool / "deadrun.lock").write_text("123\n")  # its process is gone, so no process holds the lock
     with RunLock(spool, "liverun"):
         summary = run_jobs(db_path, [BenchJob("tiny", source, BenchPlan(criteria=["magnitude"], sparsities=[0.5],
                                                                          calibration_size=8))], "test",
@@ -231,7 +233,8 @@ def test_a_dead_run_is_marked_interrupted_and_a_live_one_is_left_alone(tiny):
         assert summary.interrupted_runs == ["deadrun"]
         with Store.open(db_path, read_only=True) as store:
             status = {r["run_id"]: (r["status"], r["error"]) for r in store.query("SELECT * FROM runs")}
-        assert status["deadrun"][0] == "failed" and status["deadrun"][1].startswith("interrupted")
+        assert status["deadrun"][0] == "failed"
+        assert status["deadrun"][1].startswith("interrupted")
         assert status["liverun"] == ("running", None)
         assert status[summary.run_id] == ("finished", None)
         assert sorted(p.name for p in spool.iterdir()) == ["liverun.lock"]
@@ -257,7 +260,8 @@ def test_a_forced_rerun_that_fails_keeps_the_stored_measurement(tiny):
         kept = store.query("SELECT run_id FROM results WHERE job_key = 'k1'")
         status = store.query("SELECT status, run_id FROM jobs WHERE job_key = 'k1'")[0]
     assert report.failed_kept == [("m · dense", "boom")]
-    assert kept == [{"run_id": "r1"}] and status == {"status": "finished", "run_id": "r1"}
+    assert kept == [{"run_id": "r1"}]
+    assert status == {"status": "finished", "run_id": "r1"}
 
 
 def test_a_file_where_the_shard_folder_goes_is_named(tiny):
@@ -344,7 +348,8 @@ def test_import_rejects_a_broken_or_newer_export(tmp_path):
     assert incomplete.exit_code == 2
     assert "lacks results.parquet" in incomplete.output
     a_file = runner.invoke(main, ["--db", str(target), "db", "import", str(out / "manifest.json")])
-    assert a_file.exit_code == 2 and "is a file; pass the folder `ptsa db export` wrote" in a_file.output
+    assert a_file.exit_code == 2
+    assert "is a file; pass the folder `ptsa db export` wrote" in a_file.output
     # A file cut short in the copy, a manifest that does not match, a schema version that is no number.
     fresh = tmp_path / "fresh"
     assert runner.invoke(main, ["--db", str(tmp_path / "s.duckdb"), "db", "export", "--out", str(fresh)]).exit_code == 0
@@ -352,18 +357,21 @@ def test_import_rejects_a_broken_or_newer_export(tmp_path):
     whole = (fresh / "models.parquet").read_bytes()
     (fresh / "models.parquet").write_bytes(whole[: len(whole) // 2])
     truncated = runner.invoke(main, ["--db", str(target), "db", "import", str(fresh)])
-    assert truncated.exit_code == 2 and "models.parquet" in truncated.output
+    assert truncated.exit_code == 2
+    assert "models.parquet" in truncated.output
     assert "damaged or only partly copied" in truncated.output
     (fresh / "models.parquet").write_bytes(whole)
     manifest = json.loads((fresh / "manifest.json").read_text())
     manifest["rows"]["runs"] = 5
     (fresh / "manifest.json").write_text(json.dumps(manifest))
     altered = runner.invoke(main, ["--db", str(target), "db", "import", str(fresh)])
-    assert altered.exit_code == 2 and "holds 0 rows but the manifest says 5" in altered.output
+    assert altered.exit_code == 2
+    assert "holds 0 rows but the manifest says 5" in altered.output
     manifest["schema_version"] = "six"
     (fresh / "manifest.json").write_text(json.dumps(manifest))
     not_a_number = runner.invoke(main, ["--db", str(target), "db", "import", str(fresh)])
-    assert not_a_number.exit_code == 2 and "has no valid schema version (found 'six')" in not_a_number.output
+    assert not_a_number.exit_code == 2
+    assert "has no valid schema version (found 'six')" in not_a_number.output
     assert not target.exists()  # nothing half-written
 
 

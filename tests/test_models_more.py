@@ -231,7 +231,8 @@ def test_bench_prunes_mobilenet_v2_into_duckdb(tmp_path):
         "--max-seconds", "0.5", "--no-progress",
     ])
     assert result.exit_code == 0, result.output
-    assert "results stored for mobilenet_v2 in" in result.stdout and result.stdout.rstrip().endswith(": 2")
+    assert "results stored for mobilenet_v2 in" in result.stdout
+    assert result.stdout.rstrip().endswith(": 2")
 
     with Store.open(db_path, read_only=True) as store:
         rows = store.query("SELECT * FROM results WHERE model_key = 'mobilenet_v2' ORDER BY criterion")

@@ -254,7 +254,8 @@ async def test_runs_tab_bench_reaches_ranking(tmp_path):
         pane = await wait_for_run(app, pilot)
         status = str(pane.query_one("#run-status", Static).render())
         assert "Finished" in status, str(pane.query_one("#run-log", Static).render())
-        assert "results stored for resnet10t in" in status and status.rstrip().endswith(": 2")
+        assert "results stored for resnet10t in" in status
+        assert status.rstrip().endswith(": 2")
         assert "2 of 2 jobs" in str(pane.query_one("#run-detail", Static).render())
         # The reload after the run lists the new dataset, and picking it shows the two new rows.
         new = [name for name in app.dataset_names if name != "imagenet"]

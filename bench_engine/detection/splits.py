@@ -32,7 +32,7 @@ import numpy as np
 import torch
 from PIL import Image, UnidentifiedImageError
 
-from bench_engine.data import DEFAULT_CACHE_BYTES, bundled_photo_paths
+from bench_engine.data import DEFAULT_CACHE_BYTES, bundled_photo_paths, check_calibration_size
 from bench_engine.detection.coco import CocoDataset, CocoImage, load_coco, load_unlabelled_images
 from bench_engine.detection.digits import EVAL_ANNOTATIONS, TRAIN_ANNOTATIONS, build_digits_detection
 from bench_engine.errors import DataError, InvalidConfigError
@@ -138,17 +138,7 @@ class DetectionSplits:
         return tensor
 
     def check_calibration_size(self, size: int) -> None:
-        if size < 1:
-            raise DataError("calibration size must be at least 1, got {size}.", size=size)
-        available = len(self.train)
-        if size > available:
-            raise DataError(
-                "calibration size {size} exceeds the {available} training-side inputs of dataset "
-                "{dataset!r}; pass --calibration-size {available} or less.",
-                size=size,
-                available=available,
-                dataset=self.name,
-            )
+        check_calibration_size(size, len(self.train), self.name)
 
     def calibration_images(self, size: int, seed: int) -> list[CocoImage]:
         """Draw `size` training-side images without replacement, the same ones for a given seed."""
