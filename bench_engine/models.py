@@ -73,9 +73,14 @@ class ModelBundle:
 
 
 def model_family(model: nn.Module) -> str:
-    """Return the module a model class lives in: timm's 'resnet' or torchvision's 'mobilenetv2', ..."""
-    target = getattr(model, "detector", model)  # a detector wrapped for batches: its torchvision class
-    return type(target).__module__.rsplit(".", 1)[-1]
+    """Return the module a model class lives in: timm's 'resnet' or torchvision's 'mobilenetv2', ...
+
+    A detector carries its own family, the detector kind and the backbone's ('fcos+mobilenetv2').
+    """
+    family = getattr(model, "family", None)
+    if isinstance(family, str) and family:
+        return family
+    return type(model).__module__.rsplit(".", 1)[-1]
 
 
 def architecture_features(model: nn.Module) -> dict[str, Any]:

@@ -109,6 +109,8 @@ class BatchedDetector(nn.Module):
         self.num_classes = num_classes
         self.first_label = first_label
         self.category_ids = category_ids
+        # Set by build_detector: the detector kind and backbone family, such as 'fcos+mobilenetv2'.
+        self.family: str | None = None
         # The layer policy keeps the layers named as classifier dense, as for a classification model.
         self.pretrained_cfg = {"classifier": detector_output_layers(self)}
         self.eval()
@@ -128,6 +130,12 @@ def build_detector(architecture: str, num_classes: int, input_size: int) -> Batc
             "--num-classes.",
             num_classes=num_classes,
         )
+    model = _build_detector(architecture, num_classes, input_size)
+    model.family = detector_family(architecture)
+    return model
+
+
+def _build_detector(architecture: str, num_classes: int, input_size: int) -> BatchedDetector:
     if architecture == FCOS_MOBILENET_V2:
         _check_input_size(architecture, input_size)
         return BatchedDetector(_fcos_mobilenet_v2(num_classes, input_size), num_classes, 0)
@@ -150,6 +158,34 @@ def build_detector(architecture: str, num_classes: int, input_size: int) -> Batc
             min_size=input_size, max_size=input_size,
         )
     return BatchedDetector(detector, num_classes, first_label)
+
+
+# The backbone family of each torchvision detection builder, named as torchvision's module is.
+_TORCHVISION_BACKBONE_FAMILIES = (("mobilenet_v3", "mobilenetv3"), ("resnet", "resnet"), ("vgg", "vgg"))
+
+
+def detector_family(architecture: str) -> str:
+    """Return the detector kind and backbone family, such as 'fcos+mobilenetv2' or 'faster_rcnn+resnet'.
+
+    The regressor holds out one family at a time, so two detectors with the same head and
+    different backbones count as different families, as classifiers with different blocks do.
+    """
+    if architecture == FCOS_MOBILENET_V2:
+        return "fcos+mobilenetv2"
+    if architecture.startswith(TIMM_FCOS_PREFIX):
+        return "fcos+" + timm_family(architecture.removeprefix(TIMM_FCOS_PREFIX))
+    builder = architecture.removeprefix(TORCHVISION_PREFIX)
+    kind = {"fasterrcnn": "faster_rcnn", "retinanet": "retinanet", "fcos": "fcos"}.get(builder.split("_")[0], "ssd")
+    backbone = next((family for part, family in _TORCHVISION_BACKBONE_FAMILIES if part in builder), "other")
+    return f"{kind}+{backbone}"
+
+
+def timm_family(architecture: str) -> str:
+    """Return the timm module that defines an architecture ('efficientnet' for efficientnet_lite0), or 'timm'."""
+    for module in timm.list_modules():
+        if timm.models.is_model_in_modules(architecture, [module]):
+            return module
+    return "timm"
 
 
 def min_input_size(architecture: str) -> int:
