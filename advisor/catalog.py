@@ -3,7 +3,8 @@
 The rows come from the `architectures` table (`ptsa features`, `ptsa fit`; `ptsa features --all`
 adds every timm architecture). When a regressor has been fitted, each row also gets the
 predicted retention of one reference recipe, uniform magnitude pruning at 50 %, with its 80 %
-interval, so architectures can be compared before any is benched.
+interval, so architectures can be compared before any is benched. A detector's retention is of
+box mAP, a classifier's of top-1.
 """
 
 from __future__ import annotations
@@ -25,7 +26,8 @@ REFERENCE_RECIPE = {
 def architecture_rows(store: Store) -> list[dict[str, Any]]:
     """Return one row per stored architecture and shape, with how many results each has."""
     return store.query("""
-        SELECT a.architecture, a.family, a.params, a.gmacs, a.num_classes, a.in_chans, a.input_size,
+        SELECT a.architecture, coalesce(a.task, 'classification') AS task, a.family, a.params, a.gmacs,
+               a.num_classes, a.in_chans, a.input_size,
                a.features_json, coalesce(n.results, 0) AS results
         FROM architectures a
         LEFT JOIN (SELECT m.architecture, count(*) AS results FROM results r JOIN models m USING (model_key)
@@ -51,8 +53,8 @@ def add_predictions(store: Store, rows: list[dict[str, Any]], data_folder: Path)
         fitted = load_fit(latest_fit_row(store), data_folder)
     except RegressorError:
         return None
-    recipe = recipe_features(REFERENCE_RECIPE)
-    vectors = [input_vector(json.loads(row["features_json"]), recipe) for row in rows]
+    vectors = [input_vector(json.loads(row["features_json"]), recipe_features({**REFERENCE_RECIPE, "task": row["task"]}))
+               for row in rows]
     if vectors:
         low, median, high = fitted.predict(np.array(vectors))
         for row, lo, mid, hi in zip(rows, low, median, high):

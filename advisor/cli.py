@@ -851,9 +851,12 @@ def demo(obj: dict[str, Any], no_tui: bool, threads: int | None, skip_lite0: boo
 @handle_errors
 def features(obj: dict[str, Any], architectures: tuple[str, ...], all_models: bool, num_classes: int | None,
              input_size: int | None, as_json: bool, no_progress: bool) -> None:
-    """Compute and store the architecture features of timm ARCHITECTURES, without weights.
+    """Compute and store the architecture features of ARCHITECTURES, without weights.
 
-    Each model is built on PyTorch's meta device, so nothing is downloaded or allocated.
+    An architecture is a timm name, torchvision:<builder>, or a detector such as
+    torchvision:retinanet_resnet50_fpn or fcos:resnet18. Classifiers are built on PyTorch's meta
+    device, so nothing is downloaded or allocated; a detector runs once with random weights on the
+    CPU (at --input-size, default 320).
     """
     import timm
     from tqdm import tqdm
@@ -867,7 +870,12 @@ def features(obj: dict[str, Any], architectures: tuple[str, ...], all_models: bo
         names += [name for name in timm.list_models() if name not in names]
     if not names:
         raise InvalidConfigError("give one or more timm architectures, for example `ptsa features resnet18`, or --all.")
-    unknown = [name for name in names if not timm.is_model(name)]
+    from bench_engine.detection.detectors import is_detector_architecture
+    from bench_engine.models import TORCHVISION_PREFIX
+
+    # featurize names an unknown torchvision classifier or detector itself; timm names are checked here at once.
+    unknown = [name for name in names if not timm.is_model(name) and not name.startswith(TORCHVISION_PREFIX)
+               and not is_detector_architecture(name)]
     if unknown:
         from bench_engine.features import similar_architectures
 
@@ -961,17 +969,22 @@ def fit(obj: dict[str, Any], as_json: bool) -> None:
 @click.option("--input-size", type=click.IntRange(min=8), default=None, help="Square input size. Default: the model's.")
 @click.option("--dense-top1", type=click.FloatRange(0, 100), default=None,
               help="Dense top-1 to turn retention into top-1. Default: a stored dense result, if any.")
+@click.option("--dense-box-map", type=click.FloatRange(0, 100), default=None,
+              help="For a detector: dense box mAP@[.5:.95] in %, to turn retention into box mAP. Default: a stored "
+                   "dense result, if any.")
 @click.option("--no-store", is_flag=True, help="Print only; do not store the prediction.")
 @click.option("--json", "as_json", is_flag=True, help="Print the prediction as JSON on stdout.")
 @click.pass_obj
 @handle_errors
 def predict(obj: dict[str, Any], model: str, recipe: str, sparsities: tuple[float, ...], dataset: str | None,
-            num_classes: int | None, input_size: int | None, dense_top1: float | None, no_store: bool,
-            as_json: bool) -> None:
+            num_classes: int | None, input_size: int | None, dense_top1: float | None, dense_box_map: float | None,
+            no_store: bool, as_json: bool) -> None:
     """Predict the retention of MODEL under a recipe, with an 80 % interval and what drove it.
 
-    MODEL is a timm architecture (it need not have been benched) or a stored model key such as
-    mnist/resnet10t. Predictions are stored with provenance 'predicted'.
+    MODEL is a timm architecture (it need not have been benched), a detector architecture such as
+    torchvision:retinanet_resnet50_fpn (with --dataset and --num-classes), or a stored model key
+    such as mnist/resnet10t or digits/fcos_mobilenet_v2. A detector's retention is of box mAP. Predictions
+    are stored with provenance 'predicted'.
     """
     from advisor.prediction import predict_rows
     from bench_engine.paths import data_dir
@@ -982,7 +995,7 @@ def predict(obj: dict[str, Any], model: str, recipe: str, sparsities: tuple[floa
     with open_for_write(obj["db"], wait_seconds=0) as store:
         predictions = predict_rows(store, data_dir(), model, recipe, list(sparsities), dataset=dataset,
                                    num_classes=num_classes, input_size=input_size, dense_top1=dense_top1,
-                                   store_rows=not no_store)
+                                   dense_box_map=dense_box_map, store_rows=not no_store)
     if as_json:
         _print_json(predictions)
         return

@@ -68,7 +68,8 @@ def model_evidence(store: Store, model_key: str, dataset: str, env_key: str | No
                               else row["requested_sparsity"], value, row["provenance"])
         if row["provenance"] == "predicted" and row.get("prediction_json"):
             prediction = json.loads(row["prediction_json"])
-            point.low, point.high = prediction.get("top1_low"), prediction.get("top1_high")
+            metric = primary_metric(row)[0]  # top1 or box_map: predictions are labelled
+            point.low, point.high = prediction.get(f"{metric}_low"), prediction.get(f"{metric}_high")
         series.setdefault(method_label(row), []).append(point)
         if row["result_id"] == result_id and row.get("layer_sparsity_json"):
             evidence.layers = json.loads(row["layer_sparsity_json"])

@@ -12,7 +12,7 @@ import math
 import unicodedata
 
 from advisor.i18n import N_, _
-from advisor.labels import CONSTRAINT_UNITS, PROVENANCE_NAMES, risk_text
+from advisor.labels import CONSTRAINT_UNITS, PROVENANCE_NAMES, TASK_NAMES, risk_text
 from advisor.recommend import Candidate, Recommendation
 from advisor.roi import note_text
 
@@ -423,7 +423,7 @@ def fit_text(row: dict, metrics: dict) -> str:
           "{sha}, scikit-learn {version})").format(
             fit_id=row["fit_id"], rows=row["n_rows"], architectures=row["n_architectures"], families=row["n_families"],
             sha=row["training_sha256"][:12], version=row["sklearn_version"]),
-        _("Held-out-family cross-validation ({split}), retention in points of dense top-1:").format(
+        _("Held-out-family cross-validation ({split}), retention in points of the dense model's top-1 or box mAP:").format(
             split=metrics["split"]),
         _table(cells, [_("model"), "MAE", "RMSE", "Spearman", _("within ±5")]),
         _("80 % interval: the quantile models cover {coverage:.0f} % of held-out rows; widened by {widening:.1f} "
@@ -444,26 +444,38 @@ def fit_text(row: dict, metrics: dict) -> str:
             margin=margin))
     per_family = ", ".join(f"{family} {m['regressor_mae']:.1f}" for family, m in metrics["per_family"].items())
     lines.append(_("Per family (held out): {families} MAE.").format(families=per_family))
+    for task, m in (metrics.get("per_task") or {}).items():
+        lines.append(_("{task}: {rows} rows ({families}); MAE {mae:.1f} (parameters only {params:.1f}, "
+                       "recipe mean {mean:.1f}).").format(
+            task=_(TASK_NAMES.get(task, task)), rows=m["rows"], families=", ".join(m["families"]),
+            mae=m["regressor_mae"], params=m["params_only_mae"], mean=m["recipe_mean_mae"]))
     lines.append(_("saved to {path}").format(path=row["model_path"]))
     return "\n".join(lines)
 
 
 def prediction_text(predictions: list[dict]) -> str:
-    """Describe each prediction: retention with its interval, top-1 when dense is known, drivers."""
+    """Describe each prediction: retention with its interval, top-1 or box mAP when dense is known, drivers."""
     parts = []
     for p in predictions:
         fields = {"model": p["model_key"], "dataset": p["dataset"], "recipe": p["recipe"], "sparsity": p["sparsity"],
                   "retention": p["retention"], "low": p["retention_low"], "high": p["retention_high"]}
-        if p["top1"] is None:
+        metric = p.get("metric", "top1")
+        if p.get(metric) is None:
             parts.append(_("{model} on {dataset}, {recipe} at {sparsity:.0%}: retention {retention:.1f} % of dense "
                            "(80 % interval {low:.1f} to {high:.1f})").format(**fields))
+        elif metric == "box_map":
+            parts.append(_("{model} on {dataset}, {recipe} at {sparsity:.0%}: retention {retention:.1f} % of dense "
+                           "(80 % interval {low:.1f} to {high:.1f}); box mAP {score:.1f} % ({score_low:.1f} to "
+                           "{score_high:.1f}) from dense {dense:.1f} % ({source})").format(
+                score=p["box_map"], score_low=p["box_map_low"], score_high=p["box_map_high"],
+                dense=p["dense_box_map"], source=p.get("dense_source"), **fields))
         else:
             parts.append(_("{model} on {dataset}, {recipe} at {sparsity:.0%}: retention {retention:.1f} % of dense "
                            "(80 % interval {low:.1f} to {high:.1f}); top-1 {top1:.1f} % ({top1_low:.1f} to "
                            "{top1_high:.1f}) from dense {dense:.1f} % ({source})").format(
                 top1=p["top1"], top1_low=p["top1_low"], top1_high=p["top1_high"], dense=p["dense_top1"],
-                source=p.get("dense_top1_source"), **fields))
-        # NOTE: the warnings and the dense top-1 source are English text stored with the prediction.
+                source=p.get("dense_source"), **fields))
+        # NOTE: the warnings and the dense value's source are English text stored with the prediction.
         for warning in p.get("warnings") or []:
             parts.append("  " + _("note: {detail}").format(detail=warning))
         if not p["drivers"]:

@@ -73,6 +73,9 @@ def risk_text(risk: dict[str, Any], t: Gettext) -> str:
     if code == "small_eval_set":
         return t("Accuracy from {n} evaluation images: its 95 % interval is ±{width:.1f} points.").format(
             n=risk["eval_size"], width=risk["half_width"])
+    if code == "few_detection_images":
+        return t("Box mAP from {n} evaluation images, fewer than {minimum}: it moves with the sample of images, and "
+                 "no interval is computed for it.").format(n=risk["eval_size"], minimum=risk["minimum"])
     if code == "thin_margin":
         return t("Little headroom on {name}: {headroom:.2f} {unit}.").format(
             name=t(CONSTRAINT_NAMES[risk["constraint"]]), headroom=risk["headroom"],

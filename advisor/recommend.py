@@ -666,6 +666,8 @@ THIN_SLACK = 0.05
 # Above this half-width of the 95 % interval of a top-1 on the evaluation set, in points, the
 # evaluation set is reported as small.
 WIDE_EVAL_INTERVAL = 1.0
+# A detection result on fewer evaluation images is flagged (COCO val2017 has 5,000).
+FEW_DETECTION_IMAGES = 500
 
 
 def weight_bytes(row: dict[str, Any], runtime: str | None, dense_bytes: dict[str, int]) -> tuple[int | None, str, int | None]:
@@ -762,7 +764,7 @@ def _add_risks(candidate: Candidate, budget: Budget) -> None:
     risks = candidate.risks
     if row["provenance"] == "predicted":
         risks.append({"code": "accuracy_predicted", "detail": "accuracy is predicted by the regressor, not measured"})
-        low = json.loads(row.get("prediction_json") or "{}").get("top1_low")
+        low = json.loads(row.get("prediction_json") or "{}").get(f"{candidate.metric}_low")
         if low is not None and candidate.feasible:
             crossed = [name for name, args in _accuracy_checks(candidate, budget, low).items()
                        if args[0] is not None and (args[0] > args[2] if args[4] else args[0] < args[2])]
@@ -790,7 +792,14 @@ def _add_risks(candidate: Candidate, budget: Budget) -> None:
                       "detail": f"no speed-up over dense measured on {timing.runtime}: the saving is memory or "
                                 "storage, not compute"})
     eval_size = row.get("eval_size")
-    if eval_size and candidate.accuracy is not None and row["provenance"] == "measured":
+    if candidate.metric in ("box_map", "box_map_fidelity"):
+        # Box mAP averages precision over recall levels, IoU thresholds and classes, so the
+        # binomial interval of a share of correct images does not apply to it.
+        if eval_size and eval_size < FEW_DETECTION_IMAGES and row["provenance"] == "measured":
+            risks.append({"code": "few_detection_images", "eval_size": eval_size, "minimum": FEW_DETECTION_IMAGES,
+                          "detail": f"box mAP from {eval_size} evaluation images, fewer than {FEW_DETECTION_IMAGES}: "
+                                    "it moves with the sample of images, and no interval is computed for it"})
+    elif eval_size and candidate.accuracy is not None and row["provenance"] == "measured":
         p = min(max(candidate.accuracy / 100.0, 0.0), 1.0)
         half_width = 196.0 * math.sqrt(p * (1 - p) / eval_size)
         if half_width > WIDE_EVAL_INTERVAL:

@@ -1,8 +1,11 @@
 """The robustness regressor: predict how much accuracy a PTS recipe keeps on an architecture.
 
-The target is retention, 100 × sparse top-1 / dense top-1, of a (recipe, sparsity, pattern) on
-an architecture and dataset. The inputs are the architecture's features (computed without
-weights, `bench_engine.features`), the dataset's class count and input size, and the recipe:
+The target is retention, of a (recipe, sparsity, pattern) on an architecture and dataset: 100 ×
+sparse top-1 / dense top-1 for classification, 100 × sparse box mAP / dense box mAP for
+detection. Both tasks train one model, with the task as an input, so what a recipe does to a
+backbone carries across tasks while the task can shift it. The inputs are the task, the
+architecture's features (computed without weights, `bench_engine.features`; a detector's cover
+its backbone, neck and head), the dataset's class count and input size, and the recipe:
 criterion, allocation, pattern, reconstruction, corrections and sparsity. An unknown or
 inapplicable value (a published row that does not give its calibration size, the N:M density
 of an unstructured recipe) is UNKNOWN, -1, below every real value, so a tree can split it off.
@@ -49,7 +52,7 @@ from db import Store
 
 log = logging.getLogger(__name__)
 
-MODEL_VERSION = 3  # raised when the inputs, targets or learner change
+MODEL_VERSION = 4  # raised when the inputs, targets or learner change
 QUANTILES = (0.1, 0.5, 0.9)
 # Feature names of the recipe part, in a fixed order.
 CRITERIA = ("magnitude", "wanda", "sparsegpt")
@@ -71,8 +74,11 @@ ARCHITECTURE_FEATURES = (
     "act_relu_share", "act_gelu_share", "act_silu_share", "act_hardswish_share", "norm_batchnorm_share",
     "norm_layernorm_share", "norm_groupnorm_share", "input_size", "log10_num_classes",
 )
-FEATURES = ARCHITECTURE_FEATURES + RECIPE_FEATURES
-PARAMS_ONLY = ("log10_params", *RECIPE_FEATURES)
+# The task: 1 for detection (retention of box mAP), 0 for classification (retention of top-1).
+TASK_FEATURES = ("task_detection",)
+FEATURES = ARCHITECTURE_FEATURES + TASK_FEATURES + RECIPE_FEATURES
+PARAMS_ONLY = ("log10_params", *TASK_FEATURES, *RECIPE_FEATURES)
+TASKS = ("classification", "detection")
 WITHIN = 5.0  # points of retention counted as a close prediction
 # Stands for an unknown or inapplicable input. (scikit-learn's trees accept NaN, but its binning
 # fails on a column with no known value at all, such as the N:M density when no row is N:M.)
@@ -101,26 +107,35 @@ def recipe_features(row: dict[str, Any]) -> dict[str, float]:
         "reconstruction_log10_steps": math.log10(steps) if steps and reconstruction != "none" else math.nan,
         **{c: float(c in corrections) for c in CORRECTIONS},
         "log10_calibration_size": math.log10(calibration) if calibration else math.nan,
+        "task_detection": float(row_task(row) == "detection"),
     }
     return values
+
+
+def row_task(row: dict[str, Any]) -> str:
+    """Return a row's task; rows stored before detection existed have none and are classification."""
+    return row.get("task") or "classification"
 
 
 def recipe_key(row: dict[str, Any]) -> str:
     """Return the recipe without its sparsity, to group rows of the same technique."""
     recipe = json.loads(row.get("recipe_json") or "{}")
-    return f"{recipe.get('recipe') or row['criterion']}|{row.get('pattern')}"
+    return f"{row_task(row)}|{recipe.get('recipe') or row['criterion']}|{row.get('pattern')}"
 
 
+# `score` and `dense_score` are each row's metric for its task: top-1 or box mAP@[.5:.95].
 _TRAINING_SQL = """
-SELECT r.result_id, r.model_key, r.dataset, r.provenance, r.criterion, r.allocation, r.pattern, r.recipe_json,
-       r.requested_sparsity, r.calibration_size, r.top1, r.dense_top1,
-       m.architecture, m.family, m.num_classes, m.in_chans, m.input_size
-FROM results r JOIN models m USING (model_key)
-WHERE r.provenance IN ('measured', 'published') AND r.labelled AND r.criterion <> 'dense'
-  AND r.top1 IS NOT NULL AND r.dense_top1 > 0
-  -- NOTE: classification only; detection rows (box mAP) would need a task feature and detector features.
-  AND coalesce(r.task, 'classification') = 'classification'
-ORDER BY r.result_id
+SELECT * FROM (
+  SELECT r.result_id, r.model_key, r.dataset, r.provenance, r.criterion, r.allocation, r.pattern, r.recipe_json,
+         r.requested_sparsity, r.calibration_size, coalesce(r.task, 'classification') AS task,
+         CASE WHEN r.task = 'detection' THEN r.box_map ELSE r.top1 END AS score,
+         CASE WHEN r.task = 'detection' THEN r.dense_box_map ELSE r.dense_top1 END AS dense_score,
+         m.architecture, m.family, m.num_classes, m.in_chans, m.input_size
+  FROM results r JOIN models m USING (model_key)
+  WHERE r.provenance IN ('measured', 'published') AND r.labelled AND r.criterion <> 'dense'
+)
+WHERE score IS NOT NULL AND dense_score > 0
+ORDER BY result_id
 """
 
 
@@ -173,7 +188,7 @@ def build_training(rows: list[dict[str, Any]], features: dict[tuple, dict]) -> T
             continue
         featured.append(row)
         vectors.append(input_vector(architecture, recipe_features(row)))
-        targets.append(100.0 * row["top1"] / row["dense_top1"])
+        targets.append(100.0 * row["score"] / row["dense_score"])
         groups.append(row["family"])
     return TrainingData(featured, np.array(vectors, dtype=float).reshape(-1, len(FEATURES)),
                         np.array(targets, dtype=float), np.array(groups, dtype=object))
@@ -276,9 +291,19 @@ def evaluate(data: TrainingData) -> dict[str, Any]:
             predicted["regressor"][mask] - data.y[mask]))), "recipe_mean_mae": float(np.mean(np.abs(
                 predicted["recipe_mean"][mask] - data.y[mask])))}
 
+    tasks = np.array([row_task(row) for row in data.rows], dtype=object)
+    per_task = {}
+    for task in TASKS:
+        mask = tasks == task
+        if mask.any():
+            per_task[task] = {"rows": int(mask.sum()),
+                              "families": sorted(set(data.groups[mask].tolist())),
+                              **{f"{name}_mae": float(np.mean(np.abs(values[mask] - data.y[mask])))
+                                 for name, values in predicted.items()}}
+
     sparsities = [float(row["requested_sparsity"]) for row in data.rows]
     return {"split": type(splitter).__name__, "families": families, "rows": n, "models": metrics,
-            "per_family": per_family, "sparsity_range": [min(sparsities), max(sparsities)]}
+            "per_family": per_family, "per_task": per_task, "sparsity_range": [min(sparsities), max(sparsities)]}
 
 
 def beats_baselines(metrics: dict[str, Any]) -> bool:

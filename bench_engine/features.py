@@ -34,6 +34,7 @@ from torch.utils.flop_counter import FlopCounterMode
 from bench_engine.errors import InvalidConfigError
 from bench_engine.models import TORCHVISION_PREFIX, build_torchvision_model, model_family
 from bench_engine.pruning.layers import conv_linear_layers, is_depthwise
+from bench_engine.task_names import CLASSIFICATION, DETECTION
 
 log = logging.getLogger(__name__)
 
@@ -208,10 +209,17 @@ def featurize(architecture: str, num_classes: int | None = None, in_chans: int |
               input_size: int | None = None) -> dict[str, Any]:
     """Return the features of a timm or 'torchvision:<architecture>' architecture, built on the meta device.
 
+    A detector architecture (`torchvision:fasterrcnn_...`, `fcos:<timm architecture>`, ...) is
+    built on the CPU instead; see `_featurize_detector`.
+
     Raises InvalidConfigError for an unknown timm architecture, or one that cannot be built or
     run on the meta device (a few timm models and torchvision's RegNet read tensor values while
     they are built), and UnknownModelError for an unknown torchvision architecture.
     """
+    from bench_engine.detection.detectors import is_detector_architecture
+
+    if is_detector_architecture(architecture):
+        return _featurize_detector(architecture, num_classes, input_size)
     torchvision_name = architecture.startswith(TORCHVISION_PREFIX)
     if not torchvision_name and not timm.is_model(architecture):
         matches = similar_architectures(architecture)
@@ -271,6 +279,48 @@ def featurize(architecture: str, num_classes: int | None = None, in_chans: int |
     }
 
 
+DETECTOR_INPUT_SIZE = 320  # as `ptsa bench` builds a detector without --input-size
+
+
+def _featurize_detector(architecture: str, num_classes: int | None, input_size: int | None) -> dict[str, Any]:
+    """Return the features of a detector architecture, built with random weights on the CPU.
+
+    A detector's post-processing (score threshold, NMS) selects boxes by value, which the meta
+    device cannot do, so the detector runs once on two black images with seeded random weights.
+    The MACs include the post-processing's box heads for the boxes those weights propose, up to
+    the detector's limits. MACs depend on the input size, so the size is part of the key.
+    """
+    from bench_engine.detection.detectors import build_detector, check_architecture
+
+    check_architecture(architecture)  # UnknownModelError with close matches
+    classes = num_classes or 1
+    size = input_size or DETECTOR_INPUT_SIZE
+    try:
+        with torch.random.fork_rng(devices=[]):
+            torch.manual_seed(0)
+            model = build_detector(architecture, classes, size).eval()
+        model.requires_grad_(False)
+        features = {**structure_features(model), **forward_features(model, (3, size, size), device="cpu")}
+    except (RuntimeError, NotImplementedError, ValueError, AssertionError, TypeError) as exc:
+        raise InvalidConfigError(
+            "architecture {name!r} cannot be featurised without weights: {error}: {reason}",
+            name=architecture,
+            error=type(exc).__name__,
+            reason=str(exc).splitlines()[0][:200],
+        ) from None
+    return {
+        "architecture": architecture,
+        "task": DETECTION,
+        "family": model_family(model),
+        "num_classes": classes,
+        "in_chans": 3,
+        "input_size": size,
+        "timm_version": timm.__version__,
+        "feature_version": FEATURE_VERSION,
+        "features": {**features, "input_size": float(size), "log10_num_classes": math.log10(max(classes, 1))},
+    }
+
+
 @torch.no_grad()
 def weight_statistics(model: nn.Module) -> dict[str, float]:
     """Statistics of real weights, the median over prunable layers of each.
@@ -310,6 +360,7 @@ def architecture_row(featurized: dict[str, Any]) -> dict[str, Any]:
     features = featurized["features"]
     return {
         "architecture": featurized["architecture"],
+        "task": featurized.get("task", CLASSIFICATION),
         "num_classes": featurized["num_classes"],
         "in_chans": featurized["in_chans"],
         "input_size": featurized["input_size"],

@@ -248,5 +248,11 @@ MIGRATION_7 = [
     "ALTER TABLE models ADD COLUMN task VARCHAR DEFAULT 'classification'",
 ]
 
+# Version 8: the task of an architecture's features, so that the regressor and the Models tab
+# tell detectors from classifiers.
+MIGRATION_8 = [
+    "ALTER TABLE architectures ADD COLUMN task VARCHAR DEFAULT 'classification'",
+]
+
 MIGRATIONS: list[list[str]] = [MIGRATION_1, MIGRATION_2, MIGRATION_3, MIGRATION_4, MIGRATION_5, MIGRATION_6,
-                               MIGRATION_7]
+                               MIGRATION_7, MIGRATION_8]

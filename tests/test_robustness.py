@@ -188,7 +188,7 @@ def test_first_run_fits_on_the_published_evidence_alone(tmp_path):
     assert "did you mean resnet18" in unknown.stderr
     deit = json.loads(runner.invoke(main, ["--db", str(db_path), "predict", "deit_small_patch16_224", "--no-store",
                                            "--json"]).stdout)[0]
-    assert deit["dense_top1_source"] == "published top-1 of deit_small_patch16_224.fb_in1k"
+    assert deit["dense_source"] == "published top-1 of deit_small_patch16_224.fb_in1k"
     assert deit["top1"] is not None
     missing = runner.invoke(main, ["--db", str(tmp_path / "none.duckdb"), "fit"])
     assert missing.exit_code == 2
@@ -219,10 +219,114 @@ async def test_models_tab_lists_architectures_with_predictions(tmp_path):
         assert f"{stored} of {stored} architectures" in status
         assert f"predicted by fit {pane.fit_id}" in status
         first = table.get_row_at(0)
-        assert first[6] != "-"  # sorted by predicted retention, highest first
+        assert first[1] == "classification"
+        assert first[7] != "-"  # sorted by predicted retention, highest first
         retentions = [pane.rows[i].get("retention") for i in range(len(pane.rows))]
-        assert float(first[6].split()[0]) == pytest.approx(max(retentions), abs=0.5)
+        assert float(first[7].split()[0]) == pytest.approx(max(retentions), abs=0.5)
         app.query_one("#models-filter", Input).value = "mobilenetv3"
         await pilot.pause()
         assert table.row_count == 1
         assert table.get_row_at(0)[0] == "mobilenetv3_small_050"
+
+
+# (model key, architecture) of two detectors, each with its own family (head + backbone).
+DETECTORS = [("digits/fcos_mobilenet_v2", "fcos_mobilenet_v2"), ("digits/fcos_efficientnet_lite0",
+                                                                  "fcos:efficientnet_lite0")]
+
+
+def add_detection_rows(path, retention):
+    """Add labelled detection rows (box mAP) whose retention is `retention(criterion, sparsity)`."""
+    from bench_engine.detection.detectors import detector_family
+
+    rows = []
+    for key, _architecture in DETECTORS:
+        for criterion, allocation in RECIPES:
+            for sparsity in (0.3, 0.5, 0.7):
+                box_map = 76.0 * retention(criterion, sparsity) / 100
+                rows.append(make_result(model_key=key, dataset="digits", task="detection", criterion=criterion,
+                                        allocation=allocation, requested_sparsity=sparsity, top1=None,
+                                        dense_top1=None, top5=None, dense_top5=None, top1_agreement=None,
+                                        box_map=box_map, dense_box_map=76.0, box_map_50=None, eval_size=300))
+    with Store.open(path) as store:
+        insert_rows(store, rows)
+        store.upsert_models([{"model_key": key, "architecture": architecture, "family": detector_family(architecture),
+                              "num_classes": 10, "in_chans": 3, "input_size": 128, "task": "detection",
+                              "weights_source": "test"} for key, architecture in DETECTORS])
+
+
+def test_regressor_learns_detection_rows_with_their_task(tmp_path):
+    """Detection rows train the same regressor with the task as an input, and predictions name their task."""
+    db_path = build_db(tmp_path / "r.duckdb", plausible)
+    # Detection loses far more than classification at the same sparsity (as the digits detector does).
+    add_detection_rows(db_path, lambda criterion, sparsity: max(0.0, 100 - 250 * sparsity**2))
+    runner = CliRunner()
+    fitted = runner.invoke(main, ["--db", str(db_path), "fit", "--json"])
+    assert fitted.exit_code == 0, fitted.output
+    metrics = json.loads(fitted.stdout)["metrics"]
+    assert metrics["per_task"]["detection"]["rows"] == 24
+    assert metrics["per_task"]["detection"]["families"] == ["fcos+efficientnet", "fcos+mobilenetv2"]
+    # The test rows and the published rows that ship with the product.
+    assert metrics["per_task"]["classification"]["rows"] > len(MODELS) * len(RECIPES) * 3
+    text = runner.invoke(main, ["--db", str(db_path), "fit"])
+    assert "detection: 24 rows (fcos+efficientnet, fcos+mobilenetv2); MAE" in text.stdout
+
+    result = runner.invoke(main, ["--db", str(db_path), "predict", "digits/fcos_mobilenet_v2", "--recipe", "wanda",
+                                  "--sparsity", "0.5", "--json"])
+    assert result.exit_code == 0, result.output
+    prediction = json.loads(result.stdout)[0]
+    assert (prediction["task"], prediction["metric"], prediction["dataset"]) == ("detection", "box_map", "digits")
+    assert prediction["dense_box_map"] == 76.0 and prediction["dense_source"] == "stored result"
+    assert prediction["box_map"] == pytest.approx(prediction["retention"] * 0.76)
+    assert "top1" not in prediction
+    # The detection rows keep 37.5 % at 50 %; the classifiers keep 92 to 100 %. The task feature
+    # lets the prediction follow its own task.
+    assert prediction["retention"] < 70
+    with Store.open(db_path, read_only=True) as store:
+        stored = store.query("SELECT task, box_map, dense_box_map, top1 FROM results WHERE provenance = 'predicted'")
+    assert stored == [{"task": "detection", "box_map": pytest.approx(prediction["box_map"]), "dense_box_map": 76.0,
+                       "top1": None}]
+    text = runner.invoke(main, ["--db", str(db_path), "predict", "digits/fcos_mobilenet_v2", "--no-store"])
+    assert "box mAP" in text.stdout and "top-1" not in text.stdout
+
+    wrong = runner.invoke(main, ["--db", str(db_path), "predict", "digits/fcos_mobilenet_v2", "--dense-top1", "80"])
+    assert wrong.exit_code == 2
+    assert "is a detector" in wrong.stderr and "--dense-box-map" in wrong.stderr
+    classifier = runner.invoke(main, ["--db", str(db_path), "predict", "t/resnet18", "--dense-box-map", "30"])
+    assert classifier.exit_code == 2 and "is a classifier" in classifier.stderr
+
+    unknown_shape = runner.invoke(main, ["--db", str(db_path), "predict", "torchvision:ssdlite320_mobilenet_v3_large"])
+    assert unknown_shape.exit_code == 2
+    assert "--dataset NAME and --num-classes N" in unknown_shape.stderr
+    new = runner.invoke(main, ["--db", str(db_path), "predict", "torchvision:ssdlite320_mobilenet_v3_large",
+                               "--dataset", "coco", "--num-classes", "80", "--dense-box-map", "21.3", "--no-store",
+                               "--json"])
+    assert new.exit_code == 0, new.output
+    ssdlite = json.loads(new.stdout)[0]
+    assert ssdlite["task"] == "detection" and ssdlite["box_map"] <= 21.3
+    with Store.open(db_path, read_only=True) as store:
+        architecture = store.query("SELECT family, input_size FROM architectures "
+                                   "WHERE architecture = 'torchvision:ssdlite320_mobilenet_v3_large'")
+    assert architecture == [{"family": "ssd+mobilenetv3", "input_size": 320}]
+
+
+async def test_models_tab_names_the_task_of_detectors(tmp_path):
+    """Detector architectures show as detection, and filtering by task finds them."""
+    from textual.widgets import DataTable, Input
+
+    from advisor.tui.app import PTSAdvisorApp
+
+    db_path = build_db(tmp_path / "r.duckdb", plausible)
+    add_detection_rows(db_path, lambda criterion, sparsity: max(0.0, 100 - 250 * sparsity**2))
+    assert CliRunner().invoke(main, ["--db", str(db_path), "fit"]).exit_code == 0
+    app = PTSAdvisorApp(db_path, lang="en")
+    async with app.run_test(size=(120, 30)) as pilot:
+        await pilot.press("f6")
+        await pilot.app.workers.wait_for_complete()
+        await pilot.pause()
+        app.query_one("#models-filter", Input).value = "detection"
+        await pilot.pause()
+        table = app.query_one("#models-table", DataTable)
+        rows = sorted(table.get_row_at(i)[:3] for i in range(table.row_count))
+        assert rows == [["fcos:efficientnet_lite0", "detection", "fcos+efficientnet"],
+                        ["fcos_mobilenet_v2", "detection", "fcos+mobilenetv2"]]
+        assert all(table.get_row_at(i)[7] != "-" for i in range(table.row_count))  # predicted for detection

@@ -67,9 +67,14 @@ def binding_text(candidate: Candidate) -> str:
     return f"{short} +{candidate.margins[binding]:.1f}"
 
 
-def ranking_headers() -> list[str]:
+def accuracy_header(task: str) -> str:
+    """The accuracy column's heading: top-1 (or agreement) for classification, box mAP for detection."""
+    return _("mAP %") if task == "detection" else _("acc %")
+
+
+def ranking_headers(task: str = "classification") -> list[str]:
     # The model and method come first, so each row shows what it is before the table scrolls right.
-    return ["#", _("model"), _("method"), _("acc %"), _("drop"), _("latency"), _("sparsity"), _("binds"),
+    return ["#", _("model"), _("method"), accuracy_header(task), _("drop"), _("latency"), _("sparsity"), _("binds"),
             _("evidence")]
 
 
@@ -369,7 +374,7 @@ class PTSAdvisorApp(App):
             return
         self.result = ranked
         shown = ranked.ranked if ranked.found else ranked.nearest
-        fill_table(table, ranking_headers(),
+        fill_table(table, ranking_headers(self.budget.task),
                    [ranking_cells(str(index + 1) if ranked.found else "✗", c) for index, c in enumerate(shown)])
         if ranked.found:
             text = _("{n} of {total} candidates meet the budget (objective: {objective}).").format(
@@ -525,7 +530,7 @@ class PTSAdvisorApp(App):
         # The model, then sizes and costs, so each row shows what it prices before the table scrolls.
         headers = ["#", _("model"), _("instances"), _("cost once") if workload.per_device else _("cost/month"),
                    _("saving"), *([_("vs today")] if today else []), *([_("per 1M req")] if per_million else []),
-                   _("acc %"), _("sparsity"), _("method"), _("weight MB"), _("storage MB")]
+                   accuracy_header(self.budget.task), _("sparsity"), _("method"), _("weight MB"), _("storage MB")]
         seen: dict[str, str] = {}
         rows = []
         for index, c in enumerate(shown):

@@ -19,6 +19,7 @@ from textual.widgets import DataTable, Input, Select, Static
 from advisor.catalog import REFERENCE_SPARSITY, add_predictions, architecture_rows
 from advisor.formatting import number
 from advisor.i18n import N_, _
+from advisor.labels import TASK_NAMES
 from bench_engine.paths import data_dir
 from advisor.tui.reading import open_for_reading
 from db import DatabaseError
@@ -40,7 +41,7 @@ class ModelsPane(Vertical):
 
     def compose(self) -> ComposeResult:
         with Horizontal(id="models-bar"):
-            yield Input(placeholder=_("filter by name or family"), id="models-filter", compact=True)
+            yield Input(placeholder=_("filter by name, task or family"), id="models-filter", compact=True)
             yield Select([(_(label), key) for key, label in SORTS.items()], value="retention", allow_blank=False,
                          id="models-sort", compact=True)
         yield Static(_("Reading the architectures…"), id="models-status")
@@ -48,7 +49,7 @@ class ModelsPane(Vertical):
 
     def on_mount(self) -> None:
         self.query_one("#models-table", DataTable).add_columns(
-            _("architecture"), _("family"), _("params M"), _("GMACs"), _("attention"), _("results"),
+            _("architecture"), _("task"), _("family"), _("params M"), _("GMACs"), _("attention"), _("results"),
             _("retention % at 50 %"))
 
     def load(self) -> None:
@@ -93,7 +94,8 @@ class ModelsPane(Vertical):
         table.clear()
         text = self.query_one("#models-filter", Input).value.strip().lower()
         sort = str(self.query_one("#models-sort", Select).value)
-        shown = [r for r in self.rows if text in r["architecture"].lower() or text in (r["family"] or "").lower()]
+        shown = [r for r in self.rows if text in r["architecture"].lower() or text in (r["family"] or "").lower()
+                 or text in self._task_label(r).lower()]
         descending = sort in ("retention", "results")
         shown.sort(key=lambda r: (r.get(sort) is None, -(r.get(sort) or 0) if descending else r.get(sort) or 0,
                                   r["architecture"]))
@@ -102,7 +104,7 @@ class ModelsPane(Vertical):
             attention = bool(features.get("attention_calls") or features.get("attention_modules"))
             retention = "-" if row.get("retention") is None else (
                 f"{row['retention']:.0f} ({row['retention_low']:.0f}–{row['retention_high']:.0f})")
-            table.add_row(row["architecture"], row["family"] or "-", number(row["params"] / 1e6, 2),
+            table.add_row(row["architecture"], self._task_label(row), row["family"] or "-", number(row["params"] / 1e6, 2),
                           number(row["gmacs"], 3), _("yes") if attention else _("no"), str(row["results"]), retention)
         status = _("{shown} of {total} architectures with stored features.").format(shown=len(shown),
                                                                                     total=len(self.rows))
@@ -114,7 +116,13 @@ class ModelsPane(Vertical):
             status += " " + _("No regressor is fitted: run `ptsa fit` to see predicted retention.")
         else:
             status += " " + _("Retention: predicted by fit {fit} for uniform magnitude pruning at {sparsity:.0%}, "
-                              "with its 80 % interval.").format(fit=self.fit_id, sparsity=REFERENCE_SPARSITY)
+                              "with its 80 % interval (of top-1, or of box mAP for a detector).").format(
+                fit=self.fit_id, sparsity=REFERENCE_SPARSITY)
         if len(self.rows) < 50:
             status += " " + _("`ptsa features --all` adds every timm architecture.")
         self.query_one("#models-status", Static).update(status)
+
+    @staticmethod
+    def _task_label(row: dict[str, Any]) -> str:
+        task = row.get("task") or "classification"
+        return _(TASK_NAMES[task]) if task in TASK_NAMES else task
