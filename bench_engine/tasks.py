@@ -19,10 +19,6 @@ from bench_engine.metrics import predict, score
 from bench_engine.task_names import CLASSIFICATION, DETECTION
 
 
-# NOTE: these allocations read the model's output as class logits; detectors return boxes.
-DETECTION_UNSUPPORTED = ("sensitivity", "learned")
-
-
 class TaskEvaluation(Protocol):
     """The task-specific steps of a bench, for one model on one dataset."""
 
@@ -134,18 +130,12 @@ class DetectionEvaluation:
             fidelity_boxes(boxes, boxes, self.data.evaluation, self.reference_score)
 
     def check_plan(self, plan: Any) -> None:
-        """Reject techniques that read a classifier's logits, and runtimes that replace the detector's module.
+        """Reject runtimes that replace the detector's module.
 
-        Sensitivity and learned allocation score the model's output as class logits; a detector
-        returns boxes. The exported runtimes (ONNX, CSR) rebuild the module, which loses the
-        detector's pre- and post-processing.
+        The exported runtimes (ONNX, CSR) rebuild the module, which loses the detector's pre- and
+        post-processing. Every allocation runs: sensitivity and learned allocation compare a
+        detector's outputs before post-processing (`bench_engine.pruning.outputs`).
         """
-        unsupported = sorted({c.allocation for c in plan.configs() if c.allocation in DETECTION_UNSUPPORTED})
-        if unsupported:
-            raise InvalidConfigError(
-                "allocation {allocation} does not run on detectors yet: it scores the model's output as class "
-                "logits. Use uniform, erk, global_magnitude, l2_global or owl with --task detection.",
-                allocation=", ".join(unsupported))
         other = [name for name in plan.runtimes if name != "torch-eager"]
         if other:
             raise InvalidConfigError(

@@ -12,7 +12,8 @@ rank quantile. Adam trains θ on
 
     KL(dense outputs ‖ soft-masked outputs) + penalty · (Σ n_l t_l / Σ n_l − target)²
 
-with the weights frozen. The learned ratios are then shifted by one common logit offset so the
+with the weights frozen. A detector's reconstruction term is the relative squared error of its
+outputs before post-processing instead of the KL divergence (`bench_engine.pruning.outputs`). The learned ratios are then shifted by one common logit offset so the
 global sparsity meets the target, and rounded to exact weight counts; the configured criterion
 chooses each layer's mask with those counts.
 """
@@ -23,12 +24,11 @@ import logging
 from dataclasses import dataclass
 
 import torch
-import torch.nn.functional as F
 from torch import nn
-from torch.func import functional_call
 
 from bench_engine.pruning.allocation import round_to_total
 from bench_engine.pruning.layers import PrunableLayer
+from bench_engine.pruning.outputs import OutputComparison, select
 
 log = logging.getLogger(__name__)
 
@@ -85,13 +85,8 @@ def learned_allocation(
     frozen.update({name: b for name, b in model.named_buffers()})
     history: list[float] = []
 
-    with torch.no_grad():
-        dense_log_probs = torch.cat(
-            [
-                F.log_softmax(model(calibration[s : s + settings.batch_size]).float(), dim=1)
-                for s in range(0, calibration.shape[0], settings.batch_size)
-            ]
-        )
+    comparison = OutputComparison(model)
+    reference = comparison.reference(calibration, settings.batch_size)
     for _ in range(settings.steps):
         index = torch.randint(calibration.shape[0], (min(settings.batch_size, calibration.shape[0]),), generator=generator)
         thresholds = torch.sigmoid(logits)
@@ -99,8 +94,8 @@ def learned_allocation(
         for i, layer in enumerate(layers):
             soft_mask = torch.sigmoid((quantiles[i] - thresholds[i]) / settings.temperature)
             masked[f"{layer.name}.weight"] = weights[i] * soft_mask
-        log_probs = F.log_softmax(functional_call(model, masked, (calibration[index],)).float(), dim=1)
-        reconstruction = F.kl_div(log_probs, dense_log_probs[index], log_target=True, reduction="batchmean")
+        outputs = comparison.outputs(calibration[index], masked)
+        reconstruction = comparison.loss(outputs, select(reference, index)) / len(index)
         global_sparsity = (share * thresholds).sum()
         loss = reconstruction + settings.penalty * (global_sparsity - sparsity) ** 2
         optimiser.zero_grad()

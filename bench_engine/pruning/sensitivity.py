@@ -2,7 +2,8 @@
 
 For every target layer and every sparsity of a grid, the layer is really pruned (magnitude
 criterion) in the otherwise dense model. Its loss is the mean KL divergence of the model's
-outputs from the dense outputs on the calibration set. The table is cached in the data folder,
+outputs from the dense outputs on the calibration set; for a detector, the mean relative squared
+error of its outputs before post-processing (`bench_engine.pruning.outputs`). The table is cached in the data folder,
 keyed by the weights, the layers, the calibration draw and the grid, so later runs reuse it.
 
 Allocation then finds, by bisection, the largest accepted loss τ at which the sum over layers
@@ -19,24 +20,24 @@ import os
 from pathlib import Path
 
 import torch
-import torch.nn.functional as F
 from torch import nn
 
 from bench_engine.pruning.allocation import round_to_total
 from bench_engine.pruning.criteria import magnitude
 from bench_engine.pruning.layers import PrunableLayer, matrix_to_weight, weight_matrix
+from bench_engine.pruning.outputs import OutputComparison, select
 
 log = logging.getLogger(__name__)
 
 SENSITIVITY_GRID = (0.0, 0.25, 0.5, 0.7, 0.85, 0.95)
 
 
-def _mean_kl(model: nn.Module, calibration: torch.Tensor, dense_log_probs: torch.Tensor, batch_size: int) -> float:
+def _mean_loss(comparison: OutputComparison, calibration: torch.Tensor, reference: list[torch.Tensor],
+               batch_size: int) -> float:
     total = 0.0
     for start in range(0, calibration.shape[0], batch_size):
-        log_probs = F.log_softmax(model(calibration[start : start + batch_size]).float(), dim=1)
-        reference = dense_log_probs[start : start + batch_size]
-        total += float(F.kl_div(log_probs, reference, log_target=True, reduction="sum"))
+        window = slice(start, start + batch_size)
+        total += float(comparison.loss(comparison.outputs(calibration[window]), select(reference, window)))
     return total / calibration.shape[0]
 
 
@@ -50,9 +51,8 @@ def measure_sensitivity(
 ) -> dict[str, list[float]]:
     """Return {layer name: loss at each grid sparsity}, pruning one layer at a time for real."""
     model.eval()
-    dense_log_probs = torch.cat(
-        [F.log_softmax(model(calibration[s : s + batch_size]).float(), dim=1) for s in range(0, calibration.shape[0], batch_size)]
-    )
+    comparison = OutputComparison(model)
+    reference = comparison.reference(calibration, batch_size)
     table: dict[str, list[float]] = {}
     for layer in layers:
         original = layer.module.weight.detach().clone()
@@ -70,14 +70,16 @@ def measure_sensitivity(
             zeros = int((layer.module.weight == 0).sum())
             if zeros < count:
                 raise RuntimeError(f"sensitivity of {layer.name}: asked for {count} zeros, the layer has {zeros}")
-            losses.append(max(_mean_kl(model, calibration, dense_log_probs, batch_size), 0.0))
+            losses.append(max(_mean_loss(comparison, calibration, reference, batch_size), 0.0))
         layer.module.weight.copy_(original)
         table[layer.name] = losses
     return table
 
 
-def cache_key(weights_sha256: str | None, layers: list[PrunableLayer], calibration: torch.Tensor, grid: tuple[float, ...]) -> str:
+def cache_key(weights_sha256: str | None, layers: list[PrunableLayer], calibration: torch.Tensor,
+              grid: tuple[float, ...], kind: str = "") -> str:
     digest = hashlib.sha256()
+    digest.update(kind.encode())  # empty for classifiers, whose keys predate detectors
     digest.update((weights_sha256 or "no-weights-hash").encode())
     digest.update(json.dumps([layer.name for layer in layers]).encode())
     digest.update(json.dumps(list(grid)).encode())
@@ -94,7 +96,8 @@ def cached_sensitivity(
     grid: tuple[float, ...] = SENSITIVITY_GRID,
 ) -> dict[str, list[float]]:
     """Return the sensitivity table from the cache, measuring and caching it when absent."""
-    path = cache_dir / f"sensitivity-{cache_key(weights_sha256, layers, calibration, grid)}.json"
+    kind = OutputComparison(model).kind
+    path = cache_dir / f"sensitivity-{cache_key(weights_sha256, layers, calibration, grid, kind)}.json"
     if path.exists():
         try:
             stored = json.loads(path.read_text())
