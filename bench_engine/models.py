@@ -289,7 +289,9 @@ def _torchvision_builder(architecture: str) -> str:
     known = torchvision_architectures()
     if builder in known:
         return builder
-    close = difflib.get_close_matches(builder, known, n=3, cutoff=0.75)
+    # A misspelt detector, such as torchvision:ssdlite_mobilenet, is suggested too.
+    detectors = torchvision.models.list_models(module=torchvision.models.detection)
+    close = difflib.get_close_matches(builder, [*known, *detectors], n=3, cutoff=0.75)
     if close:
         raise UnknownModelError(
             "unknown torchvision architecture {name!r}. Did you mean {matches}? List the architectures with "

@@ -1,9 +1,10 @@
 """Time the digits detector's training and a detection grid, and print box mAP per configuration.
 
 Usage: python benchmarks/detection_grid.py [--detector NAME] [--calibration-size N] [--sparsity 0.3 ...]
+                                          [--recipe uniform+magnitude --recipe sensitivity+magnitude ...]
 
 Uses a fresh data folder, so it first builds the digits detection set and trains
-the named detector (timed), then benches magnitude and Wanda at each sparsity in this
+the named detector (timed), then benches magnitude and Wanda (or each --recipe) at each sparsity in this
 process with `bench_model` (each configuration timed: prune, evaluate 300 images, latency). Run
 it on an idle machine; set OMP_WAIT_POLICY=passive when another process shares the cores.
 """
@@ -11,6 +12,7 @@ it on an idle machine; set OMP_WAIT_POLICY=passive when another process shares t
 from __future__ import annotations
 
 import argparse
+import json
 import os
 import tempfile
 import time
@@ -25,6 +27,8 @@ def main() -> None:
                         help="digits/fcos_mobilenet_v2 or digits/fcos_efficientnet_lite0")
     parser.add_argument("--calibration-size", type=int, default=32)
     parser.add_argument("--sparsity", type=float, action="append", default=None)
+    parser.add_argument("--recipe", action="append", default=[],
+                        help="a recipe as for `ptsa bench --recipe`; repeatable; replaces magnitude and Wanda")
     args = parser.parse_args()
     sparsities = args.sparsity or [0.3, 0.5, 0.7]
     os.environ["PTSA_DATA_DIR"] = tempfile.mkdtemp(prefix="ptsa-detection-")
@@ -40,7 +44,8 @@ def main() -> None:
           f"(mAP {100 * bundle.extra['eval_metrics']['map']:.1f})")
 
     data = load_detection_data("digits", bundle.preprocess.input_size)
-    plan = BenchPlan(criteria=["magnitude", "wanda"], sparsities=sparsities, calibration_size=args.calibration_size)
+    plan = BenchPlan(criteria=["magnitude", "wanda"], sparsities=sparsities, calibration_size=args.calibration_size,
+                     recipes=args.recipe)
     seconds: list[float] = []
     last = time.perf_counter()
 
@@ -57,9 +62,11 @@ def main() -> None:
             pass
 
     columns, _latency = bench_model(bundle, data, plan, "benchmark", "benchmark", progress=Clock())
-    print(f"{'criterion':<10} {'sparsity':>8} {'box mAP':>8} {'mAP@.5':>7} {'fidelity':>8} {'p50 ms':>7} {'seconds':>8}")
+    print(f"{'recipe':<24} {'sparsity':>8} {'box mAP':>8} {'mAP@.5':>7} {'fidelity':>8} {'p50 ms':>7} {'seconds':>8}")
     for i in range(len(columns["result_id"])):
-        print(f"{columns['criterion'][i]:<10} {columns['requested_sparsity'][i]:>8.2f} {columns['box_map'][i]:>8.1f} "
+        recipe = json.loads(columns["recipe_json"][i]).get("recipe") or columns["criterion"][i]
+        recipe = recipe.removesuffix("+unstructured")
+        print(f"{recipe:<24} {columns['requested_sparsity'][i]:>8.2f} {columns['box_map'][i]:>8.1f} "
               f"{columns['box_map_50'][i]:>7.1f} {columns['box_map_fidelity'][i]:>8.1f} "
               f"{columns['latency_p50_ms'][i]:>7.1f} {seconds[i]:>8.1f}")
     print(f"machine: {os.cpu_count()} CPUs; data folder {Path(os.environ['PTSA_DATA_DIR'])}")

@@ -31,8 +31,9 @@ def test_fixed_regions_cover_the_image():
     assert bool(((boxes[:, 2] > boxes[:, 0]) & (boxes[:, 3] > boxes[:, 1])).all())
 
 
-@pytest.mark.parametrize("architecture", ["torchvision:fasterrcnn_mobilenet_v3_large_320_fpn",
-                                          "torchvision:ssdlite320_mobilenet_v3_large", "fcos:resnet18"])
+@pytest.mark.parametrize("architecture", [
+    "torchvision:fasterrcnn_mobilenet_v3_large_320_fpn", "torchvision:ssdlite320_mobilenet_v3_large", "fcos:resnet18",
+    "fasterrcnn:resnet18", "retinanet:efficientnet_lite0", "ssdlite:mobilenetv3_large_100"])
 def test_raw_outputs_are_batched_and_reach_every_prunable_layer(architecture):
     """Each output has the batch first, and every targeted layer is in the graph of the outputs."""
     model = _detector(architecture)

@@ -44,7 +44,7 @@ def test_detection_grid_stored_and_ranked(digits_detector_dir, tmp_path):
                            "ORDER BY dataset, criterion")
         model = store.query("SELECT task, family FROM models WHERE model_key = 'digits/fcos_mobilenet_v2'")[0]
 
-    assert model == {"task": "detection", "family": "fcos"}
+    assert model == {"task": "detection", "family": "fcos+mobilenetv2"}
     assert [(r["dataset"], r["criterion"]) for r in rows] == [
         ("digits", "dense"), ("digits", "magnitude"), ("digits", "wanda"),
         ("photos", "dense"), ("photos", "magnitude"), ("photos", "wanda")]
@@ -88,3 +88,44 @@ def test_bad_detection_inputs_exit_2(tmp_path):
         assert result.returncode == 2, (args, result.stderr)
         assert expected in result.stderr, (args, result.stderr)
     assert not db.exists()
+
+
+def test_timm_faster_rcnn_bench_with_random_weights(tmp_path):
+    """`fasterrcnn:<timm architecture>` benches as `fcos:` does: rejected without weights, run with a local file."""
+    import torch
+    from safetensors.torch import save_file
+
+    from bench_engine.detection.detectors import build_detector
+    from bench_engine.detection.digits import build_digits_detection
+
+    root = build_digits_detection(tmp_path / "digits", n_images=10, seed=1)
+    torch.manual_seed(0)
+    model = build_detector("fasterrcnn:efficientnet_lite0", num_classes=10, input_size=64)
+    weights = tmp_path / "random.safetensors"
+    save_file({key: value.contiguous() for key, value in model.state_dict().items()}, str(weights))
+    db = tmp_path / "timm.duckdb"
+    args = ["bench", "fasterrcnn:efficientnet_lite0", "--task", "detection", "--data", str(root / "train.json"),
+            "--input-size", "64", "--criterion", "magnitude", "--sparsity", "0.5", "--calibration-size", "2",
+            "--repeats", "5", "--max-seconds", "0.1", "--no-progress"]
+
+    rejected = ptsa(tmp_path / "data", "--db", str(db), *args)
+    assert rejected.returncode == 2, rejected.stderr
+    assert "model 'fasterrcnn:efficientnet_lite0' needs weights: pass --weights" in rejected.stderr
+
+    result = ptsa(tmp_path / "data", "--db", str(db), *args, "--weights", str(weights))
+    assert result.returncode == 0, result.stderr
+    with Store.open(db, read_only=True) as store:
+        models = store.query("SELECT model_key, task, family, num_classes, input_size FROM models "
+                             "WHERE architecture = 'fasterrcnn:efficientnet_lite0'")
+        rows = store.query("SELECT criterion, task, box_map, achieved_sparsity_targeted FROM results "
+                           "WHERE model_key = ? AND provenance = 'measured' ORDER BY criterion",
+                           [models[0]["model_key"]])
+    assert len(models) == 1
+    assert models[0]["task"] == "detection"
+    assert models[0]["family"] == "faster_rcnn+efficientnet"
+    assert models[0]["num_classes"] == 10
+    assert models[0]["input_size"] == 64
+    assert [row["criterion"] for row in rows] == ["dense", "magnitude"]
+    assert all(row["task"] == "detection" for row in rows)
+    assert all(0 <= row["box_map"] <= 100 for row in rows)
+    assert rows[1]["achieved_sparsity_targeted"] == pytest.approx(0.5, abs=0.01)

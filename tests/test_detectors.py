@@ -1,5 +1,5 @@
-"""Detectors: torchvision builders behind BatchedDetector, layer roles, weights files, boxes in image pixels,
-the trained digits detector's mAP, and pruning of its backbone and neck.
+"""Detectors: torchvision builders and timm backbones behind BatchedDetector, layer roles, weights files,
+boxes in image pixels, the trained digits detector's mAP, and pruning of its backbone and neck.
 
 Fast tests train a small detector for a few steps on a small digits set. The slow tests train the
 named digits detector once per session, which took about 4 minutes on two CPU cores.
@@ -39,6 +39,12 @@ from bench_engine.pruning.layers import conv_linear_layers
 
 SMALL_SIZE = 128
 TIMM_FCOS = ("fcos:efficientnet_lite0", "fcos:resnet18")  # FCOS on timm backbones
+# Faster R-CNN, RetinaNet and SSDlite on two timm backbones each, three backbones in all.
+TIMM_DETECTORS = (
+    "fasterrcnn:efficientnet_lite0", "fasterrcnn:resnet18",
+    "retinanet:resnet18", "retinanet:mobilenetv3_large_100",
+    "ssdlite:efficientnet_lite0", "ssdlite:mobilenetv3_large_100",
+)
 # The named detector reached mAP@[.5:.95] 0.765 (mAP@.5 0.947) on eval.json after 210 s of
 # training on a 2-core CPU. A 50 % magnitude prune of its backbone and neck gave 0.518. The
 # margins allow for other CPUs, whose floating-point sums may differ.
@@ -98,7 +104,7 @@ def test_detector_runs_on_batch(architecture):
             assert int(output["labels"].max()) < model.first_label + 3
 
 
-@pytest.mark.parametrize("architecture", [*DETECTOR_ARCHITECTURES, *TIMM_FCOS])
+@pytest.mark.parametrize("architecture", [*DETECTOR_ARCHITECTURES, *TIMM_FCOS, *TIMM_DETECTORS])
 def test_layer_roles_cover_every_layer(architecture):
     model = build_detector(architecture, num_classes=3, input_size=max(SMALL_SIZE, min_input_size(architecture)))
     roles = detector_layer_roles(model)
@@ -424,3 +430,192 @@ def test_timm_fcos_rejects_backbones_without_strides():
         build_detector("fcos:vit_tiny_patch16_224", num_classes=3, input_size=SMALL_SIZE)
     with pytest.raises(UnknownModelError, match="Did you mean fcos:resnet18"):
         build_detector("fcos:resnet19", num_classes=3, input_size=SMALL_SIZE)
+
+
+# -- Faster R-CNN, RetinaNet and SSDlite on timm backbones --------------------------------------
+
+
+@pytest.mark.parametrize("size", [SMALL_SIZE, 320])
+@pytest.mark.parametrize("architecture", TIMM_DETECTORS)
+def test_timm_detector_runs_on_batch(architecture, size):
+    torch.manual_seed(0)
+    model = build_detector(architecture, num_classes=3, input_size=size)
+    # With random weights RetinaNet scores every box near its 0.01 prior, under the default
+    # threshold, so every box is kept here and the shapes are checked on real boxes.
+    detectors._set_postprocess(model.detector, score_threshold=0.0, max_detections=10)
+    with torch.inference_mode():
+        outputs = model(torch.rand(2, 3, size, size))
+    assert len(outputs) == 2
+    for output in outputs:
+        count = len(output["boxes"])
+        assert set(output) == {"boxes", "scores", "labels"}
+        assert 1 <= count <= 10
+        assert output["boxes"].shape == (count, 4)
+        assert output["scores"].shape == (count,)
+        assert output["labels"].shape == (count,)
+        assert int(output["labels"].min()) >= model.first_label
+        assert int(output["labels"].max()) < model.first_label + 3
+        assert float(output["boxes"].min()) >= 0.0
+        assert float(output["boxes"].max()) <= size
+
+
+@pytest.mark.parametrize("architecture", ["fasterrcnn:resnet18", "retinanet:efficientnet_lite0",
+                                          "ssdlite:resnet18"])
+def test_timm_detector_runs_at_minimum_size(architecture):
+    size = min_input_size(architecture)
+    model = build_detector(architecture, num_classes=2, input_size=size)
+    with torch.inference_mode():
+        outputs = model(torch.rand(2, 3, size, size))
+    assert size == 32
+    assert len(outputs) == 2
+
+
+@pytest.mark.parametrize(("architecture", "expected"), [
+    ("fasterrcnn:efficientnet_lite0", ["detector.rpn.head.cls_logits", "detector.rpn.head.bbox_pred",
+                                       "detector.roi_heads.box_predictor.cls_score",
+                                       "detector.roi_heads.box_predictor.bbox_pred"]),
+    ("retinanet:resnet18", ["detector.head.classification_head.cls_logits",
+                            "detector.head.regression_head.bbox_reg"]),
+])
+def test_timm_detector_output_layers(architecture, expected):
+    model = build_detector(architecture, num_classes=3, input_size=SMALL_SIZE)
+    assert detector_output_layers(model) == expected
+
+
+def test_timm_ssdlite_output_layers_per_map():
+    model = build_detector("ssdlite:mobilenetv3_large_100", num_classes=3, input_size=SMALL_SIZE)
+    outputs = detector_output_layers(model)
+    # The stride-16 and stride-32 backbone maps and 4 extra blocks, each with a class and a box predictor.
+    assert len(outputs) == 12
+    assert "detector.head.classification_head.module_list.5.1" in outputs
+    assert "detector.head.regression_head.module_list.0.1" in outputs
+
+
+def test_timm_detector_roles_by_part():
+    roles = detector_layer_roles(build_detector("fasterrcnn:resnet18", num_classes=3, input_size=SMALL_SIZE))
+    assert roles["detector.backbone.body.conv1"] == "backbone"
+    assert roles["detector.backbone.fpn.inner_blocks.0.0"] == "neck"
+    assert roles["detector.rpn.head.conv.0.0"] == "head"
+    assert roles["detector.roi_heads.box_head.fc6"] == "head"
+    ssd_roles = detector_layer_roles(build_detector("ssdlite:resnet18", num_classes=3, input_size=SMALL_SIZE))
+    assert ssd_roles["detector.backbone.extra.0.1.0"] == "neck"
+    assert ssd_roles["detector.head.classification_head.module_list.0.0.0"] == "head"
+
+
+@pytest.mark.parametrize(("architecture", "family"), [
+    ("fasterrcnn:efficientnet_lite0", "faster_rcnn+efficientnet"),
+    ("fasterrcnn:resnet18", "faster_rcnn+resnet"),
+    ("retinanet:mobilenetv3_large_100", "retinanet+mobilenetv3"),
+    ("ssdlite:efficientnet_lite0", "ssd+efficientnet"),
+    ("fcos:resnet18", "fcos+resnet"),
+])
+def test_timm_detector_family(architecture, family):
+    assert detectors.detector_family(architecture) == family
+
+
+def test_timm_detector_family_on_model():
+    model = build_detector("ssdlite:mobilenetv3_large_100", num_classes=2, input_size=SMALL_SIZE)
+    assert model.family == "ssd+mobilenetv3"
+
+
+def test_timm_detector_background_class():
+    faster = build_detector("fasterrcnn:resnet18", 4, SMALL_SIZE)
+    retina = build_detector("retinanet:resnet18", 4, SMALL_SIZE)
+    ssd = build_detector("ssdlite:resnet18", 4, SMALL_SIZE)
+    assert faster.first_label == 1
+    assert faster.detector.roi_heads.box_predictor.cls_score.out_features == 5
+    assert retina.first_label == 0
+    assert retina.detector.head.classification_head.num_classes == 4
+    assert ssd.first_label == 1
+    assert ssd.detector.head.classification_head.num_columns == 5
+
+
+def test_timm_retinanet_anchors_per_location():
+    model = build_detector("retinanet:resnet18", 3, SMALL_SIZE)
+    anchors = model.detector.anchor_generator.num_anchors_per_location()
+    # P3 to P7, with 3 sizes and 3 aspect ratios at each location.
+    assert anchors == [detectors.RETINANET_ANCHORS] * 5
+    assert detectors.RETINANET_ANCHORS == 9
+    assert model.detector.head.classification_head.num_anchors == 9
+
+
+def test_timm_anchors_scale_with_input_size():
+    small = build_detector("fasterrcnn:resnet18", 3, SMALL_SIZE).detector.rpn.anchor_generator.sizes
+    large = build_detector("fasterrcnn:resnet18", 3, 320).detector.rpn.anchor_generator.sizes
+    assert len(small) == 4  # FPN levels at strides 8, 16, 32 and the max-pooled stride 64
+    assert small[0] == (10.2,)  # 64 / 800 of 128 pixels
+    assert large[0] == (25.6,)
+    assert large[-1] == (204.8,)
+
+
+@pytest.mark.parametrize("architecture", TIMM_DETECTORS)
+def test_timm_detector_round_trip(architecture, tmp_path):
+    torch.manual_seed(1)
+    model = build_detector(architecture, num_classes=3, input_size=SMALL_SIZE)
+    detectors._set_postprocess(model.detector, score_threshold=0.0, max_detections=10)
+    path = tmp_path / "detector.safetensors"
+    save_file({key: value.contiguous() for key, value in model.state_dict().items()}, str(path))
+
+    bundle = load_detector(architecture, path, None, SMALL_SIZE)
+    detectors._set_postprocess(bundle.model.detector, score_threshold=0.0, max_detections=10)
+    batch = torch.rand(2, 3, SMALL_SIZE, SMALL_SIZE)
+    with torch.inference_mode():
+        expected = model(batch)
+        got = bundle.model(batch)
+    assert bundle.num_classes == 3
+    assert bundle.model.family == model.family
+    for before, after in zip(expected, got):
+        for key in ("boxes", "scores", "labels"):
+            assert torch.equal(before[key], after[key])
+
+
+@pytest.mark.parametrize("architecture", ["fasterrcnn:resnet18", "retinanet:resnet18", "ssdlite:resnet18"])
+def test_timm_detector_classes_from_bare_state_dict(architecture, tmp_path):
+    model = build_detector(architecture, num_classes=5, input_size=SMALL_SIZE)
+    path = tmp_path / "bare.pth"
+    torch.save(model.detector.state_dict(), path)
+    assert load_detector(architecture, path, None, SMALL_SIZE).num_classes == 5
+
+
+@pytest.mark.parametrize(("architecture", "strides"), [
+    ("fasterrcnn:vit_small_patch16_224", "8, 16, 32"),
+    ("retinanet:vit_small_patch16_224", "8, 16, 32"),
+    ("ssdlite:vit_small_patch16_224", "16, 32"),
+])
+def test_timm_detector_rejects_backbone_without_strides(architecture, strides):
+    with pytest.raises(InvalidConfigError) as caught:
+        build_detector(architecture, num_classes=3, input_size=SMALL_SIZE)
+    assert f"needs backbone features at strides {strides}" in str(caught.value)
+    assert "vit_small_patch16_224 has features at strides 16;" in str(caught.value)
+    assert "efficientnet_lite0 or resnet18" in str(caught.value)
+
+
+@pytest.mark.parametrize(("architecture", "suggestion"), [
+    ("fasterrcnn:resnet19", "Did you mean fasterrcnn:resnet18"),
+    ("retinanet:efficentnet_lite0", "Did you mean retinanet:efficientnet_lite0"),
+    ("ssdlite:mobilenetv3_large_10", "Did you mean ssdlite:mobilenetv3_large_100"),
+    ("faster_rcnn:resnet18", "Did you mean fasterrcnn:resnet18"),
+    ("retinannet:resnet18", "Did you mean retinanet:resnet18"),
+])
+def test_timm_detector_misspelt_name_suggests_match(architecture, suggestion):
+    with pytest.raises(UnknownModelError) as caught:
+        build_detector(architecture, num_classes=3, input_size=SMALL_SIZE)
+    assert f"{architecture!r}" in str(caught.value)
+    assert suggestion in str(caught.value)
+
+
+def test_unknown_architecture_lists_timm_forms():
+    with pytest.raises(UnknownModelError) as caught:
+        detectors.check_architecture("yolo")
+    for kind in ("fcos", "fasterrcnn", "retinanet", "ssdlite"):
+        assert f"{kind}:<timm architecture>" in str(caught.value)
+
+
+def test_timm_detector_names_recognised():
+    for architecture in TIMM_DETECTORS:
+        assert detectors.is_detector_architecture(architecture)
+        detectors.check_architecture(architecture)
+    assert not detectors.is_detector_architecture("resnet18")
+    assert not detectors.is_detector_architecture("yolo:resnet18")
+    with pytest.raises(UnknownModelError):
+        detectors.check_architecture("ssdlite:resnet19")

@@ -10,6 +10,11 @@ label 0 for the background, so they are built with num_classes + 1 outputs and p
 1..num_classes. RetinaNet and FCOS have no background class and predict labels
 0..num_classes - 1. `predict_boxes` maps both to the dataset's COCO category ids.
 
+A name `<kind>:<timm architecture>` builds torchvision's FCOS (`fcos`), Faster R-CNN
+(`fasterrcnn`), RetinaNet (`retinanet`) or SSDlite (`ssdlite`) around a timm backbone created
+with `features_only=True`, so any timm backbone with the strides the detector needs can be
+benched. TIMM_DETECTOR_KINDS lists the kinds.
+
 The named detector `digits/fcos_mobilenet_v2` is torchvision's FCOS around the first 14 blocks
 of torchvision's MobileNetV2, which start from their ImageNet weights. A small FPN merges the
 stride-8 and stride-16 features into one stride-8 map. The detector is trained here on the
@@ -29,6 +34,7 @@ import time
 from collections import OrderedDict
 from collections.abc import Callable, Iterator
 from dataclasses import asdict, dataclass
+from functools import partial
 from pathlib import Path
 from typing import Any
 
@@ -37,11 +43,17 @@ import torch
 import torch.nn.functional as F
 import torchvision
 from safetensors.torch import save_file
+from timm.layers import Format
 from torch import nn
 from tqdm import tqdm
-from torchvision.models.detection import FCOS, FasterRCNN
-from torchvision.models.detection.anchor_utils import AnchorGenerator
+from torchvision.models.detection import FCOS, FasterRCNN, RetinaNet
+from torchvision.models.detection.anchor_utils import AnchorGenerator, DefaultBoxGenerator
 from torchvision.models.detection.fcos import FCOSHead
+from torchvision.models.detection.retinanet import RetinaNetHead
+from torchvision.models.detection.ssd import SSD
+from torchvision.models.detection.ssdlite import SSDLiteHead
+from torchvision.ops import Conv2dNormActivation, FeaturePyramidNetwork, MultiScaleRoIAlign
+from torchvision.ops.feature_pyramid_network import ExtraFPNBlock, LastLevelMaxPool, LastLevelP6P7
 
 from bench_engine.data import Preprocess
 from bench_engine.detection.splits import DetectionSplits, load_digits
@@ -68,6 +80,7 @@ TORCHVISION_DETECTORS = {
 }
 FCOS_MOBILENET_V2 = "fcos_mobilenet_v2"
 # FCOS on any timm backbone that has stride-8 and stride-16 features: `fcos:<timm architecture>`.
+# TIMM_DETECTOR_KINDS lists this and the other `<kind>:<timm architecture>` detectors.
 TIMM_FCOS_PREFIX = "fcos:"
 DETECTOR_ARCHITECTURES = (*(TORCHVISION_PREFIX + name for name in TORCHVISION_DETECTORS), FCOS_MOBILENET_V2)
 
@@ -139,9 +152,10 @@ def _build_detector(architecture: str, num_classes: int, input_size: int) -> Bat
     if architecture == FCOS_MOBILENET_V2:
         _check_input_size(architecture, input_size)
         return BatchedDetector(_fcos_mobilenet_v2(num_classes, input_size), num_classes, 0)
-    if architecture.startswith(TIMM_FCOS_PREFIX):
+    kind = _timm_detector_kind(architecture)
+    if kind is not None:
         _check_input_size(architecture, input_size)
-        return BatchedDetector(_fcos_timm(architecture, num_classes, input_size), num_classes, 0)
+        return BatchedDetector(kind.build(architecture, num_classes, input_size), num_classes, kind.first_label)
     builder = _torchvision_detector_builder(architecture)
     _check_input_size(architecture, input_size)
     first_label = TORCHVISION_DETECTORS[builder]
@@ -172,8 +186,9 @@ def detector_family(architecture: str) -> str:
     """
     if architecture == FCOS_MOBILENET_V2:
         return "fcos+mobilenetv2"
-    if architecture.startswith(TIMM_FCOS_PREFIX):
-        return "fcos+" + timm_family(architecture.removeprefix(TIMM_FCOS_PREFIX))
+    kind = _timm_detector_kind(architecture)
+    if kind is not None:
+        return f"{kind.family}+{timm_family(architecture.partition(':')[2])}"
     builder = architecture.removeprefix(TORCHVISION_PREFIX)
     kind = {"fasterrcnn": "faster_rcnn", "retinanet": "retinanet", "fcos": "fcos"}.get(builder.split("_")[0], "ssd")
     backbone = next((family for part, family in _TORCHVISION_BACKBONE_FAMILIES if part in builder), "other")
@@ -192,7 +207,9 @@ def min_input_size(architecture: str) -> int:
     """Return the smallest input size, in pixels, at which the detector runs.
 
     Measured with torchvision 0.29: SSD300's VGG16 extra blocks end in unpadded 3x3 convolutions,
-    which need 268 pixels or more. The other detectors ran at 32 pixels.
+    which need 268 pixels or more. The other detectors ran at 32 pixels, and so did every
+    `<kind>:<timm architecture>` on efficientnet_lite0, resnet18 and mobilenetv3_large_100 (timm 1.0).
+    A timm backbone built for one fixed input size, such as a ViT, may need more.
     """
     return MIN_INPUT_SIZES.get(architecture, MIN_INPUT_SIZE)
 
@@ -212,8 +229,13 @@ def _torchvision_detector_builder(architecture: str) -> str:
     builder = architecture.removeprefix(TORCHVISION_PREFIX)
     if architecture.startswith(TORCHVISION_PREFIX) and builder in TORCHVISION_DETECTORS:
         return builder
-    choices = list(DETECTOR_ARCHITECTURES)
-    close = difflib.get_close_matches(architecture, choices, n=3, cutoff=0.6)
+    close: list[str] = []
+    # A misspelt kind before a valid timm name, such as 'faster_rcnn:resnet18', is the likeliest intent.
+    prefix, separator, timm_name = architecture.partition(":")
+    if separator and timm.is_model(timm_name):
+        close += [f"{kind}:{timm_name}"
+                  for kind in difflib.get_close_matches(prefix, list(TIMM_DETECTOR_KINDS), n=2, cutoff=0.6)]
+    close += difflib.get_close_matches(architecture, DETECTOR_ARCHITECTURES, n=3, cutoff=0.6)
     close += [TORCHVISION_PREFIX + match
               for match in difflib.get_close_matches(builder, list(TORCHVISION_DETECTORS), n=3, cutoff=0.6)]
     matches = list(dict.fromkeys(close))
@@ -222,13 +244,18 @@ def _torchvision_detector_builder(architecture: str) -> str:
             "unknown detector architecture {name!r}. Did you mean {matches}? The detectors are {choices}.",
             name=architecture,
             matches=", ".join(matches[:3]),
-            choices=", ".join(choices),
+            choices=", ".join(_detector_choices()),
         )
     raise UnknownModelError(
         "unknown detector architecture {name!r}. The detectors are {choices}.",
         name=architecture,
-        choices=", ".join(choices),
+        choices=", ".join(_detector_choices()),
     )
+
+
+def _detector_choices() -> list[str]:
+    """Return the detector names for error messages, with one `<kind>:<timm architecture>` form per kind."""
+    return [*DETECTOR_ARCHITECTURES, *(f"{kind}:<timm architecture>" for kind in TIMM_DETECTOR_KINDS)]
 
 
 class _MobileNetV2Pyramid(nn.Module):
@@ -287,49 +314,34 @@ class _TimmPyramid(nn.Module):
         return OrderedDict([("0", self.fpn["output"](merged))])
 
 
-def _timm_architecture(architecture: str) -> str:
-    """Return the timm name in 'fcos:<timm architecture>'; raise UnknownModelError for an unknown one."""
-    name = architecture.removeprefix(TIMM_FCOS_PREFIX)
-    if timm.is_model(name):
-        return name
-    close = difflib.get_close_matches(name, timm.list_models(), n=3, cutoff=0.75)
-    if close:
-        raise UnknownModelError(
-            "unknown detector architecture {name!r}. Did you mean {matches}? The detectors are {choices}.",
-            name=architecture, matches=", ".join(TIMM_FCOS_PREFIX + match for match in close),
-            choices=", ".join([*DETECTOR_ARCHITECTURES, TIMM_FCOS_PREFIX + "<timm architecture>"]))
-    raise UnknownModelError(
-        "unknown detector architecture {name!r}. The detectors are {choices}.", name=architecture,
-        choices=", ".join([*DETECTOR_ARCHITECTURES, TIMM_FCOS_PREFIX + "<timm architecture>"]))
-
-
 def _fcos_timm(architecture: str, num_classes: int, input_size: int) -> FCOS:
     """Build FCOS around a timm backbone, normalising inputs with the backbone's own mean and std."""
     name = _timm_architecture(architecture)
     backbone = _TimmPyramid(name, FCOS_CHANNELS)
-    cfg = timm.get_pretrained_cfg(name)
-    mean, std = (cfg.mean, cfg.std) if cfg is not None else (IMAGENET_MEAN, IMAGENET_STD)
-    if name.startswith("efficientnet_lite"):  # trained in TensorFlow on inputs in [-1, 1] (see lite_preprocess)
-        mean, std = (0.5, 0.5, 0.5), (0.5, 0.5, 0.5)
+    mean, std = _timm_normalisation(name)
     anchors = AnchorGenerator(sizes=((8,),), aspect_ratios=((1.0,),))
     head = FCOSHead(FCOS_CHANNELS, 1, num_classes, num_convs=FCOS_HEAD_CONVS)
-    return FCOS(backbone, num_classes, min_size=input_size, max_size=input_size, image_mean=list(mean),
-                image_std=list(std), anchor_generator=anchors, head=head, score_thresh=0.05)
+    return FCOS(backbone, num_classes, min_size=input_size, max_size=input_size, image_mean=mean,
+                image_std=std, anchor_generator=anchors, head=head, score_thresh=0.05)
 
 
 def check_architecture(name: str) -> None:
     """Raise UnknownModelError, with close matches, unless `name` is a detector architecture."""
     if name == FCOS_MOBILENET_V2:
         return
-    if name.startswith(TIMM_FCOS_PREFIX):
+    if _timm_detector_kind(name) is not None:
         _timm_architecture(name)
         return
     _torchvision_detector_builder(name)
 
 
 def is_detector_architecture(name: str) -> bool:
-    """True for a detector architecture name: `torchvision:<builder>`, fcos_mobilenet_v2 or `fcos:<timm architecture>`."""
-    return name in DETECTOR_ARCHITECTURES or name.startswith(TIMM_FCOS_PREFIX)
+    """True for a detector architecture: `torchvision:<builder>`, fcos_mobilenet_v2 or `<kind>:<timm architecture>`.
+
+    Only the form is checked, so a misspelt timm name after a known kind counts as a detector
+    and gets its close matches from `check_architecture`.
+    """
+    return name in DETECTOR_ARCHITECTURES or _timm_detector_kind(name) is not None
 
 
 # Channels of the FPN output and of the FCOS head's convolutions (a multiple of 32 for GroupNorm).
@@ -352,6 +364,247 @@ def _fcos_mobilenet_v2(num_classes: int, input_size: int,
         image_mean=list(IMAGENET_MEAN), image_std=list(IMAGENET_STD),
         anchor_generator=anchors, head=head, score_thresh=0.05,
     )
+
+
+# -- torchvision detectors around timm backbones -----------------------------------------------
+
+
+def _timm_normalisation(name: str) -> tuple[list[float], list[float]]:
+    """Return the mean and std a timm backbone was trained with, which the detector's transform applies."""
+    cfg = timm.get_pretrained_cfg(name)
+    mean, std = (cfg.mean, cfg.std) if cfg is not None else (IMAGENET_MEAN, IMAGENET_STD)
+    if name.startswith("efficientnet_lite"):  # trained in TensorFlow on inputs in [-1, 1] (see lite_preprocess)
+        mean, std = (0.5, 0.5, 0.5), (0.5, 0.5, 0.5)
+    return list(mean), list(std)
+
+
+def _timm_features(name: str, strides: tuple[int, ...], detector: str) -> nn.Module:
+    """Create a timm feature extractor that returns one feature map per stride in `strides`, in that order.
+
+    Where a backbone has several feature maps at one stride, the deepest is taken. Raises
+    InvalidConfigError when the backbone has no feature map at one of the strides.
+    """
+    probe = timm.create_model(name, pretrained=False, features_only=True)
+    reductions = list(probe.feature_info.reduction())
+    if any(stride not in reductions for stride in strides):
+        raise InvalidConfigError(
+            "{detector} needs backbone features at strides {needed}, but timm architecture {architecture} has "
+            "features at strides {strides}; choose a convolutional backbone such as efficientnet_lite0 or resnet18.",
+            detector=detector,
+            needed=", ".join(str(stride) for stride in strides),
+            architecture=name,
+            strides=", ".join(str(stride) for stride in sorted(set(reductions))),
+        )
+    indices = tuple(len(reductions) - 1 - reductions[::-1].index(stride) for stride in strides)
+    return timm.create_model(name, pretrained=False, features_only=True, out_indices=indices)
+
+
+def _channels_first(body: nn.Module, features: list[torch.Tensor]) -> list[torch.Tensor]:
+    """Return timm feature maps as [B, C, H, W], because Swin and some other transformers return [B, H, W, C]."""
+    if getattr(body, "output_fmt", Format.NCHW) == Format.NHWC:
+        return [feature.permute(0, 3, 1, 2) for feature in features]
+    return list(features)
+
+
+# Strides of the backbone features under the FPN of Faster R-CNN and RetinaNet, as torchvision's
+# RetinaNet builders use (C3 to C5). The FPN returns them as levels '0', '1' and '2'.
+PYRAMID_STRIDES = (8, 16, 32)
+# Channels of that FPN's levels, as in torchvision's FPN builders.
+PYRAMID_CHANNELS = 256
+
+
+class _TimmFeaturePyramid(nn.Module):
+    """A timm backbone's stride-8, -16 and -32 features under torchvision's FPN, plus the levels of `extra_blocks`."""
+
+    def __init__(self, name: str, detector: str, extra_blocks: ExtraFPNBlock) -> None:
+        super().__init__()
+        self.body = _timm_features(name, PYRAMID_STRIDES, detector)
+        self.fpn = FeaturePyramidNetwork(self.body.feature_info.channels(), PYRAMID_CHANNELS,
+                                         extra_blocks=extra_blocks)
+        self.out_channels = PYRAMID_CHANNELS
+
+    def forward(self, x: torch.Tensor) -> OrderedDict[str, torch.Tensor]:
+        features = _channels_first(self.body, self.body(x))
+        return self.fpn(OrderedDict((str(level), feature) for level, feature in enumerate(features)))
+
+
+def _pyramid_anchor_sizes(input_size: int, finest_fraction: float, levels: int,
+                          octaves: int = 1) -> tuple[tuple[float, ...], ...]:
+    """Return anchor sizes in pixels for pyramid levels from stride 8 up, doubling from one level to the next.
+
+    The stride-8 anchors span `finest_fraction` of the input side, so objects that fill the same
+    part of the image meet the same anchors at 128 pixels as at 800. Each level has `octaves`
+    sizes, spaced by 2 ** (1 / octaves) as RetinaNet's are.
+    """
+    finest = finest_fraction * input_size
+    return tuple(
+        tuple(round(finest * 2 ** (level + octave / octaves), 1) for octave in range(octaves))
+        for level in range(levels)
+    )
+
+
+# At its default 800-pixel input, torchvision's Faster R-CNN with an FPN places 64-pixel anchors
+# at stride 8, and its RetinaNet 32-pixel anchors. These detectors keep those fractions of the input.
+FASTER_RCNN_ANCHOR_FRACTION = 64 / 800
+RETINANET_ANCHOR_FRACTION = 32 / 800
+ANCHOR_ASPECT_RATIOS = (0.5, 1.0, 2.0)
+RETINANET_OCTAVES = 3
+# RetinaNet's class predictor has this many rows per class at each location.
+RETINANET_ANCHORS = len(ANCHOR_ASPECT_RATIOS) * RETINANET_OCTAVES
+
+
+def _fasterrcnn_timm(architecture: str, num_classes: int, input_size: int) -> FasterRCNN:
+    """Build Faster R-CNN on an FPN over a timm backbone's stride-8 to -32 features and a max-pooled stride-64 level.
+
+    At inputs of 512 pixels or less, the RPN keeps 150 proposals per image at test time, as
+    torchvision's 320-pixel MobileNetV3 Faster R-CNN does. Larger inputs keep torchvision's 1000.
+    """
+    name = _timm_architecture(architecture)
+    backbone = _TimmFeaturePyramid(name, "Faster R-CNN", LastLevelMaxPool())
+    levels = len(PYRAMID_STRIDES) + 1
+    anchors = AnchorGenerator(_pyramid_anchor_sizes(input_size, FASTER_RCNN_ANCHOR_FRACTION, levels),
+                              (ANCHOR_ASPECT_RATIOS,) * levels)
+    # RoIs are pooled from the FPN levels only, not from the max-pooled one, as in torchvision's builders.
+    roi_pool = MultiScaleRoIAlign([str(level) for level in range(len(PYRAMID_STRIDES))], output_size=7,
+                                  sampling_ratio=2)
+    proposals = 150 if input_size <= 512 else 1000
+    mean, std = _timm_normalisation(name)
+    return FasterRCNN(
+        backbone, num_classes + 1, min_size=input_size, max_size=input_size, image_mean=mean, image_std=std,
+        rpn_anchor_generator=anchors, box_roi_pool=roi_pool, rpn_pre_nms_top_n_test=proposals,
+        rpn_post_nms_top_n_test=proposals, rpn_score_thresh=0.05,
+    )
+
+
+def _retinanet_timm(architecture: str, num_classes: int, input_size: int) -> RetinaNet:
+    """Build RetinaNet on an FPN over a timm backbone's stride-8 to -32 features, with P6 and P7 from P5.
+
+    The head uses GroupNorm, as torchvision's retinanet_resnet50_fpn_v2 does.
+    """
+    name = _timm_architecture(architecture)
+    backbone = _TimmFeaturePyramid(name, "RetinaNet", LastLevelP6P7(PYRAMID_CHANNELS, PYRAMID_CHANNELS))
+    levels = len(PYRAMID_STRIDES) + 2
+    anchors = AnchorGenerator(
+        _pyramid_anchor_sizes(input_size, RETINANET_ANCHOR_FRACTION, levels, octaves=RETINANET_OCTAVES),
+        (ANCHOR_ASPECT_RATIOS,) * levels)
+    head = RetinaNetHead(PYRAMID_CHANNELS, RETINANET_ANCHORS, num_classes, norm_layer=partial(nn.GroupNorm, 32))
+    mean, std = _timm_normalisation(name)
+    return RetinaNet(backbone, num_classes, min_size=input_size, max_size=input_size, image_mean=mean,
+                     image_std=std, anchor_generator=anchors, head=head)
+
+
+# Output channels of the SSDlite blocks after the backbone, each halving the resolution, as in
+# torchvision's ssdlite320_mobilenet_v3_large.
+SSDLITE_EXTRA_CHANNELS = (512, 256, 256, 128)
+# Box aspect ratios at every SSDlite feature map. torchvision's DefaultBoxGenerator adds a square
+# box, a larger square box and both orientations of each ratio: 6 boxes per location.
+SSDLITE_ASPECT_RATIOS = [2, 3]
+SSDLITE_ANCHORS = 2 + 2 * len(SSDLITE_ASPECT_RATIOS)
+# The BatchNorm settings of torchvision's SSDlite extra blocks and head.
+_ssdlite_norm = partial(nn.BatchNorm2d, eps=0.001, momentum=0.03)
+
+
+def _ssdlite_extra_block(in_channels: int, out_channels: int) -> nn.Sequential:
+    """Return an SSDlite block that halves the resolution: 1x1 to half the width, 3x3 depthwise at stride 2, 1x1 out.
+
+    The depthwise convolution keeps the block cheap next to SSD's full 3x3 convolutions.
+    """
+    width = out_channels // 2
+    return nn.Sequential(
+        Conv2dNormActivation(in_channels, width, kernel_size=1, norm_layer=_ssdlite_norm,
+                             activation_layer=nn.ReLU6),
+        Conv2dNormActivation(width, width, kernel_size=3, stride=2, groups=width, norm_layer=_ssdlite_norm,
+                             activation_layer=nn.ReLU6),
+        Conv2dNormActivation(width, out_channels, kernel_size=1, norm_layer=_ssdlite_norm,
+                             activation_layer=nn.ReLU6),
+    )
+
+
+class _TimmSSDLiteFeatures(nn.Module):
+    """A timm backbone's stride-16 and stride-32 features, then one map per extra block at strides 64 to 512.
+
+    At 128 pixels the last three maps are 1x1, because each block's padded stride-2 convolution
+    keeps at least one location.
+    """
+
+    def __init__(self, name: str) -> None:
+        super().__init__()
+        self.body = _timm_features(name, (16, 32), "SSDlite")
+        channels = list(self.body.feature_info.channels())
+        inputs = [channels[-1], *SSDLITE_EXTRA_CHANNELS[:-1]]
+        self.extra = nn.ModuleList(
+            _ssdlite_extra_block(width_in, width_out) for width_in, width_out in zip(inputs, SSDLITE_EXTRA_CHANNELS))
+        self.out_channels = [*channels, *SSDLITE_EXTRA_CHANNELS]
+
+    def forward(self, x: torch.Tensor) -> OrderedDict[str, torch.Tensor]:
+        maps = _channels_first(self.body, self.body(x))
+        for block in self.extra:
+            maps.append(block(maps[-1]))
+        return OrderedDict((str(index), feature) for index, feature in enumerate(maps))
+
+
+def _ssdlite_timm(architecture: str, num_classes: int, input_size: int) -> SSD:
+    """Build SSDlite around a timm backbone, with default boxes from 20 % to 95 % of the input side.
+
+    The box sizes are fractions of the input, as in torchvision's ssdlite320_mobilenet_v3_large,
+    so they follow the input size. The score threshold, NMS threshold and candidate counts are
+    torchvision's SSDlite settings, except that boxes scoring under 0.05 are dropped, as in the
+    other detectors here.
+    """
+    name = _timm_architecture(architecture)
+    backbone = _TimmSSDLiteFeatures(name)
+    maps = len(backbone.out_channels)
+    anchors = DefaultBoxGenerator([SSDLITE_ASPECT_RATIOS] * maps, min_ratio=0.2, max_ratio=0.95)
+    head = SSDLiteHead(backbone.out_channels, anchors.num_anchors_per_location(), num_classes + 1, _ssdlite_norm)
+    mean, std = _timm_normalisation(name)
+    return SSD(backbone, anchors, (input_size, input_size), num_classes + 1, image_mean=mean, image_std=std,
+               head=head, score_thresh=0.05, nms_thresh=0.55, detections_per_img=300, topk_candidates=300)
+
+
+@dataclass(frozen=True)
+class TimmDetectorKind:
+    """A torchvision detector built around any timm backbone, named `<kind>:<timm architecture>`."""
+
+    family: str  # the detector part of `detector_family`, as for torchvision's builders
+    first_label: int  # 1 where label 0 is the background
+    # (architecture, foreground classes, input size) -> the torchvision detector
+    build: Callable[[str, int, int], nn.Module]
+    # The class predictor's weight in the detector's state dict, and its rows per class: the boxes
+    # per location of a dense head, or 1 for the R-CNN box predictor, which scores each RoI once.
+    class_predictor: str
+    rows_per_class: int
+
+
+TIMM_DETECTOR_KINDS = {
+    "fcos": TimmDetectorKind("fcos", 0, _fcos_timm, "head.classification_head.cls_logits.weight", 1),
+    "fasterrcnn": TimmDetectorKind("faster_rcnn", 1, _fasterrcnn_timm, "roi_heads.box_predictor.cls_score.weight", 1),
+    "retinanet": TimmDetectorKind("retinanet", 0, _retinanet_timm, "head.classification_head.cls_logits.weight",
+                                  RETINANET_ANCHORS),
+    "ssdlite": TimmDetectorKind("ssd", 1, _ssdlite_timm, "head.classification_head.module_list.0.1.weight",
+                                SSDLITE_ANCHORS),
+}
+
+
+def _timm_detector_kind(architecture: str) -> TimmDetectorKind | None:
+    """Return the kind of a `<kind>:<timm architecture>` name, or None for any other name."""
+    kind, separator, _ = architecture.partition(":")
+    return TIMM_DETECTOR_KINDS.get(kind) if separator else None
+
+
+def _timm_architecture(architecture: str) -> str:
+    """Return the timm name in '<kind>:<timm architecture>'; raise UnknownModelError for an unknown one."""
+    kind, _, name = architecture.partition(":")
+    if timm.is_model(name):
+        return name
+    close = difflib.get_close_matches(name, timm.list_models(), n=3, cutoff=0.75)
+    if close:
+        raise UnknownModelError(
+            "unknown detector architecture {name!r}. Did you mean {matches}? The detectors are {choices}.",
+            name=architecture, matches=", ".join(f"{kind}:{match}" for match in close),
+            choices=", ".join(_detector_choices()))
+    raise UnknownModelError(
+        "unknown detector architecture {name!r}. The detectors are {choices}.", name=architecture,
+        choices=", ".join(_detector_choices()))
 
 
 # -- layer roles -------------------------------------------------------------------------------
@@ -414,7 +667,13 @@ def detection_preprocess(input_size: int) -> Preprocess:
 
 def _infer_num_classes(architecture: str, state: dict[str, torch.Tensor]) -> int | None:
     """Read the foreground class count from a detector state dict's class predictor, or None."""
-    first_label = 0 if architecture == FCOS_MOBILENET_V2 or architecture.startswith(TIMM_FCOS_PREFIX) else TORCHVISION_DETECTORS.get(
+    kind = _timm_detector_kind(architecture)
+    if kind is not None:
+        for key in ("detector." + kind.class_predictor, kind.class_predictor):
+            if key in state:
+                return int(state[key].shape[0]) // kind.rows_per_class - kind.first_label
+        return None
+    first_label = 0 if architecture == FCOS_MOBILENET_V2 else TORCHVISION_DETECTORS.get(
         architecture.removeprefix(TORCHVISION_PREFIX), 0)
     for key in ("detector.roi_heads.box_predictor.cls_score.weight", "roi_heads.box_predictor.cls_score.weight"):
         if key in state:
@@ -433,7 +692,8 @@ def load_detector(architecture: str, weights: Path | None, num_classes: int | No
     """Build a detector and load a local weights file into it (a BatchedDetector or bare detector state dict).
 
     `num_classes` (foreground classes) is read from the file's class predictor when not given;
-    SSD files need it. Without weights the detector keeps random weights, for timing only.
+    files of torchvision's SSD builders need it. Without weights the detector keeps random
+    weights, for timing only.
     """
     if weights is None:
         classes = num_classes or 1

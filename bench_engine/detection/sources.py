@@ -1,9 +1,10 @@
 """Model and data sources of a detection bench: the names `ptsa bench --task detection` accepts.
 
 A detector is a named detector with weights PTS Advisor makes itself (`digits/...`, trained once
-on the digits detection set and cached) or a torchvision detection architecture written
-`torchvision:<builder>` with a local weights file. Data is a built-in set (`digits`, `photos`), a
-COCO instances JSON, or a folder of unlabelled images.
+on the digits detection set and cached) or a detection architecture with a local weights file:
+a torchvision builder written `torchvision:<builder>`, or a torchvision detector around a timm
+backbone written `<kind>:<timm architecture>` (kinds fcos, fasterrcnn, retinanet, ssdlite). Data
+is a built-in set (`digits`, `photos`), a COCO instances JSON, or a folder of unlabelled images.
 """
 
 from __future__ import annotations
@@ -24,7 +25,10 @@ def named_detectors() -> dict[str, Any]:
 
 
 def is_detector_name(name: str) -> bool:
-    """True for a named detector or a detection architecture (`torchvision:<builder>`, fcos_mobilenet_v2)."""
+    """True for a named detector or a detection architecture.
+
+    The architectures are `torchvision:<builder>`, fcos_mobilenet_v2 and `<kind>:<timm architecture>`.
+    """
     from bench_engine.detection.detectors import is_detector_architecture
 
     return name in named_detectors() or is_detector_architecture(name)
