@@ -261,6 +261,7 @@ def bench(obj: dict[str, Any], model: str, weights: Path | None, data_spec: str,
         click.echo(_("warning: allocation {allocation!r} applies to the unstructured rows only; N:M pattern rows "
                      "use uniform, because the pattern fixes every layer's sparsity.").format(allocation=allocation),
                    err=True)
+    _check_data_spec(data_spec, task or infer_task(model))  # before a baseline trains for minutes
     if model.startswith("mnist/") and weights is None:
         from bench_engine.suite import train_missing_baselines
 
@@ -293,6 +294,21 @@ def bench(obj: dict[str, Any], model: str, weights: Path | None, data_spec: str,
         run_id=run_id, n=rows[0]["n"], model=model, db=obj["db"]))
     if summary.failed or summary.skipped_failed or summary.quarantined:
         sys.exit(EXIT_JOBS_FAILED)
+
+
+def _check_data_spec(spec: str, task: str) -> None:
+    """Name a --data value that is neither a path nor a built-in dataset of the task, before any work."""
+    from bench_engine.data import BUILTIN_DATASETS
+    from bench_engine.errors import DataError
+
+    builtins = ("digits", "photos") if task == "detection" else BUILTIN_DATASETS
+    if spec in builtins or Path(spec).exists():
+        return
+    if task == "classification" and spec == "digits":
+        raise DataError("dataset 'digits' is the detection set: bench a detector such as digits/fcos_mobilenet_v2 "
+                        "on it, or pass a classification dataset: {choices}.", choices=", ".join(builtins))
+    raise DataError("dataset not found: {path}. Pass a directory of images, or a built-in dataset: {choices}.",
+                    path=spec, choices=", ".join(builtins))
 
 
 def _executor(executor: str, address: str | None, resources: str | None) -> Any:
@@ -870,12 +886,12 @@ def features(obj: dict[str, Any], architectures: tuple[str, ...], all_models: bo
         names += [name for name in timm.list_models() if name not in names]
     if not names:
         raise InvalidConfigError("give one or more timm architectures, for example `ptsa features resnet18`, or --all.")
-    from bench_engine.detection.detectors import is_detector_architecture
+    from bench_engine.detection.detectors import looks_like_detector
     from bench_engine.models import TORCHVISION_PREFIX
 
     # featurize names an unknown torchvision classifier or detector itself; timm names are checked here at once.
     unknown = [name for name in names if not timm.is_model(name) and not name.startswith(TORCHVISION_PREFIX)
-               and not is_detector_architecture(name)]
+               and not looks_like_detector(name)]
     if unknown:
         from bench_engine.features import similar_architectures
 

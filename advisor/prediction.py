@@ -26,7 +26,7 @@ def _resolve_model(store: Store, model: str, num_classes: int | None, input_size
     """Return the architecture, shape, task and dataset to predict for."""
     import timm
 
-    from bench_engine.detection.detectors import is_detector_architecture
+    from bench_engine.detection.detectors import check_architecture, is_detector_architecture, looks_like_detector
     from bench_engine.task_names import CLASSIFICATION, DETECTION
 
     stored = store.query("SELECT * FROM models WHERE model_key = ?", [model])
@@ -44,7 +44,8 @@ def _resolve_model(store: Store, model: str, num_classes: int | None, input_size
         return {"model_key": model, "architecture": model, "family": None, "num_classes": num_classes or 1000,
                 "in_chans": 3, "input_size": input_size, "dataset": dataset or "imagenet", "stored": False,
                 "task": CLASSIFICATION}
-    if is_detector_architecture(model):
+    if looks_like_detector(model):
+        check_architecture(model)  # an unknown or misspelt detector is named, with suggestions
         if dataset is None or num_classes is None:
             raise RegressorError(
                 "detector {model!r} is not in the database, so its dataset and class count are unknown; pass "
@@ -189,7 +190,9 @@ def predict_rows(store: Store, data_folder: Path, model: str, recipe: str, spars
             "dense_source": dense_source,
             "warnings": _warnings(store, fitted, target, recipe_row),
             "fit_id": fitted.fit_id,
-            "held_out_family_mae": fitted.metrics["models"]["regressor"]["mae"],
+            # The error on this task's held-out rows; a fit from before per-task metrics has the overall one.
+            "held_out_family_mae": (fitted.metrics.get("per_task", {}).get(task) or {}).get(
+                "regressor_mae", fitted.metrics["models"]["regressor"]["mae"]),
         }
         predictions.append(prediction)
         rows.append({

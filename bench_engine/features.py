@@ -216,9 +216,9 @@ def featurize(architecture: str, num_classes: int | None = None, in_chans: int |
     run on the meta device (a few timm models and torchvision's RegNet read tensor values while
     they are built), and UnknownModelError for an unknown torchvision architecture.
     """
-    from bench_engine.detection.detectors import is_detector_architecture
+    from bench_engine.detection.detectors import looks_like_detector
 
-    if is_detector_architecture(architecture):
+    if looks_like_detector(architecture):
         return _featurize_detector(architecture, num_classes, input_size)
     torchvision_name = architecture.startswith(TORCHVISION_PREFIX)
     if not torchvision_name and not timm.is_model(architecture):

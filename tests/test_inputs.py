@@ -233,3 +233,23 @@ def test_pattern_fixes_sparsity():
         PruneConfig(criterion="wanda", sparsity=0.7, pattern=(2, 4))
     with pytest.raises(InvalidConfigError, match="use allocation 'uniform'"):
         PruneConfig(criterion="wanda", sparsity=0.5, pattern=(2, 4), allocation="global_magnitude")
+
+
+@pytest.mark.parametrize("model, data, message", [
+    ("mnist/resnet10t", "digits", "dataset 'digits' is the detection set"),
+    ("mnist/resnet10t", "nowhere", "built-in dataset: mnist, photos"),
+    ("digits/fcos_mobilenet_v2", "mnist", "built-in dataset: digits, photos"),
+])
+def test_unknown_data_named_before_any_work(tmp_path, model, data, message):
+    """A --data value that is neither a path nor a built-in of the task fails before a baseline trains."""
+    from click.testing import CliRunner
+
+    from advisor.cli import main
+
+    result = CliRunner().invoke(main, ["--db", str(tmp_path / "r.duckdb"), "bench", model, "--data", data])
+    assert result.exit_code == 2
+    assert message in result.stderr
+    assert not (tmp_path / "r.duckdb").exists()
+    from bench_engine.paths import data_dir
+
+    assert not list(data_dir().rglob("*.safetensors"))  # no baseline was trained

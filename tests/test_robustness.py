@@ -278,6 +278,7 @@ def test_regressor_learns_detection_rows_with_their_task(tmp_path):
     assert prediction["dense_box_map"] == 76.0 and prediction["dense_source"] == "stored result"
     assert prediction["box_map"] == pytest.approx(prediction["retention"] * 0.76)
     assert "top1" not in prediction
+    assert prediction["held_out_family_mae"] == metrics["per_task"]["detection"]["regressor_mae"]
     # The detection rows keep 37.5 % at 50 %; the classifiers keep 92 to 100 %. The task feature
     # lets the prediction follow its own task.
     assert prediction["retention"] < 70

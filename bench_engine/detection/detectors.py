@@ -585,6 +585,20 @@ TIMM_DETECTOR_KINDS = {
 }
 
 
+def looks_like_detector(name: str) -> bool:
+    """True for a detector architecture, or a name whose kind is a misspelt detector kind ('fcoss:resnet18').
+
+    Such names go to the detector checks, whose errors suggest the detector meant, instead of
+    to the classifier checks, which would call them unknown timm architectures.
+    """
+    if is_detector_architecture(name):
+        return True
+    prefix, separator, _ = name.partition(":")
+    if not separator or prefix == TORCHVISION_PREFIX.rstrip(":"):
+        return False
+    return bool(difflib.get_close_matches(prefix, [*TIMM_DETECTOR_KINDS, "faster_rcnn"], n=1, cutoff=0.6))
+
+
 def _timm_detector_kind(architecture: str) -> TimmDetectorKind | None:
     """Return the kind of a `<kind>:<timm architecture>` name, or None for any other name."""
     kind, separator, _ = architecture.partition(":")

@@ -29,9 +29,9 @@ def is_detector_name(name: str) -> bool:
 
     The architectures are `torchvision:<builder>`, fcos_mobilenet_v2 and `<kind>:<timm architecture>`.
     """
-    from bench_engine.detection.detectors import is_detector_architecture
+    from bench_engine.detection.detectors import looks_like_detector
 
-    return name in named_detectors() or is_detector_architecture(name)
+    return name in named_detectors() or looks_like_detector(name)
 
 
 def load_detection_model(name: str, weights: str | Path | None, num_classes: int | None = None,
