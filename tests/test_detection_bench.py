@@ -80,8 +80,11 @@ def test_bad_detection_inputs_exit_2(tmp_path):
         (["torchvision:ssdlite320_mobilenet_v3_large", "--data", "photos"], "needs weights: pass --weights"),
         (["torchvision:ssdlite_v9", "--data", "photos", "--task", "detection"],
          "unknown detector architecture 'torchvision:ssdlite_v9'. Did you mean"),
-        (["fcos_mobilenet_v2", "--weights", str(tmp_path / "missing.safetensors"), "--data", "nowhere"],
+        (["fcos_mobilenet_v2", "--weights", str(tmp_path / "missing.safetensors"), "--data", "photos"],
          "missing.safetensors"),
+        # The data is checked before any model loads.
+        (["fcos_mobilenet_v2", "--weights", str(tmp_path / "missing.safetensors"), "--data", "nowhere"],
+         "dataset not found: nowhere"),
     ]
     for args, expected in cases:
         result = ptsa(tmp_path / "data", "--db", str(db), "bench", *args, "--no-progress")
