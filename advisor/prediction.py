@@ -137,20 +137,20 @@ def predict_rows(store: Store, data_folder: Path, model: str, recipe: str, spars
     target = _resolve_model(store, model, num_classes, input_size, dataset)
     task = target["task"]
     metric, dense_column = METRICS[task]
-    given, wrong = (dense_box_map, dense_top1) if task == "detection" else (dense_top1, dense_box_map)
-    if wrong is not None and task == "detection":
+    dense_option, other_option = (dense_box_map, dense_top1) if task == "detection" else (dense_top1, dense_box_map)
+    if other_option is not None and task == "detection":
         raise RegressorError("{model} is a detector, so its dense box mAP is given with --dense-box-map, not "
                              "--dense-top1.", model=target["model_key"])
-    if wrong is not None:
+    if other_option is not None:
         raise RegressorError("{model} is a classifier, so its dense top-1 is given with --dense-top1, not "
                              "--dense-box-map.", model=target["model_key"])
     featurized = featurize(target["architecture"], num_classes=target["num_classes"], in_chans=target["in_chans"],
                            input_size=target["input_size"])
     store.upsert_architectures([architecture_row(featurized)])
     architecture = featurized["features"]
-    dense = given if given is not None else _dense_score(store, target["model_key"], target["dataset"], task)
+    dense = dense_option if dense_option is not None else _dense_score(store, target["model_key"], target["dataset"], task)
     dense_source = None
-    if given is not None:
+    if dense_option is not None:
         dense_source = "--" + dense_column.replace("_", "-")
     elif dense is not None:
         dense_source = "stored result"

@@ -191,7 +191,7 @@ def structure_features(model: nn.Module) -> dict[str, float]:
 @torch.no_grad()
 def forward_features(model: nn.Module, input_shape: tuple[int, int, int], device: str = "meta") -> dict[str, float]:
     """MACs per image, residual additions and attention calls from one forward pass of 2 images."""
-    x = torch.empty(2, *input_shape, device=device)
+    x = torch.zeros(2, *input_shape, device=device)  # black images off the meta device, so runs repeat
     flops = FlopCounterMode(display=False)
     ops = _OpCounter()
     with flops, ops:
@@ -260,14 +260,25 @@ def featurize(architecture: str, num_classes: int | None = None, in_chans: int |
         shape = (in_chans or default[0], input_size or default[1], input_size or default[2])
         features = {**structure_features(model), **forward_features(model, shape)}
     except (RuntimeError, NotImplementedError, ValueError, AssertionError, TypeError) as exc:
-        raise InvalidConfigError(
-            "architecture {name!r} cannot be featurised without weights: {error}: {reason}",
-            name=architecture,
-            error=type(exc).__name__,
-            reason=str(exc).splitlines()[0][:200],
-        ) from None
+        raise _not_featurisable(architecture, exc) from None
+    return _featurized(architecture, CLASSIFICATION, model, num_classes, shape, features)
+
+
+def _not_featurisable(architecture: str, exc: Exception) -> InvalidConfigError:
+    return InvalidConfigError(
+        "architecture {name!r} cannot be featurised without weights: {error}: {reason}",
+        name=architecture,
+        error=type(exc).__name__,
+        reason=str(exc).splitlines()[0][:200],
+    )
+
+
+def _featurized(architecture: str, task: str, model: nn.Module, num_classes: int | None,
+                shape: tuple[int, int, int], features: dict[str, float]) -> dict[str, Any]:
+    """Return `featurize`'s result for a built model and its computed features."""
     return {
         "architecture": architecture,
+        "task": task,
         "family": model_family(model),
         "num_classes": int(getattr(model, "num_classes", num_classes or 0) or 0),
         "in_chans": shape[0],
@@ -302,23 +313,8 @@ def _featurize_detector(architecture: str, num_classes: int | None, input_size: 
         model.requires_grad_(False)
         features = {**structure_features(model), **forward_features(model, (3, size, size), device="cpu")}
     except (RuntimeError, NotImplementedError, ValueError, AssertionError, TypeError) as exc:
-        raise InvalidConfigError(
-            "architecture {name!r} cannot be featurised without weights: {error}: {reason}",
-            name=architecture,
-            error=type(exc).__name__,
-            reason=str(exc).splitlines()[0][:200],
-        ) from None
-    return {
-        "architecture": architecture,
-        "task": DETECTION,
-        "family": model_family(model),
-        "num_classes": classes,
-        "in_chans": 3,
-        "input_size": size,
-        "timm_version": timm.__version__,
-        "feature_version": FEATURE_VERSION,
-        "features": {**features, "input_size": float(size), "log10_num_classes": math.log10(max(classes, 1))},
-    }
+        raise _not_featurisable(architecture, exc) from None
+    return _featurized(architecture, DETECTION, model, classes, (3, size, size), features)
 
 
 @torch.no_grad()

@@ -26,15 +26,17 @@ def _detector(architecture: str, size: int = 64):
 def test_fixed_regions_cover_the_image():
     boxes = fixed_regions(64, 96, torch.device("cpu"))
     assert boxes.shape == (REGION_GRID**2 * len(REGION_SIDES), 4)
-    assert float(boxes[:, 0].min()) >= 0 and float(boxes[:, 2].max()) <= 96
-    assert float(boxes[:, 1].min()) >= 0 and float(boxes[:, 3].max()) <= 64
+    assert float(boxes[:, 0].min()) >= 0
+    assert float(boxes[:, 2].max()) <= 96
+    assert float(boxes[:, 1].min()) >= 0
+    assert float(boxes[:, 3].max()) <= 64
     assert bool(((boxes[:, 2] > boxes[:, 0]) & (boxes[:, 3] > boxes[:, 1])).all())
 
 
 @pytest.mark.parametrize("architecture", [
     "torchvision:fasterrcnn_mobilenet_v3_large_320_fpn", "torchvision:ssdlite320_mobilenet_v3_large", "fcos:resnet18",
     "fasterrcnn:resnet18", "retinanet:efficientnet_lite0", "ssdlite:mobilenetv3_large_100"])
-def test_raw_outputs_are_batched_and_reach_every_prunable_layer(architecture):
+def test_raw_outputs_reach_every_layer(architecture):
     """Each output has the batch first, and every targeted layer is in the graph of the outputs."""
     model = _detector(architecture)
     x = torch.rand(2, 3, 64, 64)
@@ -49,7 +51,7 @@ def test_raw_outputs_are_batched_and_reach_every_prunable_layer(architecture):
     assert unreached == []
 
 
-def test_faster_rcnn_box_head_is_compared_on_fixed_regions():
+def test_faster_rcnn_fixed_regions():
     model = _detector("torchvision:fasterrcnn_mobilenet_v3_large_320_fpn")
     x = torch.rand(2, 3, 64, 64)
     with torch.no_grad():
@@ -64,7 +66,7 @@ def test_faster_rcnn_box_head_is_compared_on_fixed_regions():
         assert float(discrepancy(raw_outputs(model, x), outputs)) > 0
 
 
-def test_sensitivity_and_learned_allocation_meet_the_target_on_a_detector():
+def test_detector_allocations_meet_target():
     model = _detector("torchvision:ssdlite320_mobilenet_v3_large")
     calibration = torch.rand(4, 3, 64, 64)
     layers, _ = find_prunable_layers(model, LayerPolicy(), calibration[:1])
@@ -89,7 +91,8 @@ def test_comparison_of_a_classifier_is_the_kl_divergence():
 
     model = timm.create_model("resnet10t", pretrained=False, num_classes=5, in_chans=1).eval()
     comparison = OutputComparison(model)
-    assert not comparison.detector and comparison.kind == ""
+    assert not comparison.detector
+    assert comparison.kind == ""
     x = torch.rand(3, 1, 32, 32)
     reference = comparison.reference(x, batch_size=2)
     assert reference[0].shape == (3, 5)
@@ -98,7 +101,7 @@ def test_comparison_of_a_classifier_is_the_kl_divergence():
 
 
 @pytest.mark.slow
-def test_bench_runs_sensitivity_and_learned_allocation_on_the_digits_detector(digits_detector_dir, tmp_path):
+def test_digits_detector_allocation_bench(digits_detector_dir, tmp_path):
     db = tmp_path / "alloc.duckdb"
     result = ptsa(digits_detector_dir, "--db", str(db), "bench", "digits/fcos_mobilenet_v2", "--data", "digits",
                   "--recipe", "sensitivity+magnitude", "--recipe", "learned(steps=5)+magnitude", "--recipe",
@@ -109,7 +112,8 @@ def test_bench_runs_sensitivity_and_learned_allocation_on_the_digits_detector(di
                            "FROM results WHERE criterion = 'magnitude' AND provenance = 'measured' ORDER BY allocation")
     assert [r["allocation"] for r in rows] == ["learned", "sensitivity", "uniform"]
     for row in rows:
-        assert row["task"] == "detection" and 0 <= row["box_map"] <= 100
+        assert row["task"] == "detection"
+        assert 0 <= row["box_map"] <= 100
         assert row["achieved_sparsity_targeted"] == pytest.approx(0.6, abs=0.002)
     spreads = []
     for row in rows:

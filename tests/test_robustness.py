@@ -275,7 +275,8 @@ def test_regressor_learns_detection_rows_with_their_task(tmp_path):
     assert result.exit_code == 0, result.output
     prediction = json.loads(result.stdout)[0]
     assert (prediction["task"], prediction["metric"], prediction["dataset"]) == ("detection", "box_map", "digits")
-    assert prediction["dense_box_map"] == 76.0 and prediction["dense_source"] == "stored result"
+    assert prediction["dense_box_map"] == 76.0
+    assert prediction["dense_source"] == "stored result"
     assert prediction["box_map"] == pytest.approx(prediction["retention"] * 0.76)
     assert "top1" not in prediction
     assert prediction["held_out_family_mae"] == metrics["per_task"]["detection"]["regressor_mae"]
@@ -287,13 +288,16 @@ def test_regressor_learns_detection_rows_with_their_task(tmp_path):
     assert stored == [{"task": "detection", "box_map": pytest.approx(prediction["box_map"]), "dense_box_map": 76.0,
                        "top1": None}]
     text = runner.invoke(main, ["--db", str(db_path), "predict", "digits/fcos_mobilenet_v2", "--no-store"])
-    assert "box mAP" in text.stdout and "top-1" not in text.stdout
+    assert "box mAP" in text.stdout
+    assert "top-1" not in text.stdout
 
     wrong = runner.invoke(main, ["--db", str(db_path), "predict", "digits/fcos_mobilenet_v2", "--dense-top1", "80"])
     assert wrong.exit_code == 2
-    assert "is a detector" in wrong.stderr and "--dense-box-map" in wrong.stderr
+    assert "is a detector" in wrong.stderr
+    assert "--dense-box-map" in wrong.stderr
     classifier = runner.invoke(main, ["--db", str(db_path), "predict", "t/resnet18", "--dense-box-map", "30"])
-    assert classifier.exit_code == 2 and "is a classifier" in classifier.stderr
+    assert classifier.exit_code == 2
+    assert "is a classifier" in classifier.stderr
 
     unknown_shape = runner.invoke(main, ["--db", str(db_path), "predict", "torchvision:ssdlite320_mobilenet_v3_large"])
     assert unknown_shape.exit_code == 2
@@ -303,7 +307,8 @@ def test_regressor_learns_detection_rows_with_their_task(tmp_path):
                                "--json"])
     assert new.exit_code == 0, new.output
     ssdlite = json.loads(new.stdout)[0]
-    assert ssdlite["task"] == "detection" and ssdlite["box_map"] <= 21.3
+    assert ssdlite["task"] == "detection"
+    assert ssdlite["box_map"] <= 21.3
     with Store.open(db_path, read_only=True) as store:
         architecture = store.query("SELECT family, input_size FROM architectures "
                                    "WHERE architecture = 'torchvision:ssdlite320_mobilenet_v3_large'")

@@ -68,7 +68,7 @@ def binding_text(candidate: Candidate) -> str:
 
 
 def accuracy_header(task: str) -> str:
-    """The accuracy column's heading: top-1 (or agreement) for classification, box mAP for detection."""
+    """Return the accuracy column's heading: top-1 (or agreement) for classification, box mAP for detection."""
     return _("mAP %") if task == "detection" else _("acc %")
 
 

@@ -9,9 +9,9 @@ detector computes before any selection:
 - the feature maps the backbone and neck hand to the heads;
 - the one-stage head's class scores and box offsets (RetinaNet, FCOS with its centerness, SSD);
 - for Faster R-CNN, the RPN head's objectness and box deltas, and the R-CNN box head's class
-  scores and box offsets on a fixed grid of regions. Proposals from the RPN are selected by
-  score, so they would differ between the dense and the pruned model; fixed regions keep the
-  second stage comparable, and every layer of the box head still moves the outputs.
+  scores and box offsets on a fixed grid of regions. RPN proposals are selected by score, so
+  they would differ between the dense and the pruned model. Fixed regions keep the second
+  stage comparable, and every layer of the box head still moves the outputs.
 
 `discrepancy` compares them with the relative squared error of each tensor per image, averaged
 over the tensors, so the large early feature maps do not drown the head outputs.
